@@ -1,0 +1,15 @@
+"""antipasto_ext: fast C++/CUDA kernels for the AntiPaSTO family of SVD-basis adapters.
+
+    import antipasto_ext as ax
+    m = ax.DPLRLinear.from_linear(torch.nn.Linear(1024, 2048), r=256, lora_rank=8)
+"""
+from . import ops, reference
+from ._loader import build_info
+from .ablate import AblateLinear
+from .antipasto import AntiPaSTOLinear
+from .corda import CorDALinear
+from .dplr import DPLRLinear
+from .rot import RotLinear
+
+__all__ = ["AntiPaSTOLinear", "RotLinear", "AblateLinear", "CorDALinear", "DPLRLinear", "build_info", "ops",
+           "reference"]

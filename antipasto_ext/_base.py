@@ -1,0 +1,202 @@
+"""What every variant shares: the frozen top-r SVD split of an nn.Linear, input checks, the backend
+switch, the forward skeleton (two skinny GEMMs around an r-space core) and layer-level calibration."""
+import math
+
+import torch
+from torch import nn
+
+from . import _loader, reference
+
+BACKENDS = ("ext", "eager")
+
+
+def check_int_range(name: str, value, lo: int, hi: int):
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise ValueError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
+
+
+class SVDAdapter(nn.Module):
+    """Base of the variants: ``out = x W_res^T + b + core(x Vh^T) U^T``.
+
+    Subclasses define ``_make_params``, ``_core`` (the ext backend's r-space core on p) and
+    ``_eager`` (the reference forward). ``in_basis`` names the input-side basis buffer ("Vh", or
+    "P" for CorDA).
+    """
+
+    in_basis = "Vh"
+    calibration_kind = "directions"  # or "covariance"
+
+    def __init__(self, in_features: int, out_features: int, r: int, coeff: float = 1.0, *, dtype=None, device=None):
+        super().__init__()
+        check_int_range("r", r, 1, min(in_features, out_features))
+        dtype = dtype or torch.get_default_dtype()
+        self.in_features, self.out_features, self.r = in_features, out_features, r
+        self.coeff = coeff
+        param_dtype = torch.promote_types(dtype, torch.float32)
+        kw = dict(device=device)
+        self.weight = nn.Parameter(torch.empty(out_features, in_features, dtype=dtype, **kw), requires_grad=False)
+        self.register_parameter("bias", None)
+        self.register_buffer("U", torch.empty(out_features, r, dtype=dtype, **kw))
+        self.register_buffer("S", torch.empty(r, dtype=param_dtype, **kw))
+        self.register_buffer(self.in_basis, torch.empty(r, in_features, dtype=dtype, **kw))
+        self._backend = None
+        self._calibration = None
+
+    # ----------------------------------------------------------------------------- construction
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, r: int, **kwargs):
+        """Split ``linear`` into the frozen top-r SVD basis and the residual weight; the module keeps
+        the linear's device and dtype. The trainable core starts at the variant's init."""
+        if not isinstance(linear, nn.Linear):
+            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        W = linear.weight
+        m = cls(linear.in_features, linear.out_features, r, dtype=W.dtype, device=W.device, **kwargs)
+        with torch.no_grad():
+            m._set_basis(*reference.svd_split(W, r))
+            if linear.bias is not None:
+                m.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        m._snapshot_init()
+        return m
+
+    def _set_basis(self, U, S, in_basis, W_res):
+        """Store the basis once in the dtype the forward computes in (no per-forward casts)."""
+        dtype = self.weight.dtype
+        self.U.copy_(U.to(dtype))
+        self.S.copy_(S)
+        getattr(self, self.in_basis).copy_(in_basis.to(dtype))
+        self.weight.copy_(W_res.to(dtype))
+
+    def _snapshot_init(self):
+        # Calibration re-selects the basis and is only sound while the core is at its init.
+        self._init_state = {n: p.detach().clone() for n, p in self.named_parameters() if p.requires_grad}
+
+    # ----------------------------------------------------------------------------- runtime knobs
+
+    @property
+    def coeff(self) -> float:
+        return self._coeff
+
+    @coeff.setter
+    def coeff(self, value):
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"coeff must be finite, got {value}")
+        self._coeff = value
+
+    @property
+    def backend(self) -> str:
+        return self._backend or ("ext" if _loader.ext_available(self.weight.device) else "eager")
+
+    @backend.setter
+    def backend(self, value: str):
+        if value not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {value!r}")
+        if value == "ext" and not _loader.ext_available(self.weight.device):
+            raise RuntimeError(f"backend 'ext' unavailable on {self.weight.device}: {_loader.why_unavailable(self.weight.device)}")
+        self._backend = value
+
+    # ----------------------------------------------------------------------------- forward
+
+    def _check_input(self, x: torch.Tensor):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a tensor, got {type(x).__name__}")
+        if x.dim() < 1 or x.shape[-1] != self.in_features:
+            raise ValueError(f"x must have last dim in_features={self.in_features}, got shape {tuple(x.shape)}")
+        if x.device != self.weight.device:
+            raise ValueError(f"x is on {x.device} but the module is on {self.weight.device}")
+        if x.dtype != self.weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise ValueError(f"x has dtype {x.dtype} but the module computes in {self.weight.dtype} "
+                             "(cast x, move the module with .to(dtype), or use torch.autocast)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        if self._calibration is not None:
+            self._calibration_update(x)
+        if self.backend == "eager":
+            return self._eager(x)
+        x2 = x.reshape(-1, self.in_features)
+        p = torch.nn.functional.linear(x2, getattr(self, self.in_basis))
+        h = self._core(p)
+        base = torch.nn.functional.linear(x2, self.weight, self.bias)
+        out = torch.addmm(base, h, self.U.t())  # beta = 1: the adapter accumulates into the frozen path
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _core(self, p: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- calibration
+
+    def full_weight(self) -> torch.Tensor:
+        """W = W_res + U diag(S) Vh, in the SVD dtype (float32, or float64 for a float64 layer)."""
+        ct = self.S.dtype
+        return self.weight.to(ct) + (self.U.to(ct) * self.S) @ getattr(self, self.in_basis).to(ct)
+
+    def calibration_begin(self, pool: str = "rms"):
+        """Start streaming calibration statistics from this layer's inputs (every forward adds to them)."""
+        if pool not in ("rms", "mean_abs"):
+            raise ValueError(f"pool must be 'rms' or 'mean_abs', got {pool!r}")
+        moved = [n for n, p in self.named_parameters() if n in self._init_state and not torch.equal(p, self._init_state[n])]
+        if moved:
+            raise RuntimeError(f"cannot calibrate: parameters {moved} have moved from their init (calibrate before training)")
+        ct = self.S.dtype
+        with torch.no_grad():
+            W = self.full_weight()
+            if self.calibration_kind == "covariance":
+                stats = {"xtx": torch.zeros(self.in_features, self.in_features, dtype=ct, device=W.device)}
+            else:
+                U_f, S_f, Vh_f = torch.linalg.svd(W, full_matrices=False)
+                stats = {"sum": torch.zeros_like(S_f), "svd": (U_f, S_f, Vh_f)}
+        self._calibration = {"n": 0, "pool": pool, "W": W, **stats}
+
+    @torch.no_grad()
+    def _calibration_update(self, x: torch.Tensor):
+        c = self._calibration
+        x2 = x.detach().reshape(-1, self.in_features).to(c["W"].dtype)
+        if not torch.isfinite(x2).all():
+            raise ValueError("calibration inputs must be finite (found NaN or inf)")
+        if "xtx" in c:
+            c["xtx"].addmm_(x2.t(), x2)
+        else:
+            proj = x2 @ c["svd"][2].t()
+            c["sum"] += (proj.square() if c["pool"] == "rms" else proj.abs()).sum(0)
+        c["n"] += x2.shape[0]
+
+    def calibration_end(self):
+        """Rebuild the basis from the statistics gathered since ``calibration_begin``."""
+        c, self._calibration = self._calibration, None
+        if c is None:
+            raise RuntimeError("calibration_end without calibration_begin")
+        with torch.no_grad():
+            if "xtx" in c:
+                if c["n"] == 0:
+                    raise ValueError("calibration saw no tokens")
+                basis = reference.corda_basis(c["W"], c["xtx"], c["n"], self.r, self.cov_eps)
+            else:
+                if c["n"] < self.r:
+                    raise ValueError(f"calibration needs at least r={self.r} tokens, got {c['n']}")
+                U_f, S_f, Vh_f = c["svd"]
+                basis = reference.select_directions(c["W"], c["sum"], c["n"], self.r, Vh_f, S_f, U_f, c["pool"])
+            self._set_basis(*basis)
+
+    def calibrate(self, inputs, pool: str = "rms"):
+        """Calibrate from this layer's inputs: a tensor (..., in_features) or an iterable of them.
+        CorDA builds the covariance basis (SPEC §4); the other variants pick the r directions with the
+        most data energy (SPEC "Data-driven choice")."""
+        self.calibration_begin(pool)
+        try:
+            for x in [inputs] if isinstance(inputs, torch.Tensor) else inputs:
+                self._check_input(x)
+                self._calibration_update(x)
+        except BaseException:
+            self._calibration = None
+            raise
+        self.calibration_end()
+        return self
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
+                f"coeff={self.coeff}, backend={self.backend!r}")

@@ -1,0 +1,33 @@
+"""antipasto_ablate (SPEC §3): contractive ablation of k learned directions on the output side,
+h = p S - coeff ((p S C_hat) * clamp(alpha, 0, 1)) C_hat^T."""
+import math
+
+import torch
+from torch import nn
+
+from . import ops, reference
+from ._base import SVDAdapter, check_int_range
+
+
+class AblateLinear(SVDAdapter):
+    """Trainable ``c`` (r, k) ~ N(0, 1/sqrt(r)) and ``alpha`` (k,) = init_alpha. With ``cov_orient``,
+    ``calibrate`` builds the covariance-oriented basis of CorDA (SPEC §4) instead of choosing directions."""
+
+    def __init__(self, in_features, out_features, r, k=1, init_alpha=0.05, coeff=1.0, cov_orient=False,
+                 cov_eps=1e-3, *, dtype=None, device=None):
+        super().__init__(in_features, out_features, r, coeff, dtype=dtype, device=device)
+        check_int_range("k", k, 1, r)
+        self.k = k
+        self.cov_orient, self.cov_eps = bool(cov_orient), float(cov_eps)
+        if self.cov_orient:
+            self.calibration_kind = "covariance"
+        kw = dict(dtype=self.S.dtype, device=self.S.device)
+        self.c = nn.Parameter(torch.randn(r, k, **kw) / math.sqrt(r))
+        self.alpha = nn.Parameter(torch.full((k,), float(init_alpha), **kw))
+
+    def _core(self, p):
+        return ops.ablate_core(p, self.S, reference.ablation_basis(self.c), self.alpha.clamp(0, 1), self.coeff)
+
+    def _eager(self, x):
+        return reference.antipasto_ablate(x, self.weight, self.bias, self.U, self.S, self.Vh, self.c, self.alpha,
+                                          self.coeff)

@@ -1,0 +1,22 @@
+"""antipasto (SPEC §1): a diagonal gain on the frozen singular values, S_eff = S * (1 + ELU(coeff * g))."""
+import torch
+from torch import nn
+
+from . import ops, reference
+from ._base import SVDAdapter
+
+
+class AntiPaSTOLinear(SVDAdapter):
+    """``out = x W_res^T + b + ((x Vh^T) * S_eff) U^T``; trainable ``g`` (r,), zero at init (identity)."""
+
+    def __init__(self, in_features, out_features, r, coeff=1.0, suppress_only=False, *, dtype=None, device=None):
+        super().__init__(in_features, out_features, r, coeff, dtype=dtype, device=device)
+        self.suppress_only = bool(suppress_only)
+        self.g = nn.Parameter(torch.zeros(r, dtype=self.S.dtype, device=self.S.device))
+
+    def _core(self, p):
+        return ops.gain_core(p, self.S, self.g, self.coeff, self.suppress_only)
+
+    def _eager(self, x):
+        return reference.antipasto(x, self.weight, self.bias, self.U, self.S, getattr(self, self.in_basis), self.g,
+                                   self.coeff, self.suppress_only)

@@ -1,0 +1,31 @@
+"""antipasto_dplr (SPEC §5): diagonal gain plus a low-rank core in S-space, C = diag(S_eff) + coeff B A."""
+import math
+
+import torch
+from torch import nn
+
+from . import ops, reference
+from ._base import check_int_range
+from .antipasto import AntiPaSTOLinear
+
+
+class DPLRLinear(AntiPaSTOLinear):
+    """``h = p * S_eff + coeff (p A^T) B^T``; trainable ``g`` (r,) = 0, ``A`` (k, r) kaiming-uniform,
+    ``B`` (r, k) = 0 (identity at init)."""
+
+    def __init__(self, in_features, out_features, r, lora_rank=8, coeff=1.0, suppress_only=False, *, dtype=None,
+                 device=None):
+        super().__init__(in_features, out_features, r, coeff, suppress_only, dtype=dtype, device=device)
+        check_int_range("lora_rank", lora_rank, 1, r)
+        self.lora_rank = lora_rank
+        kw = dict(dtype=self.S.dtype, device=self.S.device)
+        self.A = nn.Parameter(torch.empty(lora_rank, r, **kw))
+        nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
+        self.B = nn.Parameter(torch.zeros(r, lora_rank, **kw))
+
+    def _core(self, p):
+        return ops.dplr_core(p, self.S, self.g, self.A, self.B, self.coeff, self.suppress_only)
+
+    def _eager(self, x):
+        return reference.antipasto_dplr(x, self.weight, self.bias, self.U, self.S, self.Vh, self.g, self.A, self.B,
+                                        self.coeff, self.suppress_only)

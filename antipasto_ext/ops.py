@@ -1,0 +1,142 @@
+"""Registered custom ops (namespace ``antipasto_ext``): thin wrappers, autograd and fake kernels.
+
+The kernels are C++ (CPU) and CUDA, registered by ``antipasto_ext._C``. Each forward op has a
+``*_backward`` op; autograd wires them together here, and every op has a fake kernel so
+``torch.compile(fullgraph=True)`` traces through them. The S-space cores take the (tokens, r)
+activations ``p`` in any float dtype and the small parameters in any float dtype; they accumulate in
+float32 (float64 for float64 ``p``) and return ``h`` in ``p``'s dtype, gradients in each input's dtype.
+"""
+import math
+
+import torch
+
+from ._loader import ext_loaded
+
+_ops = torch.ops.antipasto_ext  # resolved at call time
+
+# Which side antipasto_rot rotates, as the kernels number it.
+ROT_SIDES = {"none": 0, "V": 1, "U": 2}
+MAX_BLOCK_SIZE = 64
+
+
+def block_cayley(rot_T: torch.Tensor, block_size: int, max_angle: float = 0.5, coeff: float = 1.0) -> torch.Tensor:
+    """Per-block Cayley rotations of SPEC §2, shape (n_blocks, block_size, block_size).
+
+    ``rot_T`` is (n_blocks, block_size*(block_size-1)/2): the strict upper triangle of each block's
+    generator in ``torch.triu_indices`` order. Exact solve, no pivoting, no host synchronisation.
+    """
+    if not isinstance(block_size, int) or not 2 <= block_size <= MAX_BLOCK_SIZE:
+        raise ValueError(f"block_size must be an int in 2..{MAX_BLOCK_SIZE}, got {block_size!r}")
+    if not (0 < max_angle < math.pi):
+        raise ValueError(f"max_angle must be in (0, pi), got {max_angle!r}")
+    m = block_size * (block_size - 1) // 2
+    if rot_T.dim() != 2 or rot_T.shape[1] != m:
+        raise ValueError(f"rot_T must have shape (n_blocks, {m}) for block_size {block_size}, got {tuple(rot_T.shape)}")
+    return _ops.block_cayley(rot_T, block_size, float(max_angle), float(coeff))
+
+
+def gain_core(p, S, g, coeff: float = 1.0, suppress_only: bool = False):
+    """h = p * S * (1 + ELU(coeff * g)) (SPEC §1, §4)."""
+    return _ops.gain_core(p, S, g, float(coeff), bool(suppress_only))
+
+
+def dplr_core(p, S, g, A, B, coeff: float = 1.0, suppress_only: bool = False):
+    """h = p * S_eff + coeff * (p A^T) B^T (SPEC §5)."""
+    return _ops.dplr_core(p, S, g, A, B, float(coeff), bool(suppress_only))
+
+
+def rot_core(p, S, delta_s, R, coeff: float = 1.0, rotate_basis: str = "V"):
+    """h = (p blockdiag(R)^T) * S_eff (V side), (p * S_eff) blockdiag(R) (U side) or p * S_eff (none),
+    S_eff = S + coeff * delta_s (SPEC §2, the rotation applied in r-space)."""
+    return _ops.rot_core(p, S, delta_s, R, float(coeff), ROT_SIDES[rotate_basis])
+
+
+def ablate_core(p, S, C, a, coeff: float = 1.0):
+    """h = p S - coeff ((p S C) * a) C^T (SPEC §3) for an orthonormal C (r, k) and a = clamp(alpha, 0, 1)."""
+    return _ops.ablate_core(p, S, C, a, float(coeff))
+
+
+# ------------------------------------------------------------------------------------------ autograd
+
+
+def _setup_save_all(ctx, inputs, output):
+    ctx.save_for_backward(*(t for t in inputs if isinstance(t, torch.Tensor)))
+    ctx.scalars = tuple(a for a in inputs if not isinstance(a, torch.Tensor))
+
+
+def _block_cayley_setup(ctx, inputs, output):
+    rot_T, block_size, max_angle, coeff = inputs
+    ctx.save_for_backward(rot_T, output)
+    ctx.scalars = (block_size, max_angle, coeff)
+
+
+def _block_cayley_backward(ctx, grad_R):
+    rot_T, R = ctx.saved_tensors
+    return _ops.block_cayley_backward(grad_R, R, rot_T, *ctx.scalars), None, None, None
+
+
+def _gain_backward(ctx, grad_h):
+    dp, dg = _ops.gain_core_backward(grad_h, *ctx.saved_tensors, *ctx.scalars)
+    return dp, None, dg, None, None
+
+
+def _dplr_backward(ctx, grad_h):
+    dp, dg, dA, dB = _ops.dplr_core_backward(grad_h, *ctx.saved_tensors, *ctx.scalars)
+    return dp, None, dg, dA, dB, None, None
+
+
+def _rot_backward(ctx, grad_h):
+    dp, dds, dR = _ops.rot_core_backward(grad_h, *ctx.saved_tensors, *ctx.scalars)
+    return dp, None, dds, dR, None, None
+
+
+def _ablate_backward(ctx, grad_h):
+    dp, dC, da = _ops.ablate_core_backward(grad_h, *ctx.saved_tensors, *ctx.scalars)
+    return dp, None, dC, da, None
+
+
+def _fake_block_cayley(rot_T, block_size, max_angle, coeff):
+    return rot_T.new_empty(rot_T.shape[0], block_size, block_size)
+
+
+def _fake_block_cayley_backward(grad_R, R, rot_T, block_size, max_angle, coeff):
+    return rot_T.new_empty(rot_T.shape)
+
+
+def _fake_core(p, *args):
+    return p.new_empty(p.shape)
+
+
+def _fake_gain_backward(grad_h, p, S, g, coeff, suppress_only):
+    return p.new_empty(p.shape), g.new_empty(g.shape)
+
+
+def _fake_dplr_backward(grad_h, p, S, g, A, B, coeff, suppress_only):
+    return p.new_empty(p.shape), g.new_empty(g.shape), A.new_empty(A.shape), B.new_empty(B.shape)
+
+
+def _fake_rot_backward(grad_h, p, S, delta_s, R, coeff, side):
+    return p.new_empty(p.shape), delta_s.new_empty(delta_s.shape), R.new_empty(R.shape)
+
+
+def _fake_ablate_backward(grad_h, p, S, C, a, coeff):
+    return p.new_empty(p.shape), C.new_empty(C.shape), a.new_empty(a.shape)
+
+
+def _register():
+    lib = torch.library
+    lib.register_autograd("antipasto_ext::block_cayley", _block_cayley_backward, setup_context=_block_cayley_setup)
+    for name, backward in (("gain_core", _gain_backward), ("dplr_core", _dplr_backward),
+                           ("rot_core", _rot_backward), ("ablate_core", _ablate_backward)):
+        lib.register_autograd(f"antipasto_ext::{name}", backward, setup_context=_setup_save_all)
+        lib.register_fake(f"antipasto_ext::{name}", _fake_core)
+    lib.register_fake("antipasto_ext::block_cayley", _fake_block_cayley)
+    lib.register_fake("antipasto_ext::block_cayley_backward", _fake_block_cayley_backward)
+    lib.register_fake("antipasto_ext::gain_core_backward", _fake_gain_backward)
+    lib.register_fake("antipasto_ext::dplr_core_backward", _fake_dplr_backward)
+    lib.register_fake("antipasto_ext::rot_core_backward", _fake_rot_backward)
+    lib.register_fake("antipasto_ext::ablate_core_backward", _fake_ablate_backward)
+
+
+if ext_loaded:
+    _register()

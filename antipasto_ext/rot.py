@@ -1,0 +1,46 @@
+"""antipasto_rot (SPEC §2): block-diagonal Cayley rotation of one side of the frozen basis plus an additive
+shift of the singular values. The ext backend applies the rotation in r-space (never forms R Vh)."""
+import math
+
+import torch
+from torch import nn
+
+from . import ops, reference
+from ._base import SVDAdapter
+
+ROTATE_BASIS = ("V", "U", "none")
+
+
+class RotLinear(SVDAdapter):
+    """Trainable ``delta_s`` (r,) ~ N(4e-4, 4e-4) and ``rot_T`` (r / block_size, bs (bs - 1) / 2) = 0."""
+
+    def __init__(self, in_features, out_features, r, block_size=4, max_rotation_angle=0.5, rotate_basis="V",
+                 coeff=1.0, *, dtype=None, device=None):
+        super().__init__(in_features, out_features, r, coeff, dtype=dtype, device=device)
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or not 2 <= block_size <= ops.MAX_BLOCK_SIZE:
+            raise ValueError(f"block_size must be an int in 2..{ops.MAX_BLOCK_SIZE}, got {block_size!r}")
+        if r % block_size:
+            raise ValueError(f"block_size={block_size} must divide r={r}")
+        if not 0 < max_rotation_angle < math.pi:
+            raise ValueError(f"max_rotation_angle must be in (0, pi), got {max_rotation_angle!r}")
+        if rotate_basis not in ROTATE_BASIS:
+            raise ValueError(f"rotate_basis must be one of {ROTATE_BASIS}, got {rotate_basis!r}")
+        self.block_size, self.max_rotation_angle, self.rotate_basis = block_size, float(max_rotation_angle), rotate_basis
+        kw = dict(dtype=self.S.dtype, device=self.S.device)
+        self.delta_s = nn.Parameter(torch.empty(r, **kw).normal_(mean=4e-4, std=4e-4))
+        if rotate_basis != "none":
+            self.rot_T = nn.Parameter(torch.zeros(r // block_size, block_size * (block_size - 1) // 2, **kw))
+        else:
+            self.register_parameter("rot_T", None)
+
+    def rotation(self) -> torch.Tensor:
+        """The per-block rotations R (n_blocks, bs, bs) at the current coeff."""
+        return ops.block_cayley(self.rot_T, self.block_size, self.max_rotation_angle, self.coeff)
+
+    def _core(self, p):
+        R = p.new_empty(0) if self.rot_T is None else self.rotation()
+        return ops.rot_core(p, self.S, self.delta_s, R, self.coeff, self.rotate_basis)
+
+    def _eager(self, x):
+        return reference.antipasto_rot(x, self.weight, self.bias, self.U, self.S, self.Vh, self.delta_s, self.rot_T,
+                                       self.block_size, self.max_rotation_angle, self.rotate_basis, self.coeff)

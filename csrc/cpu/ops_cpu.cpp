@@ -1,0 +1,350 @@
+// C++ CPU kernels of the registered ops: one parallel pass over the (tokens, r) rows, per-row math
+// from csrc/kernels/rowcore.h, parameter gradients reduced in a fixed chunk order (same bits for
+// any thread count). With ANTIPASTO_EXT_ENGINE=cuda-emulated the CUDA kernel source runs instead,
+// through the CPU emulation of the CUDA execution model.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "csrc/kernels/rowcore.h"
+#include "csrc/ops.h"
+
+namespace ax {
+namespace {
+
+template <typename scalar_t>
+using acc_of = std::conditional_t<std::is_same<scalar_t, double>::value, double, float>;
+
+// Rows per chunk depend only on the row count, so the reduction order is fixed.
+int64_t rows_per_chunk(int64_t n) { return std::max<int64_t>(16, (n + 127) / 128); }
+
+// Calls row_fn(row, scratch) for every row, rows split over threads.
+template <typename acc_t, typename RowFn>
+void for_rows(int64_t n, int64_t n_scratch, const RowFn& row_fn) {
+  at::parallel_for(0, n, rows_per_chunk(n), [&](int64_t r0, int64_t r1) {
+    std::vector<acc_t> scratch(n_scratch);
+    for (int64_t i = r0; i < r1; ++i) row_fn(i, scratch.data());
+  });
+}
+
+// Calls row_fn(row, scratch, partial) with per-chunk partial sums, then adds the partials in chunk
+// order: deterministic parameter-gradient reductions.
+template <typename acc_t, typename RowFn>
+std::vector<acc_t> reduce_rows(int64_t n, int64_t n_partial, int64_t n_scratch, const RowFn& row_fn) {
+  const int64_t chunk = rows_per_chunk(n);
+  const int64_t n_chunks = (n + chunk - 1) / chunk;
+  std::vector<acc_t> partial(n_chunks * n_partial, acc_t(0));
+  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+    std::vector<acc_t> scratch(n_scratch);
+    for (int64_t c = c0; c < c1; ++c)
+      for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i)
+        row_fn(i, scratch.data(), partial.data() + c * n_partial);
+  });
+  std::vector<acc_t> total(n_partial, acc_t(0));
+  for (int64_t c = 0; c < n_chunks; ++c)
+    for (int64_t j = 0; j < n_partial; ++j) total[j] += partial[c * n_partial + j];
+  return total;
+}
+
+template <typename scalar_t, typename acc_t>
+void load_row(const scalar_t* src, int64_t r, acc_t* dst) {
+  for (int64_t j = 0; j < r; ++j) dst[j] = static_cast<acc_t>(src[j]);
+}
+template <typename scalar_t, typename acc_t>
+void store_row(const acc_t* src, int64_t r, scalar_t* dst) {
+  for (int64_t j = 0; j < r; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+
+at::Tensor from_vector(const std::vector<float>& v, at::IntArrayRef shape) {
+  return at::from_blob(const_cast<float*>(v.data()), shape, at::kFloat).clone();
+}
+at::Tensor from_vector(const std::vector<double>& v, at::IntArrayRef shape) {
+  return at::from_blob(const_cast<double*>(v.data()), shape, at::kDouble).clone();
+}
+
+#define AX_DISPATCH_FLOATS(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
+// ---------------------------------------------------------------- block_cayley
+
+at::Tensor block_cayley_cpu(const at::Tensor& rot_T, int64_t block_size, double max_angle, double coeff) {
+  check_block_cayley_args(rot_T, block_size, max_angle);
+  const auto acc = acc_dtype(rot_T.scalar_type());
+  const at::Tensor t = rot_T.to(acc).contiguous();
+  const int64_t n = t.size(0), bs = block_size, m = t.size(1);
+  at::Tensor R = at::empty({n, bs, bs}, t.options());
+  AT_DISPATCH_FLOATING_TYPES(acc, "block_cayley_cpu", [&] {
+    const scalar_t a_lim = cayley_a_lim(max_angle);
+    const scalar_t* tp = t.data_ptr<scalar_t>();
+    scalar_t* Rp = R.data_ptr<scalar_t>();
+    at::parallel_for(0, n, 16, [&](int64_t b0, int64_t b1) {
+      std::vector<scalar_t> work(2 * bs * bs);
+      for (int64_t b = b0; b < b1; ++b)
+        cayley_block_forward(tp + b * m, int(bs), a_lim, scalar_t(coeff), work.data(), Rp + b * bs * bs);
+    });
+  });
+  return R.to(rot_T.scalar_type());
+}
+
+at::Tensor block_cayley_backward_cpu(const at::Tensor& grad_R, const at::Tensor& R, const at::Tensor& rot_T,
+                                     int64_t block_size, double max_angle, double coeff) {
+  check_block_cayley_args(rot_T, block_size, max_angle);
+  const auto acc = acc_dtype(rot_T.scalar_type());
+  const at::Tensor t = rot_T.to(acc).contiguous(), Ra = R.to(acc).contiguous(), G = grad_R.to(acc).contiguous();
+  const int64_t n = t.size(0), bs = block_size, m = t.size(1);
+  at::Tensor dt = at::empty_like(t);
+  AT_DISPATCH_FLOATING_TYPES(acc, "block_cayley_backward_cpu", [&] {
+    const scalar_t a_lim = cayley_a_lim(max_angle);
+    at::parallel_for(0, n, 16, [&](int64_t b0, int64_t b1) {
+      std::vector<scalar_t> work(3 * bs * bs);
+      for (int64_t b = b0; b < b1; ++b)
+        cayley_block_backward(G.data_ptr<scalar_t>() + b * bs * bs, Ra.data_ptr<scalar_t>() + b * bs * bs,
+                              t.data_ptr<scalar_t>() + b * m, int(bs), a_lim, scalar_t(coeff), work.data(),
+                              dt.data_ptr<scalar_t>() + b * m);
+    });
+  });
+  return dt.to(rot_T.scalar_type());
+}
+
+// ---------------------------------------------------------------- gain (antipasto, corda)
+
+at::Tensor gain_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, double coeff,
+                         bool suppress_only) {
+  check_core_args(p, S, {{"g", g, {S.size(0)}}});
+  const at::Tensor x = p.contiguous();
+  at::Tensor h = at::empty_like(x);
+  const int64_t r = S.size(0), n = x.numel() / std::max<int64_t>(r, 1);
+  AX_DISPATCH_FLOATS(x.scalar_type(), "gain_core_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const std::vector<acc_t> s = gain_scales<acc_t>(S, g, coeff, suppress_only, nullptr);
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    for_rows<acc_t>(n, 2 * r, [&](int64_t i, acc_t* w) {
+      load_row(xp + i * r, r, w);
+      gain_row_forward(w, s.data(), int(r), w + r);
+      store_row(w + r, r, hp + i * r);
+    });
+  });
+  return h;
+}
+
+std::tuple<at::Tensor, at::Tensor> gain_core_backward_cpu(const at::Tensor& grad_h, const at::Tensor& p,
+                                                          const at::Tensor& S, const at::Tensor& g, double coeff,
+                                                          bool suppress_only) {
+  check_core_args(p, S, {{"g", g, {S.size(0)}}, {"grad_h", grad_h, p.sizes()}});
+  const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
+  at::Tensor dp = at::empty_like(x);
+  const int64_t r = S.size(0), n = x.numel() / std::max<int64_t>(r, 1);
+  at::Tensor dg;
+  AX_DISPATCH_FLOATS(x.scalar_type(), "gain_core_backward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    std::vector<acc_t> dscale;
+    const std::vector<acc_t> s = gain_scales<acc_t>(S, g, coeff, suppress_only, &dscale);
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
+    scalar_t* dpp = dp.data_ptr<scalar_t>();
+    std::vector<acc_t> ds = reduce_rows<acc_t>(n, r, 3 * r, [&](int64_t i, acc_t* w, acc_t* part) {
+      load_row(xp + i * r, r, w);
+      load_row(dyp + i * r, r, w + r);
+      gain_row_backward(w + r, w, s.data(), int(r), w + 2 * r, part);
+      store_row(w + 2 * r, r, dpp + i * r);
+    });
+    for (int64_t j = 0; j < r; ++j) ds[j] *= dscale[j];
+    dg = from_vector(ds, {r}).to(g.scalar_type());
+  });
+  return {dp, dg};
+}
+
+// ---------------------------------------------------------------- dplr
+
+at::Tensor dplr_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A,
+                         const at::Tensor& B, double coeff, bool suppress_only) {
+  const int64_t r = S.size(0), k = A.dim() == 2 ? A.size(0) : 0;
+  check_core_args(p, S, {{"g", g, {r}}, {"A", A, {k, r}}, {"B", B, {r, k}}});
+  const at::Tensor x = p.contiguous();
+  at::Tensor h = at::empty_like(x);
+  const int64_t n = x.numel() / std::max<int64_t>(r, 1);
+  AX_DISPATCH_FLOATS(x.scalar_type(), "dplr_core_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const auto acc = acc_dtype(x.scalar_type());
+    const std::vector<acc_t> s = gain_scales<acc_t>(S, g, coeff, suppress_only, nullptr);
+    const at::Tensor Aa = A.to(acc).contiguous(), Ba = B.to(acc).contiguous();
+    const acc_t *Ap = Aa.data_ptr<acc_t>(), *Bp = Ba.data_ptr<acc_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    for_rows<acc_t>(n, 2 * r + k, [&](int64_t i, acc_t* w) {
+      load_row(xp + i * r, r, w);
+      dplr_row_forward(w, s.data(), Ap, Bp, acc_t(coeff), int(r), int(k), w + 2 * r, w + r);
+      store_row(w + r, r, hp + i * r);
+    });
+  });
+  return h;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dplr_core_backward_cpu(
+    const at::Tensor& grad_h, const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A,
+    const at::Tensor& B, double coeff, bool suppress_only) {
+  const int64_t r = S.size(0), k = A.dim() == 2 ? A.size(0) : 0;
+  check_core_args(p, S, {{"g", g, {r}}, {"A", A, {k, r}}, {"B", B, {r, k}}, {"grad_h", grad_h, p.sizes()}});
+  const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
+  at::Tensor dp = at::empty_like(x), dg, dA, dB;
+  const int64_t n = x.numel() / std::max<int64_t>(r, 1);
+  AX_DISPATCH_FLOATS(x.scalar_type(), "dplr_core_backward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const auto acc = acc_dtype(x.scalar_type());
+    std::vector<acc_t> dscale;
+    const std::vector<acc_t> s = gain_scales<acc_t>(S, g, coeff, suppress_only, &dscale);
+    const at::Tensor Aa = A.to(acc).contiguous(), Ba = B.to(acc).contiguous();
+    const acc_t *Ap = Aa.data_ptr<acc_t>(), *Bp = Ba.data_ptr<acc_t>();
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
+    scalar_t* dpp = dp.data_ptr<scalar_t>();
+    // partial layout: ds (r) | dA (k r) | dB (r k)
+    std::vector<acc_t> tot = reduce_rows<acc_t>(n, r + 2 * k * r, 3 * r + 2 * k, [&](int64_t i, acc_t* w, acc_t* part) {
+      load_row(xp + i * r, r, w);
+      load_row(dyp + i * r, r, w + r);
+      dplr_row_backward(w + r, w, s.data(), Ap, Bp, acc_t(coeff), int(r), int(k), w + 3 * r, w + 3 * r + k,
+                        w + 2 * r, part, part + r, part + r + k * r);
+      store_row(w + 2 * r, r, dpp + i * r);
+    });
+    for (int64_t j = 0; j < r; ++j) tot[j] *= dscale[j];
+    const at::Tensor all = from_vector(tot, {r + 2 * k * r});
+    dg = all.narrow(0, 0, r).to(g.scalar_type());
+    dA = all.narrow(0, r, k * r).view({k, r}).to(A.scalar_type());
+    dB = all.narrow(0, r + k * r, k * r).view({r, k}).to(B.scalar_type());
+  });
+  return {dp, dg, dA, dB};
+}
+
+// ---------------------------------------------------------------- rot
+
+at::Tensor rot_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R,
+                        double coeff, int64_t side) {
+  const int64_t r = S.size(0);
+  check_rot_args(p, S, delta_s, R, side);
+  const at::Tensor x = p.contiguous();
+  at::Tensor h = at::empty_like(x);
+  const int64_t n = x.numel() / std::max<int64_t>(r, 1), bs = side == kRotNone ? 1 : R.size(1);
+  AX_DISPATCH_FLOATS(x.scalar_type(), "rot_core_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const auto acc = acc_dtype(x.scalar_type());
+    const std::vector<acc_t> s = additive_scales<acc_t>(S, delta_s, coeff);
+    const at::Tensor Ra = R.to(acc).contiguous();
+    const acc_t* Rp = Ra.data_ptr<acc_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    for_rows<acc_t>(n, 2 * r, [&](int64_t i, acc_t* w) {
+      load_row(xp + i * r, r, w);
+      rot_row_forward(w, s.data(), Rp, int(side), int(r), int(bs), w + r);
+      store_row(w + r, r, hp + i * r);
+    });
+  });
+  return h;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rot_core_backward_cpu(const at::Tensor& grad_h, const at::Tensor& p,
+                                                                     const at::Tensor& S, const at::Tensor& delta_s,
+                                                                     const at::Tensor& R, double coeff, int64_t side) {
+  const int64_t r = S.size(0);
+  check_rot_args(p, S, delta_s, R, side);
+  check_core_args(p, S, {{"grad_h", grad_h, p.sizes()}});
+  const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
+  at::Tensor dp = at::empty_like(x), dds, dR;
+  const int64_t n = x.numel() / std::max<int64_t>(r, 1), bs = side == kRotNone ? 1 : R.size(1);
+  const int64_t n_rot = side == kRotNone ? 0 : R.numel();
+  AX_DISPATCH_FLOATS(x.scalar_type(), "rot_core_backward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const auto acc = acc_dtype(x.scalar_type());
+    const std::vector<acc_t> s = additive_scales<acc_t>(S, delta_s, coeff);
+    const at::Tensor Ra = R.to(acc).contiguous();
+    const acc_t* Rp = Ra.data_ptr<acc_t>();
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
+    scalar_t* dpp = dp.data_ptr<scalar_t>();
+    // partial layout: ds (r) | dR (n_blocks bs bs)
+    std::vector<acc_t> tot = reduce_rows<acc_t>(n, r + n_rot, 3 * r + bs, [&](int64_t i, acc_t* w, acc_t* part) {
+      load_row(xp + i * r, r, w);
+      load_row(dyp + i * r, r, w + r);
+      rot_row_backward(w + r, w, s.data(), Rp, int(side), int(r), int(bs), w + 3 * r, w + 2 * r, part, part + r);
+      store_row(w + 2 * r, r, dpp + i * r);
+    });
+    for (int64_t j = 0; j < r; ++j) tot[j] *= acc_t(coeff);
+    const at::Tensor all = from_vector(tot, {r + n_rot});
+    dds = all.narrow(0, 0, r).to(delta_s.scalar_type());
+    dR = all.narrow(0, r, n_rot).view(R.sizes()).to(R.scalar_type());
+  });
+  return {dp, dds, dR};
+}
+
+// ---------------------------------------------------------------- ablate
+
+at::Tensor ablate_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Tensor& C, const at::Tensor& a,
+                           double coeff) {
+  const int64_t r = S.size(0), k = C.dim() == 2 ? C.size(1) : 0;
+  check_core_args(p, S, {{"C", C, {r, k}}, {"a", a, {k}}});
+  const at::Tensor x = p.contiguous();
+  at::Tensor h = at::empty_like(x);
+  const int64_t n = x.numel() / std::max<int64_t>(r, 1);
+  AX_DISPATCH_FLOATS(x.scalar_type(), "ablate_core_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const auto acc = acc_dtype(x.scalar_type());
+    const at::Tensor Sa = S.to(acc).contiguous(), Ca = C.to(acc).contiguous(), aa = a.to(acc).contiguous();
+    const acc_t *Sp = Sa.data_ptr<acc_t>(), *Cp = Ca.data_ptr<acc_t>(), *ap = aa.data_ptr<acc_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    scalar_t* hp = h.data_ptr<scalar_t>();
+    for_rows<acc_t>(n, 2 * r + k, [&](int64_t i, acc_t* w) {
+      load_row(xp + i * r, r, w);
+      ablate_row_forward(w, Sp, Cp, ap, acc_t(coeff), int(r), int(k), w + 2 * r, w + r);
+      store_row(w + r, r, hp + i * r);
+    });
+  });
+  return h;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward_cpu(const at::Tensor& grad_h, const at::Tensor& p,
+                                                                        const at::Tensor& S, const at::Tensor& C,
+                                                                        const at::Tensor& a, double coeff) {
+  const int64_t r = S.size(0), k = C.dim() == 2 ? C.size(1) : 0;
+  check_core_args(p, S, {{"C", C, {r, k}}, {"a", a, {k}}, {"grad_h", grad_h, p.sizes()}});
+  const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
+  at::Tensor dp = at::empty_like(x), dC, da;
+  const int64_t n = x.numel() / std::max<int64_t>(r, 1);
+  AX_DISPATCH_FLOATS(x.scalar_type(), "ablate_core_backward_cpu", [&] {
+    using acc_t = acc_of<scalar_t>;
+    const auto acc = acc_dtype(x.scalar_type());
+    const at::Tensor Sa = S.to(acc).contiguous(), Ca = C.to(acc).contiguous(), aa = a.to(acc).contiguous();
+    const acc_t *Sp = Sa.data_ptr<acc_t>(), *Cp = Ca.data_ptr<acc_t>(), *ap = aa.data_ptr<acc_t>();
+    const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
+    scalar_t* dpp = dp.data_ptr<scalar_t>();
+    // partial layout: dC (r k) | da (k)
+    std::vector<acc_t> tot = reduce_rows<acc_t>(n, r * k + k, 3 * r + 2 * k, [&](int64_t i, acc_t* w, acc_t* part) {
+      load_row(xp + i * r, r, w);
+      load_row(dyp + i * r, r, w + r);
+      ablate_row_backward(w + r, w, Sp, Cp, ap, acc_t(coeff), int(r), int(k), w + 3 * r, w + 3 * r + k, w + 2 * r,
+                          part, part + r * k);
+      store_row(w + 2 * r, r, dpp + i * r);
+    });
+    const at::Tensor all = from_vector(tot, {r * k + k});
+    dC = all.narrow(0, 0, r * k).view({r, k}).to(C.scalar_type());
+    da = all.narrow(0, r * k, k).to(a.scalar_type());
+  });
+  return {dp, dC, da};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(antipasto_ext, CPU, m) {
+  m.impl("block_cayley", &block_cayley_cpu);
+  m.impl("block_cayley_backward", &block_cayley_backward_cpu);
+  m.impl("gain_core", &gain_core_cpu);
+  m.impl("gain_core_backward", &gain_core_backward_cpu);
+  m.impl("dplr_core", &dplr_core_cpu);
+  m.impl("dplr_core_backward", &dplr_core_backward_cpu);
+  m.impl("rot_core", &rot_core_cpu);
+  m.impl("rot_core_backward", &rot_core_backward_cpu);
+  m.impl("ablate_core", &ablate_core_cpu);
+  m.impl("ablate_core_backward", &ablate_core_backward_cpu);
+}
+
+}  // namespace ax

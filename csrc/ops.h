@@ -1,0 +1,98 @@
+// Argument checks and small parameter transforms shared by the CPU and CUDA op implementations.
+// Every check names the offending argument, so bad input from Python surfaces as a clear error.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <cmath>
+#include <initializer_list>
+#include <string>
+#include <vector>
+
+#include "csrc/kernels/math.h"
+#include "csrc/kernels/rowcore.h"
+
+namespace ax {
+
+// Float64 inputs accumulate in double, every other float dtype in float.
+inline at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+inline double cayley_a_lim(double max_angle) { return 2.0 * std::tan(max_angle / 2.0); }
+
+inline void check_float(const at::Tensor& t, const char* name) {
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()), "antipasto_ext: ", name, " must be a floating tensor, got ",
+              t.scalar_type());
+}
+
+inline void check_block_cayley_args(const at::Tensor& rot_T, int64_t block_size, double max_angle) {
+  TORCH_CHECK(block_size >= 2 && block_size <= kMaxCayleyBlock, "antipasto_ext: block_size must be in 2..",
+              kMaxCayleyBlock, ", got ", block_size);
+  check_float(rot_T, "rot_T");
+  TORCH_CHECK(rot_T.dim() == 2 && rot_T.size(1) == block_size * (block_size - 1) / 2,
+              "antipasto_ext: rot_T must have shape (n_blocks, block_size*(block_size-1)/2) = (n, ",
+              block_size * (block_size - 1) / 2, "), got ", rot_T.sizes());
+  TORCH_CHECK(max_angle > 0.0 && max_angle < M_PI, "antipasto_ext: max_angle must be in (0, pi), got ", max_angle);
+}
+
+struct NamedShape {
+  const char* name;
+  const at::Tensor& tensor;
+  at::IntArrayRef shape;
+};
+
+// p (..., r) and S (r,), then each named tensor against its expected shape, all on p's device.
+inline void check_core_args(const at::Tensor& p, const at::Tensor& S, std::initializer_list<NamedShape> others) {
+  check_float(p, "p");
+  check_float(S, "S");
+  TORCH_CHECK(S.dim() == 1 && S.size(0) > 0, "antipasto_ext: S must be a non-empty 1-D tensor, got ", S.sizes());
+  TORCH_CHECK(p.dim() >= 1 && p.size(-1) == S.size(0), "antipasto_ext: p must have last dim r = ", S.size(0),
+              ", got ", p.sizes());
+  TORCH_CHECK(S.device() == p.device(), "antipasto_ext: S is on ", S.device(), " but p is on ", p.device());
+  for (const auto& o : others) {
+    check_float(o.tensor, o.name);
+    TORCH_CHECK(o.tensor.sizes() == o.shape, "antipasto_ext: ", o.name, " must have shape ", o.shape, ", got ",
+                o.tensor.sizes());
+    TORCH_CHECK(o.tensor.device() == p.device(), "antipasto_ext: ", o.name, " is on ", o.tensor.device(),
+                " but p is on ", p.device());
+  }
+}
+
+inline void check_rot_args(const at::Tensor& p, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R,
+                           int64_t side) {
+  TORCH_CHECK(side == kRotNone || side == kRotV || side == kRotU,
+              "antipasto_ext: side must be 0 (none), 1 (V) or 2 (U), got ", side);
+  check_core_args(p, S, {{"delta_s", delta_s, {S.size(0)}}});
+  if (side == kRotNone) return;
+  check_float(R, "R");
+  TORCH_CHECK(R.dim() == 3 && R.size(1) == R.size(2) && R.size(1) >= 2 && R.size(0) * R.size(1) == S.size(0),
+              "antipasto_ext: R must have shape (r / block_size, block_size, block_size) with r = ", S.size(0),
+              ", got ", R.sizes());
+  TORCH_CHECK(R.device() == p.device(), "antipasto_ext: R is on ", R.device(), " but p is on ", p.device());
+}
+
+// s_eff = S * (1 + ELU(coeff * g')) and, when asked, d s_eff / d g, in the accumulation type.
+template <typename acc_t>
+std::vector<acc_t> gain_scales(const at::Tensor& S, const at::Tensor& g, double coeff, bool suppress_only,
+                               std::vector<acc_t>* dscale_dg) {
+  const auto acc = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
+  const at::Tensor Sa = S.to(at::kCPU).to(acc).contiguous(), ga = g.to(at::kCPU).to(acc).contiguous();
+  const int64_t r = Sa.numel();
+  std::vector<acc_t> s(r);
+  if (dscale_dg) dscale_dg->resize(r);
+  for (int64_t j = 0; j < r; ++j)
+    s[j] = gain_scale<acc_t>(Sa.data_ptr<acc_t>()[j], ga.data_ptr<acc_t>()[j], acc_t(coeff), suppress_only,
+                             dscale_dg ? dscale_dg->data() + j : nullptr);
+  return s;
+}
+
+// s_eff = S + coeff * delta_s (antipasto_rot).
+template <typename acc_t>
+std::vector<acc_t> additive_scales(const at::Tensor& S, const at::Tensor& delta_s, double coeff) {
+  const auto acc = std::is_same<acc_t, double>::value ? at::kDouble : at::kFloat;
+  const at::Tensor Sa = S.to(at::kCPU).to(acc).contiguous(), da = delta_s.to(at::kCPU).to(acc).contiguous();
+  std::vector<acc_t> s(Sa.numel());
+  for (int64_t j = 0; j < Sa.numel(); ++j) s[j] = Sa.data_ptr<acc_t>()[j] + acc_t(coeff) * da.data_ptr<acc_t>()[j];
+  return s;
+}
+
+}  // namespace ax
