@@ -123,8 +123,14 @@ def _fake_ablate_backward(grad_h, p, S, C, a, coeff):
     return p.new_empty(p.shape), C.new_empty(C.shape), a.new_empty(a.shape)
 
 
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError("antipasto_ext: double backward through the adapter cores is not supported")
+
+
 def _register():
     lib = torch.library
+    for name in ("block_cayley", "gain_core", "dplr_core", "rot_core", "ablate_core"):
+        lib.register_autograd(f"antipasto_ext::{name}_backward", _no_double_backward)
     lib.register_autograd("antipasto_ext::block_cayley", _block_cayley_backward, setup_context=_block_cayley_setup)
     for name, backward in (("gain_core", _gain_backward), ("dplr_core", _dplr_backward),
                            ("rot_core", _rot_backward), ("ablate_core", _ablate_backward)):

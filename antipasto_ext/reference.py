@@ -35,11 +35,39 @@ def _output(x, weight, bias, h, U):
     return F.linear(x, weight, bias) + F.linear(h.to(x.dtype), U)
 
 
+def gain_core(p, S, g, coeff=1.0, suppress_only=False):
+    """r-space core of antipasto / corda: h = p * S_eff."""
+    return p * gain_scale(S, g, coeff, suppress_only)
+
+
+def dplr_core(p, S, g, A, B, coeff=1.0, suppress_only=False):
+    """r-space core of dplr: h = p * S_eff + coeff * (p A^T) B^T."""
+    return gain_core(p, S, g, coeff, suppress_only) + coeff * (p @ A.T) @ B.T
+
+
+def rot_core(p, S, delta_s, R, coeff=1.0, rotate_basis="V"):
+    """r-space form of antipasto_rot's core: V side (p_b R_b^T) * S_eff, U side (p * S_eff)_b R_b."""
+    s_eff = S + coeff * delta_s
+    if rotate_basis == "none":
+        return p * s_eff
+    n, bs, _ = R.shape
+    pb = p.reshape(-1, n, bs)
+    if rotate_basis == "V":
+        return torch.einsum("tbj,bij->tbi", pb, R).reshape(p.shape) * s_eff
+    return torch.einsum("tbi,bij->tbj", (p * s_eff).reshape(-1, n, bs), R).reshape(p.shape)
+
+
+def ablate_core(p, S, C, a, coeff=1.0):
+    """r-space core of ablate: h = p S - coeff ((p S C) * a) C^T."""
+    h = p * S
+    return h - coeff * ((h @ C) * a) @ C.T
+
+
 def antipasto(x, weight, bias, U, S, Vh, g, coeff=1.0, suppress_only=False):
     """SPEC §1 (and §4 with Vh = P): out = y_base + ((x Vh^T) * S_eff) U^T."""
     ct = _core_dtype(x, g)
     p = F.linear(x, Vh).to(ct)
-    return _output(x, weight, bias, p * gain_scale(S.to(ct), g.to(ct), coeff, suppress_only), U)
+    return _output(x, weight, bias, gain_core(p, S.to(ct), g.to(ct), coeff, suppress_only), U)
 
 
 antipasto_corda = antipasto
@@ -86,18 +114,14 @@ def ablation_basis(c):
 def antipasto_ablate(x, weight, bias, U, S, Vh, c, alpha, coeff=1.0):
     """SPEC §3: h = p S;  h <- h - coeff ((h C_hat) * clamp(alpha, 0, 1)) C_hat^T."""
     ct = _core_dtype(x, c)
-    C = ablation_basis(c).to(ct)
-    a = alpha.to(ct).clamp(0, 1)
-    h = F.linear(x, Vh).to(ct) * S.to(ct)
-    h = h - coeff * ((h @ C) * a) @ C.T
+    h = ablate_core(F.linear(x, Vh).to(ct), S.to(ct), ablation_basis(c).to(ct), alpha.to(ct).clamp(0, 1), coeff)
     return _output(x, weight, bias, h, U)
 
 
 def antipasto_dplr(x, weight, bias, U, S, Vh, g, A, B, coeff=1.0, suppress_only=False):
     """SPEC §5: h = p * S_eff + coeff * (p A^T) B^T."""
     ct = _core_dtype(x, g)
-    p = F.linear(x, Vh).to(ct)
-    h = p * gain_scale(S.to(ct), g.to(ct), coeff, suppress_only) + coeff * (p @ A.to(ct).T) @ B.to(ct).T
+    h = dplr_core(F.linear(x, Vh).to(ct), S.to(ct), g.to(ct), A.to(ct), B.to(ct), coeff, suppress_only)
     return _output(x, weight, bias, h, U)
 
 

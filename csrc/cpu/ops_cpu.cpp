@@ -211,9 +211,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dplr_core_backward_cp
     });
     for (int64_t j = 0; j < r; ++j) tot[j] *= dscale[j];
     const at::Tensor all = from_vector(tot, {r + 2 * k * r});
-    dg = all.narrow(0, 0, r).to(g.scalar_type());
-    dA = all.narrow(0, r, k * r).view({k, r}).to(A.scalar_type());
-    dB = all.narrow(0, r + k * r, k * r).view({r, k}).to(B.scalar_type());
+    dg = all.narrow(0, 0, r).to(g.scalar_type(), false, true);
+    dA = all.narrow(0, r, k * r).view({k, r}).to(A.scalar_type(), false, true);
+    dB = all.narrow(0, r + k * r, k * r).view({r, k}).to(B.scalar_type(), false, true);
   });
   return {dp, dg, dA, dB};
 }
@@ -271,8 +271,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rot_core_backward_cpu(const at::T
     });
     for (int64_t j = 0; j < r; ++j) tot[j] *= acc_t(coeff);
     const at::Tensor all = from_vector(tot, {r + n_rot});
-    dds = all.narrow(0, 0, r).to(delta_s.scalar_type());
-    dR = all.narrow(0, r, n_rot).view(R.sizes()).to(R.scalar_type());
+    dds = all.narrow(0, 0, r).to(delta_s.scalar_type(), false, true);
+    dR = all.narrow(0, r, n_rot).view(R.sizes()).to(R.scalar_type(), false, true);
   });
   return {dp, dds, dR};
 }
@@ -326,8 +326,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward_cpu(const at
       store_row(w + 2 * r, r, dpp + i * r);
     });
     const at::Tensor all = from_vector(tot, {r * k + k});
-    dC = all.narrow(0, 0, r * k).view({r, k}).to(C.scalar_type());
-    da = all.narrow(0, r * k, k).to(a.scalar_type());
+    dC = all.narrow(0, 0, r * k).view({r, k}).to(C.scalar_type(), false, true);
+    da = all.narrow(0, r * k, k).to(a.scalar_type(), false, true);
   });
   return {dp, dC, da};
 }

@@ -1,0 +1,39 @@
+import os
+
+import pytest
+import torch
+
+import antipasto_ext as ax
+
+# Engines of the CPU op implementation: the C++ CPU kernels, and the CUDA kernel source run through the
+# CPU emulation of the CUDA execution model (ANTIPASTO_EXT_ENGINE=cuda-emulated).
+ENGINES = ["native", "cuda-emulated"]
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and ax.build_info()["cuda"] else [])
+
+# Relative tolerances (max |err| / max |ref|) against the float64 reference, per compute dtype.
+RTOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request, monkeypatch):
+    monkeypatch.setenv("ANTIPASTO_EXT_ENGINE", request.param)
+    return request.param
+
+
+@pytest.fixture(autouse=True)
+def _fresh_seed(request):
+    """A fresh seed per test (printed on failure), reproducible with ANTIPASTO_TEST_SEED."""
+    seed = int(os.environ.get("ANTIPASTO_TEST_SEED", torch.seed() % 2**31))
+    torch.manual_seed(seed)
+    print(f"ANTIPASTO_TEST_SEED={seed}")  # shown with a failure's captured output
+    yield seed
+
+
+def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+    a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
+    return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+
+
+def assert_close(a, ref, dtype, name="", scale=1.0):
+    err = rel_err(a, ref)
+    assert err <= RTOL[dtype] * scale, f"{name}: relative error {err:.3g} > {RTOL[dtype] * scale:.3g} ({dtype})"
