@@ -64,7 +64,7 @@ def test_module_matches_float64_reference(variant, backend, shape, dtype, device
     ref.backend = "eager"
     m.backend = backend
     x = torch.randn(*lead, d_in, device=device, dtype=dtype)
-    g = torch.randn(*lead, d_out, device=device, dtype=torch.float64)
+    g = torch.randn(*lead, d_out, device=device, dtype=dtype).double()
     y, dx, dparams = run(m, x, g)
     y_ref, dx_ref, dparams_ref = run(ref, x.double(), g)
     assert y.dtype == dtype and y.shape == (*lead, d_out)
@@ -85,6 +85,8 @@ def test_identity_at_init_and_at_coeff_zero(variant, engine):
     with torch.no_grad():
         for p in trainable(m).values():
             p.add_(torch.randn_like(p))
+        if hasattr(m, "alpha"):
+            m.alpha.fill_(0.5)  # inside the clamp, so coeff != 0 must change the output
     m.coeff = 0.0
     torch.testing.assert_close(m(x), lin(x), atol=2e-5, rtol=1e-5)
     m.coeff = -1.0
