@@ -69,13 +69,16 @@ __global__ void static_smem_overflow_kernel(float* out, int idx) {
   if (threadIdx.x == 0) out[0] = (&tile[0][0])[idx];
 }
 
-// 52 KB of static shared memory: over the 48 KiB static limit.
+#if AX_EMULATION
+// 52 KB of static shared memory: over the 48 KiB static limit (ptxas rejects
+// it at compile time, the emulator at run time).
 __global__ void too_much_static_smem_kernel(float* out) {
   AX_SHARED(float, big, [13000]);
   big[threadIdx.x] = 1.0f;
   __syncthreads();
   out[threadIdx.x] = big[threadIdx.x];
 }
+#endif
 
 // Only some threads reach the barrier, the others exit.
 __global__ void divergent_barrier_exit_kernel(float* out) {
@@ -221,6 +224,17 @@ __global__ void cp_async_kernel(const float* __restrict__ src, float* early, flo
   ax::cp_async_wait<0>();
   __syncthreads();
   late[t] = s1[4 * ((t + 3) % 16)];
+}
+
+// cp.async with zero-fill for out-of-range sources (odd threads).
+__global__ void cp_async_zfill_kernel(const float* __restrict__ src, float* out) {
+  AX_SHARED(float, s, [32]);
+  const unsigned t = threadIdx.x;  // 8 threads
+  ax::cp_async_16_zfill(&s[4 * t], src + 4 * t, t % 2 == 0);
+  ax::cp_async_commit();
+  ax::cp_async_wait<0>();
+  __syncthreads();
+  for (int k = 0; k < 4; ++k) out[4 * t + k] = s[(4 * t + 4 + k) % 32];
 }
 
 // One warp: D = A * B + C via mma (fragments from global memory, packed per

@@ -192,6 +192,16 @@ AX_TEST(cp_async_deferred) {
   }
 }
 
+AX_TEST(cp_async_zfill) {
+  std::vector<float> src(32), out(32, -1.f);
+  for (int i = 0; i < 32; ++i) src[i] = 1.0f + i;
+  AX_LAUNCH(cp_async_zfill_kernel, 1, 8, 0, nullptr, src.data(), out.data());
+  for (int i = 0; i < 32; ++i) {
+    const int j = (i + 4) % 32;  // element of s read by out[i]
+    AX_CHECK_EQ(out[i], (j / 4) % 2 == 0 ? src[j] : 0.0f);
+  }
+}
+
 AX_TEST(template_kernel_and_params_by_value) {
   const int n = 1000;
   std::vector<float> x(n), y(n);
