@@ -39,6 +39,8 @@ class SVDAdapter(nn.Module):
         self.register_buffer("U", torch.empty(out_features, r, dtype=dtype, **kw))
         self.register_buffer("S", torch.empty(r, dtype=param_dtype, **kw))
         self.register_buffer(self.in_basis, torch.empty(r, in_features, dtype=dtype, **kw))
+        # While merged: the core C folded into ``weight`` (W_res + U C Vh), so unmerge takes out what was put in.
+        self.register_buffer("_merged_core", None, persistent=False)
         self._backend = None
         self._calibration = None
 
@@ -61,11 +63,44 @@ class SVDAdapter(nn.Module):
 
     def _set_basis(self, U, S, in_basis, W_res):
         """Store the basis once in the dtype the forward computes in (no per-forward casts)."""
-        dtype = self.weight.dtype
+        dtype, ct = self.weight.dtype, S.dtype
         self.U.copy_(U.to(dtype))
         self.S.copy_(S)
         getattr(self, self.in_basis).copy_(in_basis.to(dtype))
+        if dtype != ct:  # the stored U, Vh are rounded: fold that rounding into W_res, so that the stored
+            # W_res + U diag(S) Vh rebuilds W to within one rounding of dtype (what detach relies on)
+            W_res = W_res + (U * S) @ in_basis - (self.U.to(ct) * S) @ getattr(self, self.in_basis).to(ct)
         self.weight.copy_(W_res.to(dtype))
+
+    def _precise_tensors(self):
+        """Tensors kept in promote(weight dtype, float32) whatever ``.to(dtype)`` does: S, the core's
+        parameters and the merged core (what the constructor makes; the S-space core accumulates in it)."""
+        names = ["S", "_merged_core"] + [n for n in self._parameters if n not in ("weight", "bias")]
+        return {n: t for n in names if (t := getattr(self, n)) is not None}
+
+    def _apply(self, fn, recurse=True):
+        """``.to(bfloat16)`` / ``.half()`` move U, Vh and the residual weight to the new dtype and keep the
+        S-space tensors in float32, as a module built in that dtype has them (no rounding of S or of
+        trainable parameters, calibration still possible); the init snapshot follows device and dtype."""
+        # detach(): views of the current storage, which super()._apply replaces in the Parameter via .data
+        before = {n: (t.detach(), None if t.grad is None else t.grad.detach()) for n, t in self._precise_tensors().items()}
+        super()._apply(fn, recurse)
+        ct = torch.promote_types(self.weight.dtype, torch.float32)
+        for n, (old, old_grad) in before.items():
+            new = getattr(self, n)
+            if new is None or new.dtype == ct:
+                continue
+            value = old.to(device=new.device, dtype=ct)
+            if isinstance(new, nn.Parameter):
+                new.data = value
+                if old_grad is not None:
+                    new.grad = old_grad.to(device=new.device, dtype=ct)
+            else:
+                self._buffers[n] = value
+        if getattr(self, "_init_state", None):
+            self._init_state = {n: t.to(device=self._parameters[n].device, dtype=self._parameters[n].dtype)
+                                for n, t in self._init_state.items()}
+        return self
 
     def _snapshot_init(self):
         # Calibration re-selects the basis and is only sound while the core is at its init.
@@ -82,6 +117,12 @@ class SVDAdapter(nn.Module):
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"coeff must be finite, got {value}")
+        C_old = self._buffers.get("_merged_core")
+        if C_old is not None and value != self._coeff:  # merged: re-merge now, so the weight is never stale
+            with torch.no_grad():
+                C_new = self.core_matrix(value).detach().to(C_old.dtype)
+                self.weight.copy_((self.weight.to(C_old.dtype) + self._delta_weight(C_new - C_old)).to(self.weight.dtype))
+                self._merged_core = C_new
         self._coeff = value
 
     @property
@@ -111,6 +152,8 @@ class SVDAdapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if self._merged_core is not None:
+            return torch.nn.functional.linear(x, self.weight, self.bias)
         if self._calibration is not None:
             self._calibration_update(x)
         if self.backend == "eager":
@@ -128,20 +171,66 @@ class SVDAdapter(nn.Module):
     def _eager(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    # ----------------------------------------------------------------------------- merge
+
+    def core_matrix(self, coeff: float | None = None) -> torch.Tensor:
+        """The variant's core C (r, r) in S-space at ``coeff`` (default: the module's): Delta W = U C Vh,
+        i.e. the forward is ``x (W_res + U C Vh)^T + b``. In the S dtype, differentiable."""
+        raise NotImplementedError
+
+    def _delta_weight(self, C: torch.Tensor) -> torch.Tensor:
+        ct = C.dtype
+        return (self.U.to(ct) @ C) @ getattr(self, self.in_basis).to(ct)
+
+    @property
+    def merged(self) -> bool:
+        return self._merged_core is not None
+
+    @torch.no_grad()
+    def merge(self):
+        """Fold the adapter into one weight W_res + U C Vh (forward becomes one F.linear; the core's
+        parameters get no gradient while merged). Setting ``coeff`` while merged re-merges at once."""
+        if self._calibration is not None:
+            raise RuntimeError("cannot merge during calibration (call calibration_end first)")
+        if not self.merged:
+            C = self.core_matrix().detach().to(self.S.dtype)
+            self.weight.copy_((self.weight.to(C.dtype) + self._delta_weight(C)).to(self.weight.dtype))
+            self._merged_core = C
+        return self
+
+    @torch.no_grad()
+    def unmerge(self):
+        """Back to the training form: subtract exactly the U C Vh that merge added (one rounding of the
+        weight's dtype)."""
+        C = self._merged_core
+        if C is not None:
+            self.weight.copy_((self.weight.to(C.dtype) - self._delta_weight(C)).to(self.weight.dtype))
+            self._merged_core = None
+        return self
+
     # ----------------------------------------------------------------------------- calibration
 
     def full_weight(self) -> torch.Tensor:
-        """W = W_res + U diag(S) Vh, in the SVD dtype (float32, or float64 for a float64 layer)."""
+        """W = W_res + U diag(S) Vh, in the SVD dtype (float32, or float64 for a float64 layer); the
+        original layer's weight, whatever the adapter has learned and whether it is merged."""
         ct = self.S.dtype
+        if self.merged:  # weight holds W_res + U C Vh
+            return self.weight.to(ct) + self._delta_weight(torch.diag(self.S) - self._merged_core.to(ct))
         return self.weight.to(ct) + (self.U.to(ct) * self.S) @ getattr(self, self.in_basis).to(ct)
+
+    def check_calibratable(self):
+        """Raise unless calibration may re-select the basis now (not merged, core still at its init)."""
+        if self.merged:
+            raise RuntimeError("cannot calibrate a merged layer (unmerge first)")
+        moved = [n for n, p in self.named_parameters() if n in self._init_state and not torch.equal(p, self._init_state[n])]
+        if moved:
+            raise RuntimeError(f"cannot calibrate: parameters {moved} have moved from their init (calibrate before training)")
 
     def calibration_begin(self, pool: str = "rms"):
         """Start streaming calibration statistics from this layer's inputs (every forward adds to them)."""
         if pool not in ("rms", "mean_abs"):
             raise ValueError(f"pool must be 'rms' or 'mean_abs', got {pool!r}")
-        moved = [n for n, p in self.named_parameters() if n in self._init_state and not torch.equal(p, self._init_state[n])]
-        if moved:
-            raise RuntimeError(f"cannot calibrate: parameters {moved} have moved from their init (calibrate before training)")
+        self.check_calibratable()
         ct = self.S.dtype
         with torch.no_grad():
             W = self.full_weight()
@@ -199,4 +288,4 @@ class SVDAdapter(nn.Module):
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
-                f"coeff={self.coeff}, backend={self.backend!r}")
+                f"coeff={self.coeff}, backend={self.backend!r}" + (", merged" if self.merged else ""))

@@ -25,6 +25,13 @@ class AblateLinear(SVDAdapter):
         self.c = nn.Parameter(torch.randn(r, k, **kw) / math.sqrt(r))
         self.alpha = nn.Parameter(torch.full((k,), float(init_alpha), **kw))
 
+    def core_matrix(self, coeff=None):
+        """C = (I - coeff C_hat diag(a) C_hat^T) diag(S)."""
+        coeff = self.coeff if coeff is None else coeff
+        C_hat = reference.ablation_basis(self.c.to(self.S.dtype))
+        M = torch.eye(self.r, dtype=self.S.dtype, device=self.S.device) - coeff * (C_hat * self.alpha.to(self.S.dtype).clamp(0, 1)) @ C_hat.T
+        return M * self.S
+
     def _core(self, p):
         return ops.ablate_core(p, self.S, reference.ablation_basis(self.c), self.alpha.clamp(0, 1), self.coeff)
 

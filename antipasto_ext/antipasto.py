@@ -17,6 +17,11 @@ class AntiPaSTOLinear(SVDAdapter):
     def _core(self, p):
         return ops.gain_core(p, self.S, self.g, self.coeff, self.suppress_only)
 
+    def core_matrix(self, coeff=None):
+        """C = diag(S_eff) (Delta W = U C Vh)."""
+        coeff = self.coeff if coeff is None else coeff
+        return torch.diag(reference.gain_scale(self.S, self.g.to(self.S.dtype), coeff, self.suppress_only))
+
     def _eager(self, x):
         return reference.antipasto(x, self.weight, self.bias, self.U, self.S, getattr(self, self.in_basis), self.g,
                                    self.coeff, self.suppress_only)

@@ -26,6 +26,11 @@ class DPLRLinear(AntiPaSTOLinear):
     def _core(self, p):
         return ops.dplr_core(p, self.S, self.g, self.A, self.B, self.coeff, self.suppress_only)
 
+    def core_matrix(self, coeff=None):
+        """C = diag(S_eff) + coeff B A."""
+        coeff = self.coeff if coeff is None else coeff
+        return super().core_matrix(coeff) + coeff * (self.B @ self.A).to(self.S.dtype)
+
     def _eager(self, x):
         return reference.antipasto_dplr(x, self.weight, self.bias, self.U, self.S, self.Vh, self.g, self.A, self.B,
                                         self.coeff, self.suppress_only)

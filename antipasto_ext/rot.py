@@ -37,6 +37,16 @@ class RotLinear(SVDAdapter):
         """The per-block rotations R (n_blocks, bs, bs) at the current coeff."""
         return ops.block_cayley(self.rot_T, self.block_size, self.max_rotation_angle, self.coeff)
 
+    def core_matrix(self, coeff=None):
+        """C = diag(S_eff) blockdiag(R) (V side), blockdiag(R)^T diag(S_eff) (U side), diag(S_eff) (none)."""
+        coeff = self.coeff if coeff is None else coeff
+        ct = self.S.dtype
+        s_eff = self.S + coeff * self.delta_s.to(ct)
+        if self.rot_T is None:
+            return torch.diag(s_eff)
+        R = torch.block_diag(*reference.cayley_blocks(self.rot_T.to(ct), self.block_size, self.max_rotation_angle, coeff))
+        return s_eff[:, None] * R if self.rotate_basis == "V" else R.T * s_eff
+
     def _core(self, p):
         R = p.new_empty(0) if self.rot_T is None else self.rotation()
         return ops.rot_core(p, self.S, self.delta_s, R, self.coeff, self.rotate_basis)
