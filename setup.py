@@ -70,7 +70,7 @@ with_cuda = why_not_cuda is None
 emulation_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/emu").glob("*.cpp"))
 with_emulation = bool(emulation_sources) and cuda_include is not None and (cuda_include / "cuda_bf16.h").exists()
 
-sources = ["csrc/registration.cpp", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/cpu").glob("*.cpp"))]
+sources = ["csrc/registration.cpp", "csrc/autograd.cpp", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/cpu").glob("*.cpp"))]
 cxx_flags = ["-O3", f"-I{ROOT}"]
 archs = os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else ""
 defines = [("AX_WITH_CUDA", "1" if with_cuda else "0"), ("AX_CUDA_ARCHS", f'"{archs}"'),

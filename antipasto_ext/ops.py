@@ -57,42 +57,15 @@ def ablate_core(p, S, C, a, coeff: float = 1.0):
 
 
 # ------------------------------------------------------------------------------------------ autograd
+# The forward ops' autograd lives in C++ (csrc/autograd.cpp). The *_backward ops are not
+# differentiable again; saying so beats autograd's silent fallback.
 
 
-def _setup_save_all(ctx, inputs, output):
-    ctx.save_for_backward(*(t for t in inputs if isinstance(t, torch.Tensor)))
-    ctx.scalars = tuple(a for a in inputs if not isinstance(a, torch.Tensor))
+def _no_double_backward(ctx, *grads):
+    raise NotImplementedError("antipasto_ext: double backward through the adapter cores is not supported")
 
 
-def _block_cayley_setup(ctx, inputs, output):
-    rot_T, block_size, max_angle, coeff = inputs
-    ctx.save_for_backward(rot_T, output)
-    ctx.scalars = (block_size, max_angle, coeff)
-
-
-def _block_cayley_backward(ctx, grad_R):
-    rot_T, R = ctx.saved_tensors
-    return _ops.block_cayley_backward(grad_R, R, rot_T, *ctx.scalars), None, None, None
-
-
-def _gain_backward(ctx, grad_h):
-    dp, dg = _ops.gain_core_backward(grad_h, *ctx.saved_tensors, *ctx.scalars)
-    return dp, None, dg, None, None
-
-
-def _dplr_backward(ctx, grad_h):
-    dp, dg, dA, dB = _ops.dplr_core_backward(grad_h, *ctx.saved_tensors, *ctx.scalars)
-    return dp, None, dg, dA, dB, None, None
-
-
-def _rot_backward(ctx, grad_h):
-    dp, dds, dR = _ops.rot_core_backward(grad_h, *ctx.saved_tensors, *ctx.scalars)
-    return dp, None, dds, dR, None, None
-
-
-def _ablate_backward(ctx, grad_h):
-    dp, dC, da = _ops.ablate_core_backward(grad_h, *ctx.saved_tensors, *ctx.scalars)
-    return dp, None, dC, da, None
+# ------------------------------------------------------------------------------------------ fake kernels
 
 
 def _fake_block_cayley(rot_T, block_size, max_angle, coeff):
@@ -123,19 +96,12 @@ def _fake_ablate_backward(grad_h, p, S, C, a, coeff):
     return p.new_empty(p.shape), C.new_empty(C.shape), a.new_empty(a.shape)
 
 
-def _no_double_backward(ctx, *grads):
-    raise NotImplementedError("antipasto_ext: double backward through the adapter cores is not supported")
-
-
 def _register():
     lib = torch.library
-    for name in ("block_cayley", "gain_core", "dplr_core", "rot_core", "ablate_core"):
+    for name in ("gain_core", "dplr_core", "rot_core", "ablate_core"):
         lib.register_autograd(f"antipasto_ext::{name}_backward", _no_double_backward)
-    lib.register_autograd("antipasto_ext::block_cayley", _block_cayley_backward, setup_context=_block_cayley_setup)
-    for name, backward in (("gain_core", _gain_backward), ("dplr_core", _dplr_backward),
-                           ("rot_core", _rot_backward), ("ablate_core", _ablate_backward)):
-        lib.register_autograd(f"antipasto_ext::{name}", backward, setup_context=_setup_save_all)
         lib.register_fake(f"antipasto_ext::{name}", _fake_core)
+    lib.register_autograd("antipasto_ext::block_cayley_backward", _no_double_backward)
     lib.register_fake("antipasto_ext::block_cayley", _fake_block_cayley)
     lib.register_fake("antipasto_ext::block_cayley_backward", _fake_block_cayley_backward)
     lib.register_fake("antipasto_ext::gain_core_backward", _fake_gain_backward)
