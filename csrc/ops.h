@@ -5,12 +5,19 @@
 #include <ATen/ATen.h>
 
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <initializer_list>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "csrc/kernels/math.h"
 #include "csrc/kernels/rowcore.h"
+
+#ifndef AX_WITH_EMULATION
+#define AX_WITH_EMULATION 0
+#endif
 
 namespace ax {
 
@@ -94,5 +101,45 @@ std::vector<acc_t> additive_scales(const at::Tensor& S, const at::Tensor& delta_
   for (int64_t j = 0; j < Sa.numel(); ++j) s[j] = Sa.data_ptr<acc_t>()[j] + acc_t(coeff) * da.data_ptr<acc_t>()[j];
   return s;
 }
+
+// Engine of the CPU ops, from the environment variable ANTIPASTO_EXT_ENGINE (read on every call):
+// unset, empty or "native": the C++ CPU kernels; "cuda-emulated": the CUDA kernel source run through
+// the CPU emulation of the CUDA execution model (csrc/cpu/ops_emulated.cpp). Anything else is an error.
+inline bool use_emulated_engine() {
+  const char* v = std::getenv("ANTIPASTO_EXT_ENGINE");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "native") == 0) return false;
+  TORCH_CHECK(std::strcmp(v, "cuda-emulated") == 0, "antipasto_ext: ANTIPASTO_EXT_ENGINE must be 'native' or ",
+              "'cuda-emulated', got '", v, "'");
+  TORCH_CHECK(AX_WITH_EMULATION, "antipasto_ext: ANTIPASTO_EXT_ENGINE=cuda-emulated, but this build of ",
+              "antipasto_ext has no CUDA emulation engine (it is built only where the CUDA headers cuda_bf16.h / ",
+              "cuda_fp16.h are found; see antipasto_ext.build_info()['emulation'])");
+  return true;
+}
+
+// The CPU ops run through the emulated CUDA kernels: same signatures and results as the C++ CPU ops.
+namespace emulated {
+at::Tensor block_cayley(const at::Tensor& rot_T, int64_t block_size, double max_angle, double coeff);
+at::Tensor block_cayley_backward(const at::Tensor& grad_R, const at::Tensor& R, const at::Tensor& rot_T,
+                                 int64_t block_size, double max_angle, double coeff);
+at::Tensor gain_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, double coeff, bool suppress_only);
+std::tuple<at::Tensor, at::Tensor> gain_core_backward(const at::Tensor& grad_h, const at::Tensor& p,
+                                                      const at::Tensor& S, const at::Tensor& g, double coeff,
+                                                      bool suppress_only);
+at::Tensor dplr_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A,
+                     const at::Tensor& B, double coeff, bool suppress_only);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dplr_core_backward(
+    const at::Tensor& grad_h, const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A,
+    const at::Tensor& B, double coeff, bool suppress_only);
+at::Tensor rot_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R,
+                    double coeff, int64_t side);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rot_core_backward(const at::Tensor& grad_h, const at::Tensor& p,
+                                                                 const at::Tensor& S, const at::Tensor& delta_s,
+                                                                 const at::Tensor& R, double coeff, int64_t side);
+at::Tensor ablate_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor& C, const at::Tensor& a,
+                       double coeff);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward(const at::Tensor& grad_h, const at::Tensor& p,
+                                                                    const at::Tensor& S, const at::Tensor& C,
+                                                                    const at::Tensor& a, double coeff);
+}  // namespace emulated
 
 }  // namespace ax

@@ -73,6 +73,7 @@ at::Tensor from_vector(const std::vector<double>& v, at::IntArrayRef shape) {
 
 at::Tensor block_cayley_cpu(const at::Tensor& rot_T, int64_t block_size, double max_angle, double coeff) {
   check_block_cayley_args(rot_T, block_size, max_angle);
+  if (use_emulated_engine()) return emulated::block_cayley(rot_T, block_size, max_angle, coeff);
   const auto acc = acc_dtype(rot_T.scalar_type());
   const at::Tensor t = rot_T.to(acc).contiguous();
   const int64_t n = t.size(0), bs = block_size, m = t.size(1);
@@ -93,6 +94,7 @@ at::Tensor block_cayley_cpu(const at::Tensor& rot_T, int64_t block_size, double 
 at::Tensor block_cayley_backward_cpu(const at::Tensor& grad_R, const at::Tensor& R, const at::Tensor& rot_T,
                                      int64_t block_size, double max_angle, double coeff) {
   check_block_cayley_args(rot_T, block_size, max_angle);
+  if (use_emulated_engine()) return emulated::block_cayley_backward(grad_R, R, rot_T, block_size, max_angle, coeff);
   const auto acc = acc_dtype(rot_T.scalar_type());
   const at::Tensor t = rot_T.to(acc).contiguous(), Ra = R.to(acc).contiguous(), G = grad_R.to(acc).contiguous();
   const int64_t n = t.size(0), bs = block_size, m = t.size(1);
@@ -115,6 +117,7 @@ at::Tensor block_cayley_backward_cpu(const at::Tensor& grad_R, const at::Tensor&
 at::Tensor gain_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, double coeff,
                          bool suppress_only) {
   check_core_args(p, S, {{"g", g, {S.size(0)}}});
+  if (use_emulated_engine()) return emulated::gain_core(p, S, g, coeff, suppress_only);
   const at::Tensor x = p.contiguous();
   at::Tensor h = at::empty_like(x);
   const int64_t r = S.size(0), n = x.numel() / std::max<int64_t>(r, 1);
@@ -136,6 +139,7 @@ std::tuple<at::Tensor, at::Tensor> gain_core_backward_cpu(const at::Tensor& grad
                                                           const at::Tensor& S, const at::Tensor& g, double coeff,
                                                           bool suppress_only) {
   check_core_args(p, S, {{"g", g, {S.size(0)}}, {"grad_h", grad_h, p.sizes()}});
+  if (use_emulated_engine()) return emulated::gain_core_backward(grad_h, p, S, g, coeff, suppress_only);
   const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
   at::Tensor dp = at::empty_like(x);
   const int64_t r = S.size(0), n = x.numel() / std::max<int64_t>(r, 1);
@@ -164,6 +168,7 @@ at::Tensor dplr_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Ten
                          const at::Tensor& B, double coeff, bool suppress_only) {
   const int64_t r = S.size(0), k = A.dim() == 2 ? A.size(0) : 0;
   check_core_args(p, S, {{"g", g, {r}}, {"A", A, {k, r}}, {"B", B, {r, k}}});
+  if (use_emulated_engine()) return emulated::dplr_core(p, S, g, A, B, coeff, suppress_only);
   const at::Tensor x = p.contiguous();
   at::Tensor h = at::empty_like(x);
   const int64_t n = x.numel() / std::max<int64_t>(r, 1);
@@ -189,6 +194,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dplr_core_backward_cp
     const at::Tensor& B, double coeff, bool suppress_only) {
   const int64_t r = S.size(0), k = A.dim() == 2 ? A.size(0) : 0;
   check_core_args(p, S, {{"g", g, {r}}, {"A", A, {k, r}}, {"B", B, {r, k}}, {"grad_h", grad_h, p.sizes()}});
+  if (use_emulated_engine()) return emulated::dplr_core_backward(grad_h, p, S, g, A, B, coeff, suppress_only);
   const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
   at::Tensor dp = at::empty_like(x), dg, dA, dB;
   const int64_t n = x.numel() / std::max<int64_t>(r, 1);
@@ -224,6 +230,7 @@ at::Tensor rot_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Tens
                         double coeff, int64_t side) {
   const int64_t r = S.size(0);
   check_rot_args(p, S, delta_s, R, side);
+  if (use_emulated_engine()) return emulated::rot_core(p, S, delta_s, R, coeff, side);
   const at::Tensor x = p.contiguous();
   at::Tensor h = at::empty_like(x);
   const int64_t n = x.numel() / std::max<int64_t>(r, 1), bs = side == kRotNone ? 1 : R.size(1);
@@ -250,6 +257,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rot_core_backward_cpu(const at::T
   const int64_t r = S.size(0);
   check_rot_args(p, S, delta_s, R, side);
   check_core_args(p, S, {{"grad_h", grad_h, p.sizes()}});
+  if (use_emulated_engine()) return emulated::rot_core_backward(grad_h, p, S, delta_s, R, coeff, side);
   const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
   at::Tensor dp = at::empty_like(x), dds, dR;
   const int64_t n = x.numel() / std::max<int64_t>(r, 1), bs = side == kRotNone ? 1 : R.size(1);
@@ -283,6 +291,7 @@ at::Tensor ablate_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::T
                            double coeff) {
   const int64_t r = S.size(0), k = C.dim() == 2 ? C.size(1) : 0;
   check_core_args(p, S, {{"C", C, {r, k}}, {"a", a, {k}}});
+  if (use_emulated_engine()) return emulated::ablate_core(p, S, C, a, coeff);
   const at::Tensor x = p.contiguous();
   at::Tensor h = at::empty_like(x);
   const int64_t n = x.numel() / std::max<int64_t>(r, 1);
@@ -307,6 +316,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward_cpu(const at
                                                                         const at::Tensor& a, double coeff) {
   const int64_t r = S.size(0), k = C.dim() == 2 ? C.size(1) : 0;
   check_core_args(p, S, {{"C", C, {r, k}}, {"a", a, {k}}, {"grad_h", grad_h, p.sizes()}});
+  if (use_emulated_engine()) return emulated::ablate_core_backward(grad_h, p, S, C, a, coeff);
   const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
   at::Tensor dp = at::empty_like(x), dC, da;
   const int64_t n = x.numel() / std::max<int64_t>(r, 1);

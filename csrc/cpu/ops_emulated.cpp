@@ -1,0 +1,121 @@
+// The CPU ops run through the CUDA kernel source on the CPU emulation of the CUDA execution model
+// (ANTIPASTO_EXT_ENGINE=cuda-emulated, see ax::use_emulated_engine in csrc/ops.h): the torch glue
+// of csrc/kernel_ops.h over the kernels of namespace ax::emu_impl (csrc/emu/engine.cpp). Built in
+// every configuration; without the emulation engine (AX_WITH_EMULATION=0) the entry points raise.
+#include "csrc/ops.h"
+
+#if AX_WITH_EMULATION
+#include "csrc/kernel_ops.h"
+#endif
+
+namespace ax {
+namespace emulated {
+
+#if AX_WITH_EMULATION
+
+namespace {
+struct NoGuard {
+  explicit NoGuard(const at::Device& d) {
+    TORCH_CHECK(d.is_cpu(), "antipasto_ext: the cuda-emulated engine runs CPU tensors, got a tensor on ", d);
+  }
+};
+// Kernels of ax::emu_impl on host memory; launches run synchronously, the stream is unused.
+struct EmulatedKernels {
+  using Guard = NoGuard;
+  static void* stream(const at::Tensor&) { return nullptr; }
+  AX_KERNEL_BACKEND_FUNCTIONS(::ax::emu_impl)
+};
+using K = EmulatedKernels;
+}  // namespace
+
+at::Tensor block_cayley(const at::Tensor& rot_T, int64_t block_size, double max_angle, double coeff) {
+  return glue::block_cayley<K>(rot_T, block_size, max_angle, coeff);
+}
+at::Tensor block_cayley_backward(const at::Tensor& grad_R, const at::Tensor& R, const at::Tensor& rot_T,
+                                 int64_t block_size, double max_angle, double coeff) {
+  return glue::block_cayley_backward<K>(grad_R, R, rot_T, block_size, max_angle, coeff);
+}
+at::Tensor gain_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, double coeff, bool suppress_only) {
+  return glue::gain_core<K>(p, S, g, coeff, suppress_only);
+}
+std::tuple<at::Tensor, at::Tensor> gain_core_backward(const at::Tensor& grad_h, const at::Tensor& p,
+                                                      const at::Tensor& S, const at::Tensor& g, double coeff,
+                                                      bool suppress_only) {
+  return glue::gain_core_backward<K>(grad_h, p, S, g, coeff, suppress_only);
+}
+at::Tensor dplr_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A,
+                     const at::Tensor& B, double coeff, bool suppress_only) {
+  return glue::dplr_core<K>(p, S, g, A, B, coeff, suppress_only);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dplr_core_backward(
+    const at::Tensor& grad_h, const at::Tensor& p, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A,
+    const at::Tensor& B, double coeff, bool suppress_only) {
+  return glue::dplr_core_backward<K>(grad_h, p, S, g, A, B, coeff, suppress_only);
+}
+at::Tensor rot_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R,
+                    double coeff, int64_t side) {
+  return glue::rot_core<K>(p, S, delta_s, R, coeff, side);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rot_core_backward(const at::Tensor& grad_h, const at::Tensor& p,
+                                                                 const at::Tensor& S, const at::Tensor& delta_s,
+                                                                 const at::Tensor& R, double coeff, int64_t side) {
+  return glue::rot_core_backward<K>(grad_h, p, S, delta_s, R, coeff, side);
+}
+at::Tensor ablate_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor& C, const at::Tensor& a,
+                       double coeff) {
+  return glue::ablate_core<K>(p, S, C, a, coeff);
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward(const at::Tensor& grad_h, const at::Tensor& p,
+                                                                    const at::Tensor& S, const at::Tensor& C,
+                                                                    const at::Tensor& a, double coeff) {
+  return glue::ablate_core_backward<K>(grad_h, p, S, C, a, coeff);
+}
+
+#else  // no emulation engine in this build
+
+namespace {
+[[noreturn]] void unavailable() {
+  TORCH_CHECK(false, "antipasto_ext: this build has no CUDA emulation engine (ANTIPASTO_EXT_ENGINE=cuda-emulated)");
+}
+}  // namespace
+
+at::Tensor block_cayley(const at::Tensor&, int64_t, double, double) { unavailable(); }
+at::Tensor block_cayley_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, double, double) {
+  unavailable();
+}
+at::Tensor gain_core(const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool) { unavailable(); }
+std::tuple<at::Tensor, at::Tensor> gain_core_backward(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                      const at::Tensor&, double, bool) {
+  unavailable();
+}
+at::Tensor dplr_core(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                     double, bool) {
+  unavailable();
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dplr_core_backward(const at::Tensor&, const at::Tensor&,
+                                                                              const at::Tensor&, const at::Tensor&,
+                                                                              const at::Tensor&, const at::Tensor&,
+                                                                              double, bool) {
+  unavailable();
+}
+at::Tensor rot_core(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t) {
+  unavailable();
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> rot_core_backward(const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&, const at::Tensor&,
+                                                                 const at::Tensor&, double, int64_t) {
+  unavailable();
+}
+at::Tensor ablate_core(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double) {
+  unavailable();
+}
+std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward(const at::Tensor&, const at::Tensor&,
+                                                                    const at::Tensor&, const at::Tensor&,
+                                                                    const at::Tensor&, double) {
+  unavailable();
+}
+
+#endif
+
+}  // namespace emulated
+}  // namespace ax

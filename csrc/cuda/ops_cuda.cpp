@@ -1,0 +1,38 @@
+// CUDA implementations of the registered ops (schemas in csrc/registration.cpp): the torch glue of
+// csrc/kernel_ops.h over the kernels of namespace ax::cuda_impl (csrc/cuda/kernels.cu), launched on
+// the current CUDA stream of the tensors' device. No host synchronisation anywhere.
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "csrc/kernel_ops.h"
+
+namespace ax {
+namespace {
+
+struct CudaKernels {
+  using Guard = c10::cuda::OptionalCUDAGuard;
+  static void* stream(const at::Tensor& t) {
+    TORCH_CHECK(t.is_cuda(), "antipasto_ext: expected a CUDA tensor, got one on ", t.device());
+    return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+  }
+  AX_KERNEL_BACKEND_FUNCTIONS(::ax::cuda_impl)
+};
+using K = CudaKernels;
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(antipasto_ext, CUDA, m) {
+  m.impl("block_cayley", &glue::block_cayley<K>);
+  m.impl("block_cayley_backward", &glue::block_cayley_backward<K>);
+  m.impl("gain_core", &glue::gain_core<K>);
+  m.impl("gain_core_backward", &glue::gain_core_backward<K>);
+  m.impl("dplr_core", &glue::dplr_core<K>);
+  m.impl("dplr_core_backward", &glue::dplr_core_backward<K>);
+  m.impl("rot_core", &glue::rot_core<K>);
+  m.impl("rot_core_backward", &glue::rot_core_backward<K>);
+  m.impl("ablate_core", &glue::ablate_core<K>);
+  m.impl("ablate_core_backward", &glue::ablate_core_backward<K>);
+}
+
+}  // namespace ax

@@ -1,0 +1,53 @@
+// Torch-free API of the CUDA kernel family: plain functions on raw pointers, sizes, a workspace
+// and a stream. The same launcher source (csrc/kernels/launchers.cuh) is compiled twice:
+//   ax::cuda_impl  by nvcc (csrc/cuda/kernels.cu): device pointers, `stream` a cudaStream_t;
+//   ax::emu_impl   by the host compiler with AX_EMULATE_CUDA (csrc/emu/engine.cpp): host pointers,
+//                  the kernels run through the CPU emulation of the CUDA execution model.
+// Conventions:
+//   * activations (p, h, grad_h, dp) are row-major (n, r) in `dtype`;
+//   * the accumulation type is double for DType::f64, float otherwise; every small parameter
+//     (S, g, delta_s, R, A, B, C, a), Cayley input/output and parameter-gradient output is an
+//     array of accumulators (the caller casts);
+//   * backward ops take a workspace of core_workspace_elems(n, n_partial) accumulators, which they
+//     overwrite (no zeroing needed), and write the gradients of all small parameters into one
+//     accumulator array `dparams` of n_partial entries, in the layouts named below;
+//   * every call is asynchronous on `stream`, never synchronises with the host, and throws
+//     std::invalid_argument for a size the kernels cannot take, std::runtime_error for a failed launch.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace ax {
+
+enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
+
+// Rows per CTA of the backward reductions; CTA c sums rows [c*chunk, (c+1)*chunk) in order. Depends
+// only on n (deterministic), and is the C++ CPU kernels' chunking, so the summation order matches.
+inline int64_t core_rows_per_cta(int64_t n) {
+  const int64_t c = (n + 127) / 128;
+  return c > 16 ? c : 16;
+}
+inline int64_t core_partial_ctas(int64_t n) {
+  const int64_t chunk = core_rows_per_cta(n);
+  return n > 0 ? (n + chunk - 1) / chunk : 0;
+}
+inline int64_t core_workspace_elems(int64_t n, int64_t n_partial) { return core_partial_ctas(n) * n_partial; }
+
+// Sizes of the `dparams` layouts.
+inline int64_t gain_partials(int64_t r) { return r; }                           // dg (r)
+inline int64_t dplr_partials(int64_t r, int64_t k) { return r + 2 * k * r; }    // dg (r) | dA (k,r) | dB (r,k)
+inline int64_t rot_partials(int64_t r, int64_t bs, int64_t side) {              // d delta_s (r) | dR (r/bs,bs,bs)
+  return r + (side != 0 ? r * bs : 0);
+}
+inline int64_t ablate_partials(int64_t r, int64_t k) { return r * k + k; }      // dC (r,k) | da (k)
+
+namespace cuda_impl {
+#include "csrc/kernels/api_decls.inc"
+}  // namespace cuda_impl
+
+namespace emu_impl {
+#include "csrc/kernels/api_decls.inc"
+}  // namespace emu_impl
+
+}  // namespace ax

@@ -1,0 +1,287 @@
+// Batched block Cayley kernels (SPEC §2): per block b of rot_T (n_blocks, bs*(bs-1)/2),
+//   A = a_lim * tanh(skew(T) / a_lim),  M = I - coeff*A/2,  R = 2 M^-1 - I,
+// and the analytic backward dT from G = dL/dR through Minv = (R + I)/2 (no second solve):
+//   dX = 2 Minv^T G Minv^T,  dA = coeff/2 * dX * (1 - tanh^2),  dT_ij = (dA_ij - dA_ji)/2.
+//
+// Two kernels per direction:
+//   * bs <= 8: one thread per Cayley block, templated on BS, fully unrolled, everything in
+//     registers (M in place, Gauss-Jordan without pivoting; G streamed from global).
+//   * 8 < bs <= 64: one CTA per Cayley block, matrices in shared memory, one element per thread
+//     per elimination step (two barriers a step).
+// M = I - X with X skew is never singular and needs no pivot (SPEC §2), so nothing is checked and
+// nothing is ever reported to the host: the kernels never synchronise with it.
+//
+// Arithmetic mirrors ax::cayley_block_forward / cayley_block_backward (csrc/kernels/math.h)
+// operation for operation (in-place Gauss-Jordan computes the same values as the [M | I] form),
+// so without FMA contraction (the CPU emulation) the results equal the C++ CPU kernels bit for bit.
+//
+// Torch-free; include csrc/kernels/portability.cuh first (nvcc, or g++ with AX_EMULATE_CUDA).
+#pragma once
+
+#include "csrc/kernels/math.h"
+#include "csrc/kernels/portability.cuh"
+#include "csrc/kernels/kernel_ns.h"
+
+namespace ax {
+namespace AX_KERNEL_NS {
+namespace kern {
+
+constexpr int kCayleySmallMax = 8;      // register path up to this block size
+constexpr int kCayleySmallThreads = 64;  // threads (= Cayley blocks) per CTA on the register path
+constexpr int kCayleyCtaThreads = 256;  // threads per CTA on the shared-memory path
+
+// ------------------------------------------------------------------------------- bs <= 8: registers
+
+template <int BS, typename acc_t>
+__global__ void __launch_bounds__(kCayleySmallThreads)
+    cayley_forward_small_kernel(const acc_t* __restrict__ t, int64_t n_blocks, acc_t a_lim, acc_t coeff,
+                                acc_t* __restrict__ R) {
+  constexpr int kM = BS * (BS - 1) / 2;
+  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= n_blocks) return;
+  const acc_t* tb = t + b * kM;
+  acc_t M[BS][BS];
+  // M = I - coeff * A / 2 (A clamped skew), computed as (-coeff * A) / 2 like cayley_block_forward.
+#pragma unroll
+  for (int i = 0; i < BS; ++i) {
+    M[i][i] = acc_t(1);
+#pragma unroll
+    for (int j = i + 1; j < BS; ++j) {
+      const acc_t a = a_lim * tanh((__ldg(tb + triu_index(i, j, BS)) / acc_t(2)) / a_lim);
+      M[i][j] = -coeff * a / acc_t(2);
+      M[j][i] = -coeff * (-a) / acc_t(2);
+    }
+  }
+  // In-place Gauss-Jordan without pivoting: M <- M^-1.
+#pragma unroll
+  for (int c = 0; c < BS; ++c) {
+    const acc_t rp = acc_t(1) / M[c][c];
+    M[c][c] = acc_t(1);
+#pragma unroll
+    for (int j = 0; j < BS; ++j) M[c][j] *= rp;
+#pragma unroll
+    for (int i = 0; i < BS; ++i) {
+      if (i == c) continue;
+      const acc_t f = M[i][c];
+      M[i][c] = acc_t(0);
+      if (f != acc_t(0)) {
+#pragma unroll
+        for (int j = 0; j < BS; ++j) M[i][j] -= f * M[c][j];
+      }
+    }
+  }
+  acc_t* Rb = R + b * (BS * BS);
+#pragma unroll
+  for (int i = 0; i < BS; ++i)
+#pragma unroll
+    for (int j = 0; j < BS; ++j) Rb[i * BS + j] = acc_t(2) * M[i][j] - (i == j ? acc_t(1) : acc_t(0));
+}
+
+template <int BS, typename acc_t>
+__global__ void __launch_bounds__(kCayleySmallThreads)
+    cayley_backward_small_kernel(const acc_t* __restrict__ G, const acc_t* __restrict__ R,
+                                 const acc_t* __restrict__ t, int64_t n_blocks, acc_t a_lim, acc_t coeff,
+                                 acc_t* __restrict__ dt) {
+  constexpr int kM = BS * (BS - 1) / 2;
+  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (b >= n_blocks) return;
+  const acc_t* Gb = G + b * (BS * BS);
+  const acc_t* Rb = R + b * (BS * BS);
+  const acc_t* tb = t + b * kM;
+  acc_t Minv[BS][BS];
+#pragma unroll
+  for (int i = 0; i < BS; ++i)
+#pragma unroll
+    for (int j = 0; j < BS; ++j) Minv[i][j] = (__ldg(Rb + i * BS + j) + (i == j ? acc_t(1) : acc_t(0))) / acc_t(2);
+  // dX row by row: tmp_i = (Minv^T G)_i, dX_ij = 2 tmp_i . Minv_j. The upper triangle of dX waits in
+  // registers for its transposed partner from a later row.
+  acc_t upper[kM > 0 ? kM : 1];
+  const acc_t half_coeff = coeff / acc_t(2);
+#pragma unroll
+  for (int i = 0; i < BS; ++i) {
+    acc_t tmp[BS];
+#pragma unroll
+    for (int j = 0; j < BS; ++j) {
+      acc_t s = 0;
+#pragma unroll
+      for (int k = 0; k < BS; ++k) s += Minv[k][i] * __ldg(Gb + k * BS + j);
+      tmp[j] = s;
+    }
+#pragma unroll
+    for (int j = 0; j < BS; ++j) {
+      if (j == i) continue;
+      acc_t s = 0;
+#pragma unroll
+      for (int k = 0; k < BS; ++k) s += tmp[k] * Minv[j][k];
+      const acc_t dX = acc_t(2) * s;
+      if (j > i) {
+        upper[triu_index(i, j, BS)] = dX;
+      } else {  // pair (j, i), j < i: dX_ji waited in `upper`, dX_ij is this one
+        const int q = triu_index(j, i, BS);
+        const acc_t th = tanh((__ldg(tb + q) / acc_t(2)) / a_lim);
+        const acc_t dtanh = acc_t(1) - th * th;
+        const acc_t dA_up = half_coeff * upper[q] * dtanh;
+        const acc_t dA_lo = half_coeff * dX * dtanh;
+        dt[b * kM + q] = (dA_up - dA_lo) / acc_t(2);
+      }
+    }
+  }
+}
+
+// --------------------------------------------------------------------- 8 < bs <= 64: CTA per block
+
+// Shared memory: M (bs*bs) | col (bs) | row (bs) accumulators.
+template <typename acc_t>
+__global__ void __launch_bounds__(kCayleyCtaThreads)
+    cayley_forward_cta_kernel(const acc_t* __restrict__ t, int bs, acc_t a_lim, acc_t coeff,
+                              acc_t* __restrict__ R) {
+  acc_t* M = dyn_smem<acc_t>();
+  acc_t* col = M + bs * bs;
+  acc_t* row = col + bs;
+  const int64_t b = blockIdx.x;
+  const int m = bs * (bs - 1) / 2;
+  const acc_t* tb = t + b * m;
+  const int tid = threadIdx.x, nt = blockDim.x, nn = bs * bs;
+  for (int e = tid; e < nn; e += nt) {
+    const int i = e / bs, j = e % bs;
+    acc_t v = acc_t(1);
+    if (i < j) {
+      const acc_t a = a_lim * tanh((__ldg(tb + triu_index(i, j, bs)) / acc_t(2)) / a_lim);
+      v = -coeff * a / acc_t(2);
+    } else if (i > j) {
+      const acc_t a = a_lim * tanh((__ldg(tb + triu_index(j, i, bs)) / acc_t(2)) / a_lim);
+      v = -coeff * (-a) / acc_t(2);
+    }
+    M[e] = v;
+  }
+  __syncthreads();
+  for (int c = 0; c < bs; ++c) {
+    // Pivot row scaled by 1 / M_cc (with M_cc itself replaced by 1: the inverse's column starts as e_c)
+    // and the multipliers of column c, read before anything of step c is written.
+    for (int j = tid; j < bs; j += nt) {
+      const acc_t rp = acc_t(1) / M[c * bs + c];
+      row[j] = (j == c ? acc_t(1) : M[c * bs + j]) * rp;
+      col[j] = M[j * bs + c];
+    }
+    __syncthreads();
+    for (int e = tid; e < nn; e += nt) {
+      const int i = e / bs, j = e % bs;
+      if (i == c) {
+        M[e] = row[j];
+      } else {
+        const acc_t f = col[i];
+        acc_t v = j == c ? acc_t(0) : M[e];
+        if (f != acc_t(0)) v -= f * row[j];
+        M[e] = v;
+      }
+    }
+    __syncthreads();
+  }
+  acc_t* Rb = R + b * nn;
+  for (int e = tid; e < nn; e += nt) Rb[e] = acc_t(2) * M[e] - (e / bs == e % bs ? acc_t(1) : acc_t(0));
+}
+
+// Shared memory: tmp = Minv^T G (bs*bs accumulators); Minv = (R + I)/2 is read from global R.
+template <typename acc_t>
+__global__ void __launch_bounds__(kCayleyCtaThreads)
+    cayley_backward_cta_kernel(const acc_t* __restrict__ G, const acc_t* __restrict__ R,
+                               const acc_t* __restrict__ t, int bs, acc_t a_lim, acc_t coeff,
+                               acc_t* __restrict__ dt) {
+  acc_t* tmp = dyn_smem<acc_t>();
+  const int64_t b = blockIdx.x;
+  const int m = bs * (bs - 1) / 2, nn = bs * bs;
+  const acc_t* Gb = G + b * nn;
+  const acc_t* Rb = R + b * nn;
+  const acc_t* tb = t + b * m;
+  const int tid = threadIdx.x, nt = blockDim.x;
+  auto minv = [&](int i, int j) { return (__ldg(Rb + i * bs + j) + (i == j ? acc_t(1) : acc_t(0))) / acc_t(2); };
+  for (int e = tid; e < nn; e += nt) {
+    const int i = e / bs, j = e % bs;
+    acc_t s = 0;
+    for (int k = 0; k < bs; ++k) s += minv(k, i) * __ldg(Gb + k * bs + j);
+    tmp[e] = s;
+  }
+  __syncthreads();
+  const acc_t half_coeff = coeff / acc_t(2);
+  for (int e = tid; e < nn; e += nt) {
+    const int i = e / bs, j = e % bs;
+    if (i >= j) continue;
+    acc_t s_ij = 0, s_ji = 0;
+    for (int k = 0; k < bs; ++k) s_ij += tmp[i * bs + k] * minv(j, k);
+    for (int k = 0; k < bs; ++k) s_ji += tmp[j * bs + k] * minv(i, k);
+    const int q = triu_index(i, j, bs);
+    const acc_t th = tanh((__ldg(tb + q) / acc_t(2)) / a_lim);
+    const acc_t dtanh = acc_t(1) - th * th;
+    const acc_t dA_ij = half_coeff * (acc_t(2) * s_ij) * dtanh;
+    const acc_t dA_ji = half_coeff * (acc_t(2) * s_ji) * dtanh;
+    dt[b * m + q] = (dA_ij - dA_ji) / acc_t(2);
+  }
+}
+
+// --------------------------------------------------------------------------------------- launchers
+
+inline size_t cayley_forward_cta_smem(int bs, size_t acc_bytes) { return size_t(bs * bs + 2 * bs) * acc_bytes; }
+inline size_t cayley_backward_cta_smem(int bs, size_t acc_bytes) { return size_t(bs * bs) * acc_bytes; }
+
+template <typename acc_t>
+void launch_cayley_forward(const acc_t* t, int64_t n_blocks, int bs, acc_t a_lim, acc_t coeff, acc_t* R,
+                           ax::stream_t stream) {
+  if (n_blocks <= 0) return;
+  if (bs <= kCayleySmallMax) {
+    const dim3 grid(unsigned((n_blocks + kCayleySmallThreads - 1) / kCayleySmallThreads)), block(kCayleySmallThreads);
+    switch (bs) {
+#define AX_CAYLEY_FWD_CASE(BS)                                                                               \
+  case BS:                                                                                                   \
+    AX_LAUNCH((cayley_forward_small_kernel<BS, acc_t>), grid, block, 0, stream, t, n_blocks, a_lim, coeff, R); \
+    break;
+      AX_CAYLEY_FWD_CASE(2)
+      AX_CAYLEY_FWD_CASE(3)
+      AX_CAYLEY_FWD_CASE(4)
+      AX_CAYLEY_FWD_CASE(5)
+      AX_CAYLEY_FWD_CASE(6)
+      AX_CAYLEY_FWD_CASE(7)
+      AX_CAYLEY_FWD_CASE(8)
+#undef AX_CAYLEY_FWD_CASE
+      default:
+        break;
+    }
+  } else {
+    AX_LAUNCH((cayley_forward_cta_kernel<acc_t>), dim3(unsigned(n_blocks)), dim3(kCayleyCtaThreads),
+              cayley_forward_cta_smem(bs, sizeof(acc_t)), stream, t, bs, a_lim, coeff, R);
+  }
+  AX_CHECK_LAUNCH();
+}
+
+template <typename acc_t>
+void launch_cayley_backward(const acc_t* G, const acc_t* R, const acc_t* t, int64_t n_blocks, int bs, acc_t a_lim,
+                            acc_t coeff, acc_t* dt, ax::stream_t stream) {
+  if (n_blocks <= 0) return;
+  if (bs <= kCayleySmallMax) {
+    const dim3 grid(unsigned((n_blocks + kCayleySmallThreads - 1) / kCayleySmallThreads)), block(kCayleySmallThreads);
+    switch (bs) {
+#define AX_CAYLEY_BWD_CASE(BS)                                                                        \
+  case BS:                                                                                            \
+    AX_LAUNCH((cayley_backward_small_kernel<BS, acc_t>), grid, block, 0, stream, G, R, t, n_blocks, a_lim, \
+              coeff, dt);                                                                             \
+    break;
+      AX_CAYLEY_BWD_CASE(2)
+      AX_CAYLEY_BWD_CASE(3)
+      AX_CAYLEY_BWD_CASE(4)
+      AX_CAYLEY_BWD_CASE(5)
+      AX_CAYLEY_BWD_CASE(6)
+      AX_CAYLEY_BWD_CASE(7)
+      AX_CAYLEY_BWD_CASE(8)
+#undef AX_CAYLEY_BWD_CASE
+      default:
+        break;
+    }
+  } else {
+    AX_LAUNCH((cayley_backward_cta_kernel<acc_t>), dim3(unsigned(n_blocks)), dim3(kCayleyCtaThreads),
+              cayley_backward_cta_smem(bs, sizeof(acc_t)), stream, G, R, t, bs, a_lim, coeff, dt);
+  }
+  AX_CHECK_LAUNCH();
+}
+
+}  // namespace kern
+}  // namespace AX_KERNEL_NS
+}  // namespace ax

@@ -1,0 +1,517 @@
+// r-space core kernels of the AntiPaSTO family (SPEC §1-5), forward and backward, on p (n, r)
+// row-major in the activation dtype T (float, double, __half, __nv_bfloat16), accumulating in
+// acc_t (double for double, else float); small parameters come in acc_t.
+//
+//   diag    h = p * s,  s = S * (1 + ELU(coeff g'))  (gain: antipasto / corda)
+//                       s = S + coeff * delta_s      (rot with rotate_basis "none")
+//   rot     V side h_b = (p_b R_b^T) * s_b,  U side h_b = (p * s)_b R_b
+//   dplr    h = p * s + coeff (p A^T) B^T
+//   ablate  h = p S - C ((p S C) * coeff a)
+//
+// Forward: one CTA per tile of rows, all r columns; s (computed in-kernel from S, g / delta_s,
+// coeff, suppress_only) and the small parameters staged in shared memory (R, A/B, C read through
+// the same pointer from global memory when they do not fit next to a useful row tile).
+//
+// Backward: dp per row, and the parameter gradients reduced deterministically in two stages, no
+// float atomics: CTA c owns rows [c*chunk, (c+1)*chunk) (chunk = core_rows_per_cta(n), as the C++
+// CPU kernels chunk their rows), accumulates each parameter-gradient entry in row order into its own
+// workspace slice (one thread per entry), and reduce_partials_kernel sums the slices in CTA order
+// and applies the per-entry chain-rule factor. The result is the same bits run to run; the per-entry
+// arithmetic mirrors csrc/kernels/rowcore.h expression for expression, so without FMA contraction
+// (the CPU emulation) it equals the C++ CPU kernels bit for bit.
+//
+// Torch-free; compiled by nvcc (kernels.cu) and by the host compiler with AX_EMULATE_CUDA.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "csrc/kernels/api.h"
+#include "csrc/kernels/kernel_ns.h"
+#include "csrc/kernels/math.h"
+#include "csrc/kernels/portability.cuh"
+#include "csrc/kernels/rowcore.h"
+
+namespace ax {
+namespace AX_KERNEL_NS {
+namespace kern {
+
+constexpr int kCoreThreads = 256;
+constexpr size_t kCoreSmemBudget = 48 * 1024;  // dynamic shared memory without an opt-in
+constexpr int kCoreMaxTileRows = 32;
+constexpr int kDiagRowsPerCta = 16;            // rows per CTA of the elementwise forward (x r elements)
+
+enum ScaleMode : int { kScaleGain = 0, kScaleAdditive = 1 };
+enum FinalMode : int { kFinalNone = 0, kFinalGain = 1, kFinalCoeff = 2 };
+
+// ---------------------------------------------------------------------------------- element access
+
+template <typename T>
+struct acc_of {
+  using type = float;
+};
+template <>
+struct acc_of<double> {
+  using type = double;
+};
+
+template <typename acc_t, typename T>
+__device__ __forceinline__ acc_t ld(const T* p) {
+  return static_cast<acc_t>(*p);
+}
+template <>
+__device__ __forceinline__ float ld<float, __half>(const __half* p) {
+  return __half2float(*p);
+}
+template <>
+__device__ __forceinline__ float ld<float, __nv_bfloat16>(const __nv_bfloat16* p) {
+  return __bfloat162float(*p);
+}
+
+template <typename T, typename acc_t>
+__device__ __forceinline__ void st(T* p, acc_t v) {
+  *p = static_cast<T>(v);
+}
+template <>
+__device__ __forceinline__ void st<__half, float>(__half* p, float v) {
+  *p = __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ void st<__nv_bfloat16, float>(__nv_bfloat16* p, float v) {
+  *p = __float2bfloat16_rn(v);
+}
+
+// s_j of the diagonal cores (same expressions as ax::gain_scales / ax::additive_scales).
+template <typename acc_t>
+__device__ __forceinline__ acc_t diag_scale(int mode, acc_t S, acc_t x, acc_t coeff, bool suppress_only) {
+  return mode == kScaleGain ? gain_scale<acc_t>(S, x, coeff, suppress_only, nullptr) : S + coeff * x;
+}
+
+// Copies n accumulators global -> shared (block-strided).
+template <typename acc_t>
+__device__ __forceinline__ void stage(acc_t* dst, const acc_t* src, int64_t n) {
+  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __ldg(src + i);
+}
+// Loads rows [row0, row0 + rows) of x (width r) into a shared tile as accumulators.
+template <typename T, typename acc_t>
+__device__ __forceinline__ void load_tile(acc_t* dst, const T* x, int64_t row0, int rows, int r) {
+  const T* src = x + row0 * r;
+  const int cnt = rows * r;
+  for (int e = threadIdx.x; e < cnt; e += blockDim.x) dst[e] = ld<acc_t>(src + e);
+}
+
+// ------------------------------------------------------------------------------------ diag (gain)
+
+// rows_per_cta rows per CTA, elementwise; s in shared memory.
+template <typename T>
+__global__ void __launch_bounds__(kCoreThreads)
+    diag_forward_kernel(const T* __restrict__ p, int64_t n, int r, int rows_per_cta,
+                        const typename acc_of<T>::type* __restrict__ S,
+                        const typename acc_of<T>::type* __restrict__ x, typename acc_of<T>::type coeff,
+                        bool suppress_only, int mode, T* __restrict__ h) {
+  using acc_t = typename acc_of<T>::type;
+  acc_t* s = dyn_smem<acc_t>();
+  for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
+  __syncthreads();
+  const int64_t row0 = int64_t(blockIdx.x) * rows_per_cta;
+  const int64_t rows = n - row0 < rows_per_cta ? n - row0 : rows_per_cta;
+  const int64_t base = row0 * r, cnt = rows * r;
+  for (int64_t e = threadIdx.x; e < cnt; e += blockDim.x) st(h + base + e, ld<acc_t>(p + base + e) * s[e % r]);
+}
+
+// One thread per column j of the CTA's row chunk: dp = dh * s_j, partial ds_j = sum dh * p in row order.
+template <typename T>
+__global__ void __launch_bounds__(kCoreThreads)
+    diag_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, int64_t n, int r, int64_t chunk,
+                         const typename acc_of<T>::type* __restrict__ S,
+                         const typename acc_of<T>::type* __restrict__ x, typename acc_of<T>::type coeff,
+                         bool suppress_only, int mode, T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
+  using acc_t = typename acc_of<T>::type;
+  const int64_t c = blockIdx.x, row0 = c * chunk, row1 = row0 + chunk < n ? row0 + chunk : n;
+  acc_t* part = ws + c * r;
+  for (int j = threadIdx.x; j < r; j += blockDim.x) {
+    const acc_t sj = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
+    acc_t acc = 0;
+    for (int64_t i = row0; i < row1; ++i) {
+      const int64_t e = i * r + j;
+      const acc_t d = ld<acc_t>(dh + e);
+      st(dp + e, d * sj);
+      acc += d * ld<acc_t>(p + e);
+    }
+    part[j] = acc;
+  }
+}
+
+// --------------------------------------------------------------------------------------------- rot
+
+// Shared: s (r) | R (r*bs, when staged) | P (rows_per_tile * r).
+template <typename T>
+__global__ void __launch_bounds__(kCoreThreads)
+    rot_forward_kernel(const T* __restrict__ p, int64_t n, int r, int bs, int side, int rows_per_tile,
+                       bool stage_params, const typename acc_of<T>::type* __restrict__ S,
+                       const typename acc_of<T>::type* __restrict__ delta_s,
+                       const typename acc_of<T>::type* __restrict__ R, typename acc_of<T>::type coeff,
+                       T* __restrict__ h) {
+  using acc_t = typename acc_of<T>::type;
+  acc_t* s = dyn_smem<acc_t>();
+  acc_t* Rs = s + r;
+  acc_t* P = Rs + (stage_params ? int64_t(r) * bs : 0);
+  const acc_t* Rsrc = stage_params ? Rs : R;
+  const int64_t row0 = int64_t(blockIdx.x) * rows_per_tile;
+  const int rows = int(n - row0 < rows_per_tile ? n - row0 : rows_per_tile);
+  for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = __ldg(S + j) + coeff * __ldg(delta_s + j);
+  if (stage_params) stage(Rs, R, int64_t(r) * bs);
+  load_tile(P, p, row0, rows, r);
+  __syncthreads();
+  const int cnt = rows * r;
+  for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+    const int row = e / r, col = e % r, i = col % bs, b0 = col - i;
+    const acc_t* Rb = Rsrc + int64_t(b0) * bs;  // block b0 / bs: bs*bs entries from b0*bs
+    const acc_t* pb = P + row * r + b0;
+    acc_t acc = 0;
+    if (side == kRotV) {
+      for (int j = 0; j < bs; ++j) acc += Rb[i * bs + j] * pb[j];
+      acc = acc * s[col];
+    } else {
+      for (int j = 0; j < bs; ++j) acc += pb[j] * s[b0 + j] * Rb[j * bs + i];
+    }
+    st(h + row0 * r + e, acc);
+  }
+}
+
+// Shared: s (r) | R (r*bs, when staged) | P | D | X (rows_per_tile * r each); X holds the rotated p
+// (V side) or dh R^T (U side) of each element, for the ds partials.
+// Workspace slice per CTA: ds (r) | dR (r*bs).
+template <typename T>
+__global__ void __launch_bounds__(kCoreThreads)
+    rot_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, int64_t n, int r, int bs, int side,
+                        int64_t chunk, int rows_per_tile, bool stage_params,
+                        const typename acc_of<T>::type* __restrict__ S,
+                        const typename acc_of<T>::type* __restrict__ delta_s,
+                        const typename acc_of<T>::type* __restrict__ R, typename acc_of<T>::type coeff,
+                        T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
+  using acc_t = typename acc_of<T>::type;
+  const int64_t n_rot = int64_t(r) * bs, n_part = r + n_rot;
+  acc_t* s = dyn_smem<acc_t>();
+  acc_t* Rs = s + r;
+  acc_t* P = Rs + (stage_params ? n_rot : 0);
+  acc_t* D = P + rows_per_tile * r;
+  acc_t* X = D + rows_per_tile * r;
+  const acc_t* Rsrc = stage_params ? Rs : R;
+  const int64_t c = blockIdx.x, c0 = c * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
+  acc_t* part = ws + c * n_part;
+  for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = __ldg(S + j) + coeff * __ldg(delta_s + j);
+  if (stage_params) stage(Rs, R, n_rot);
+  const int bb = bs * bs;
+  for (int64_t row0 = c0; row0 < c1; row0 += rows_per_tile) {
+    const int rows = int(c1 - row0 < rows_per_tile ? c1 - row0 : rows_per_tile);
+    load_tile(P, p, row0, rows, r);
+    load_tile(D, dh, row0, rows, r);
+    __syncthreads();
+    const int cnt = rows * r;
+    for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+      const int row = e / r, col = e % r, i = col % bs, b0 = col - i;
+      const acc_t* Rb = Rsrc + int64_t(b0) * bs;
+      const acc_t* pb = P + row * r + b0;
+      const acc_t* db = D + row * r + b0;
+      acc_t g = 0, q = 0;
+      if (side == kRotV) {
+        // dp_i = sum_k R_ki dh_k s_k;  q_i = sum_j R_ij p_j (rotated p)
+        for (int k = 0; k < bs; ++k) g += Rb[k * bs + i] * db[k] * s[b0 + k];
+        for (int j = 0; j < bs; ++j) q += Rb[i * bs + j] * pb[j];
+        X[e] = q;
+      } else {
+        // a_i = sum_j R_ij dh_j;  dp_i = a_i s_i
+        for (int j = 0; j < bs; ++j) q += Rb[i * bs + j] * db[j];
+        X[e] = q;
+        g = q * s[col];
+      }
+      st(dp + row0 * r + e, g);
+    }
+    __syncthreads();
+    const bool first = row0 == c0;
+    for (int64_t o = threadIdx.x; o < n_part; o += blockDim.x) {
+      acc_t acc = first ? acc_t(0) : part[o];
+      if (o < r) {
+        const int j = int(o);
+        if (side == kRotV)
+          for (int row = 0; row < rows; ++row) acc += D[row * r + j] * X[row * r + j];
+        else
+          for (int row = 0; row < rows; ++row) acc += X[row * r + j] * P[row * r + j];
+      } else {
+        const int e = int(o - r), b0 = (e / bb) * bs, i = (e / bs) % bs, j = e % bs;
+        if (side == kRotV)  // dR_ij += (dh_i s_i) p_j
+          for (int row = 0; row < rows; ++row) acc += D[row * r + b0 + i] * s[b0 + i] * P[row * r + b0 + j];
+        else  // dR_ij += (p_i s_i) dh_j
+          for (int row = 0; row < rows; ++row) acc += P[row * r + b0 + i] * s[b0 + i] * D[row * r + b0 + j];
+      }
+      part[o] = acc;
+    }
+    __syncthreads();
+  }
+}
+
+// -------------------------------------------------------------------------------------------- dplr
+
+// Shared: s (r) | A (k*r) | B (r*k) (when staged) | P (tile * r) | Tt (tile * k).
+template <typename T>
+__global__ void __launch_bounds__(kCoreThreads)
+    dplr_forward_kernel(const T* __restrict__ p, int64_t n, int r, int k, int rows_per_tile, bool stage_params,
+                        const typename acc_of<T>::type* __restrict__ S, const typename acc_of<T>::type* __restrict__ g,
+                        const typename acc_of<T>::type* __restrict__ A, const typename acc_of<T>::type* __restrict__ B,
+                        typename acc_of<T>::type coeff, bool suppress_only, T* __restrict__ h) {
+  using acc_t = typename acc_of<T>::type;
+  const int64_t kr = int64_t(k) * r;
+  acc_t* s = dyn_smem<acc_t>();
+  acc_t* As = s + r;
+  acc_t* Bs = As + (stage_params ? kr : 0);
+  acc_t* P = Bs + (stage_params ? kr : 0);
+  acc_t* Tt = P + rows_per_tile * r;
+  const acc_t* Asrc = stage_params ? As : A;
+  const acc_t* Bsrc = stage_params ? Bs : B;
+  const int64_t row0 = int64_t(blockIdx.x) * rows_per_tile;
+  const int rows = int(n - row0 < rows_per_tile ? n - row0 : rows_per_tile);
+  for (int j = threadIdx.x; j < r; j += blockDim.x)
+    s[j] = diag_scale(kScaleGain, __ldg(S + j), __ldg(g + j), coeff, suppress_only);
+  if (stage_params) {
+    stage(As, A, kr);
+    stage(Bs, B, kr);
+  }
+  load_tile(P, p, row0, rows, r);
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // t = p A^T
+    const int row = e / k, m = e % k;
+    const acc_t* pr = P + row * r;
+    const acc_t* Am = Asrc + int64_t(m) * r;
+    acc_t acc = 0;
+    for (int j = 0; j < r; ++j) acc += pr[j] * Am[j];
+    Tt[e] = acc;
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {  // h = p s + coeff t B^T
+    const int row = e / r, j = e % r;
+    const acc_t* tr = Tt + row * k;
+    const acc_t* Bj = Bsrc + int64_t(j) * k;
+    acc_t acc = 0;
+    for (int m = 0; m < k; ++m) acc += tr[m] * Bj[m];
+    st(h + row0 * r + e, P[e] * s[j] + coeff * acc);
+  }
+}
+
+// Shared: s (r) | A | B (when staged) | P | D (tile * r each) | Tt | Uu (tile * k each).
+// Workspace slice per CTA: ds (r) | dA (k*r) | dB (r*k).
+template <typename T>
+__global__ void __launch_bounds__(kCoreThreads)
+    dplr_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, int64_t n, int r, int k, int64_t chunk,
+                         int rows_per_tile, bool stage_params, const typename acc_of<T>::type* __restrict__ S,
+                         const typename acc_of<T>::type* __restrict__ g, const typename acc_of<T>::type* __restrict__ A,
+                         const typename acc_of<T>::type* __restrict__ B, typename acc_of<T>::type coeff,
+                         bool suppress_only, T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
+  using acc_t = typename acc_of<T>::type;
+  const int64_t kr = int64_t(k) * r, n_part = r + 2 * kr;
+  acc_t* s = dyn_smem<acc_t>();
+  acc_t* As = s + r;
+  acc_t* Bs = As + (stage_params ? kr : 0);
+  acc_t* P = Bs + (stage_params ? kr : 0);
+  acc_t* D = P + rows_per_tile * r;
+  acc_t* Tt = D + rows_per_tile * r;
+  acc_t* Uu = Tt + rows_per_tile * k;
+  const acc_t* Asrc = stage_params ? As : A;
+  const acc_t* Bsrc = stage_params ? Bs : B;
+  const int64_t c = blockIdx.x, c0 = c * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
+  acc_t* part = ws + c * n_part;
+  for (int j = threadIdx.x; j < r; j += blockDim.x)
+    s[j] = diag_scale(kScaleGain, __ldg(S + j), __ldg(g + j), coeff, suppress_only);
+  if (stage_params) {
+    stage(As, A, kr);
+    stage(Bs, B, kr);
+  }
+  for (int64_t row0 = c0; row0 < c1; row0 += rows_per_tile) {
+    const int rows = int(c1 - row0 < rows_per_tile ? c1 - row0 : rows_per_tile);
+    load_tile(P, p, row0, rows, r);
+    load_tile(D, dh, row0, rows, r);
+    __syncthreads();
+    for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // t = p A^T, u = coeff dh B
+      const int row = e / k, m = e % k;
+      const acc_t* pr = P + row * r;
+      const acc_t* dr = D + row * r;
+      const acc_t* Am = Asrc + int64_t(m) * r;
+      acc_t at = 0, au = 0;
+      for (int j = 0; j < r; ++j) {
+        at += pr[j] * Am[j];
+        au += dr[j] * Bsrc[int64_t(j) * k + m];
+      }
+      Tt[e] = at;
+      Uu[e] = coeff * au;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {  // dp = dh s + u A
+      const int row = e / r, j = e % r;
+      const acc_t* ur = Uu + row * k;
+      acc_t acc = 0;
+      for (int m = 0; m < k; ++m) acc += ur[m] * Asrc[int64_t(m) * r + j];
+      st(dp + row0 * r + e, D[e] * s[j] + acc);
+    }
+    const bool first = row0 == c0;
+    for (int64_t o = threadIdx.x; o < n_part; o += blockDim.x) {
+      acc_t acc = first ? acc_t(0) : part[o];
+      if (o < r) {  // ds_j += dh_j p_j
+        const int j = int(o);
+        for (int row = 0; row < rows; ++row) acc += D[row * r + j] * P[row * r + j];
+      } else if (o < r + kr) {  // dA_mj += u_m p_j
+        const int e = int(o - r), m = e / r, j = e % r;
+        for (int row = 0; row < rows; ++row) acc += Uu[row * k + m] * P[row * r + j];
+      } else {  // dB_jm += coeff dh_j t_m
+        const int e = int(o - r - kr), j = e / k, m = e % k;
+        for (int row = 0; row < rows; ++row) acc += coeff * D[row * r + j] * Tt[row * k + m];
+      }
+      part[o] = acc;
+    }
+    __syncthreads();
+  }
+}
+
+// ------------------------------------------------------------------------------------------ ablate
+
+// Shared: S (r) | a (k) | C (r*k, when staged) | P (tile * r) | V (tile * k).
+template <typename T>
+__global__ void __launch_bounds__(kCoreThreads)
+    ablate_forward_kernel(const T* __restrict__ p, int64_t n, int r, int k, int rows_per_tile, bool stage_params,
+                          const typename acc_of<T>::type* __restrict__ S, const typename acc_of<T>::type* __restrict__ C,
+                          const typename acc_of<T>::type* __restrict__ a, typename acc_of<T>::type coeff,
+                          T* __restrict__ h) {
+  using acc_t = typename acc_of<T>::type;
+  const int64_t rk = int64_t(r) * k;
+  acc_t* Ss = dyn_smem<acc_t>();
+  acc_t* as = Ss + r;
+  acc_t* Cs = as + k;
+  acc_t* P = Cs + (stage_params ? rk : 0);
+  acc_t* V = P + rows_per_tile * r;
+  const acc_t* Csrc = stage_params ? Cs : C;
+  const int64_t row0 = int64_t(blockIdx.x) * rows_per_tile;
+  const int rows = int(n - row0 < rows_per_tile ? n - row0 : rows_per_tile);
+  stage(Ss, S, r);
+  stage(as, a, k);
+  if (stage_params) stage(Cs, C, rk);
+  load_tile(P, p, row0, rows, r);
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // v = coeff a (p S C)
+    const int row = e / k, m = e % k;
+    const acc_t* pr = P + row * r;
+    acc_t acc = 0;
+    for (int j = 0; j < r; ++j) acc += pr[j] * Ss[j] * Csrc[int64_t(j) * k + m];
+    V[e] = acc * (coeff * as[m]);
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {  // h = p S - C v
+    const int row = e / r, j = e % r;
+    const acc_t* vr = V + row * k;
+    const acc_t* Cj = Csrc + int64_t(j) * k;
+    acc_t acc = 0;
+    for (int m = 0; m < k; ++m) acc += Cj[m] * vr[m];
+    st(h + row0 * r + e, P[e] * Ss[j] - acc);
+  }
+}
+
+// Shared: S (r) | a (k) | C (when staged) | P | D (tile * r each) | V | W (tile * k each): V = p S C,
+// W = -dh C. Workspace slice per CTA: dC (r*k) | da (k).
+template <typename T>
+__global__ void __launch_bounds__(kCoreThreads)
+    ablate_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, int64_t n, int r, int k,
+                           int64_t chunk, int rows_per_tile, bool stage_params,
+                           const typename acc_of<T>::type* __restrict__ S,
+                           const typename acc_of<T>::type* __restrict__ C,
+                           const typename acc_of<T>::type* __restrict__ a, typename acc_of<T>::type coeff,
+                           T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
+  using acc_t = typename acc_of<T>::type;
+  const int64_t rk = int64_t(r) * k, n_part = rk + k;
+  acc_t* Ss = dyn_smem<acc_t>();
+  acc_t* as = Ss + r;
+  acc_t* Cs = as + k;
+  acc_t* P = Cs + (stage_params ? rk : 0);
+  acc_t* D = P + rows_per_tile * r;
+  acc_t* V = D + rows_per_tile * r;
+  acc_t* W = V + rows_per_tile * k;
+  const acc_t* Csrc = stage_params ? Cs : C;
+  const int64_t c = blockIdx.x, c0 = c * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
+  acc_t* part = ws + c * n_part;
+  stage(Ss, S, r);
+  stage(as, a, k);
+  if (stage_params) stage(Cs, C, rk);
+  for (int64_t row0 = c0; row0 < c1; row0 += rows_per_tile) {
+    const int rows = int(c1 - row0 < rows_per_tile ? c1 - row0 : rows_per_tile);
+    load_tile(P, p, row0, rows, r);
+    load_tile(D, dh, row0, rows, r);
+    __syncthreads();
+    for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {
+      const int row = e / k, m = e % k;
+      const acc_t* pr = P + row * r;
+      const acc_t* dr = D + row * r;
+      acc_t v = 0, dw = 0;
+      for (int j = 0; j < r; ++j) {
+        const acc_t cjm = Csrc[int64_t(j) * k + m];
+        v += pr[j] * Ss[j] * cjm;
+        dw -= dr[j] * cjm;
+      }
+      V[e] = v;
+      W[e] = dw;
+    }
+    __syncthreads();
+    for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {  // dp = (dh + C dv) S, dv = coeff a dw
+      const int row = e / r, j = e % r;
+      const acc_t* wr = W + row * k;
+      const acc_t* Cj = Csrc + int64_t(j) * k;
+      acc_t acc = 0;
+      for (int m = 0; m < k; ++m) acc += Cj[m] * (coeff * as[m] * wr[m]);
+      st(dp + row0 * r + e, (D[e] + acc) * Ss[j]);
+    }
+    const bool first = row0 == c0;
+    for (int64_t o = threadIdx.x; o < n_part; o += blockDim.x) {
+      acc_t acc = first ? acc_t(0) : part[o];
+      if (o < rk) {  // dC_jm += (p S)_j dv_m - dh_j w_m,  w = coeff a v
+        const int j = int(o / k), m = int(o % k);
+        const acc_t ca = coeff * as[m];
+        for (int row = 0; row < rows; ++row) {
+          const acc_t h0 = P[row * r + j] * Ss[j];
+          acc += h0 * (ca * W[row * k + m]) - D[row * r + j] * (V[row * k + m] * ca);
+        }
+      } else {  // da_m += coeff v_m dw_m
+        const int m = int(o - rk);
+        for (int row = 0; row < rows; ++row) acc += coeff * V[row * k + m] * W[row * k + m];
+      }
+      part[o] = acc;
+    }
+    __syncthreads();
+  }
+}
+
+// ------------------------------------------------------------------------------------ second stage
+
+// out_o = sum over CTAs c (in order) of ws[c][o], times the chain-rule factor of entries o < r:
+// d s_eff / d g (kFinalGain) or coeff (kFinalCoeff).
+template <typename acc_t>
+__global__ void __launch_bounds__(kCoreThreads)
+    reduce_partials_kernel(const acc_t* __restrict__ ws, int64_t n_ctas, int64_t n_part, int mode, int r,
+                           const acc_t* __restrict__ S, const acc_t* __restrict__ g, acc_t coeff, bool suppress_only,
+                           acc_t* __restrict__ out) {
+  const int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (o >= n_part) return;
+  acc_t tot = 0;
+  for (int64_t c = 0; c < n_ctas; ++c) tot += ws[c * n_part + o];
+  if (o < r) {
+    if (mode == kFinalGain) {
+      acc_t dscale = 0;
+      gain_scale<acc_t>(__ldg(S + o), __ldg(g + o), coeff, suppress_only, &dscale);
+      tot *= dscale;
+    } else if (mode == kFinalCoeff) {
+      tot *= coeff;
+    }
+  }
+  out[o] = tot;
+}
+
+}  // namespace kern
+}  // namespace AX_KERNEL_NS
+}  // namespace ax
