@@ -22,10 +22,14 @@ using acc_of = std::conditional_t<std::is_same<scalar_t, double>::value, double,
 // Rows per chunk depend only on the row count, so the reduction order is fixed.
 int64_t rows_per_chunk(int64_t n) { return std::max<int64_t>(16, (n + 127) / 128); }
 
+// Items per task so that a task carries enough work to pay for a thread-pool hand-off (~10 us):
+// small calls (decode, a few Cayley blocks) run inline on the calling thread.
+int64_t grain(int64_t cost_per_item) { return std::max<int64_t>(1, (int64_t(1) << 17) / std::max<int64_t>(cost_per_item, 1)); }
+
 // Calls row_fn(row, scratch) for every row, rows split over threads.
 template <typename acc_t, typename RowFn>
-void for_rows(int64_t n, int64_t n_scratch, const RowFn& row_fn) {
-  at::parallel_for(0, n, rows_per_chunk(n), [&](int64_t r0, int64_t r1) {
+void for_rows(int64_t n, int64_t row_cost, int64_t n_scratch, const RowFn& row_fn) {
+  at::parallel_for(0, n, grain(row_cost), [&](int64_t r0, int64_t r1) {
     std::vector<acc_t> scratch(n_scratch);
     for (int64_t i = r0; i < r1; ++i) row_fn(i, scratch.data());
   });
@@ -34,11 +38,11 @@ void for_rows(int64_t n, int64_t n_scratch, const RowFn& row_fn) {
 // Calls row_fn(row, scratch, partial) with per-chunk partial sums, then adds the partials in chunk
 // order: deterministic parameter-gradient reductions.
 template <typename acc_t, typename RowFn>
-std::vector<acc_t> reduce_rows(int64_t n, int64_t n_partial, int64_t n_scratch, const RowFn& row_fn) {
+std::vector<acc_t> reduce_rows(int64_t n, int64_t row_cost, int64_t n_partial, int64_t n_scratch, const RowFn& row_fn) {
   const int64_t chunk = rows_per_chunk(n);
   const int64_t n_chunks = (n + chunk - 1) / chunk;
   std::vector<acc_t> partial(n_chunks * n_partial, acc_t(0));
-  at::parallel_for(0, n_chunks, 1, [&](int64_t c0, int64_t c1) {
+  at::parallel_for(0, n_chunks, grain(chunk * row_cost), [&](int64_t c0, int64_t c1) {
     std::vector<acc_t> scratch(n_scratch);
     for (int64_t c = c0; c < c1; ++c)
       for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i)
@@ -71,6 +75,19 @@ at::Tensor from_vector(const std::vector<double>& v, at::IntArrayRef shape) {
 
 // ---------------------------------------------------------------- block_cayley
 
+// Calls fn(bs) with bs a compile-time constant for the common small block sizes, so the per-block
+// loops of math.h unroll; a runtime int otherwise.
+template <typename Fn>
+void with_block_size(int64_t bs, const Fn& fn) {
+  switch (bs) {
+    case 2: return fn(std::integral_constant<int, 2>());
+    case 3: return fn(std::integral_constant<int, 3>());
+    case 4: return fn(std::integral_constant<int, 4>());
+    case 8: return fn(std::integral_constant<int, 8>());
+    default: return fn(int(bs));
+  }
+}
+
 at::Tensor block_cayley_cpu(const at::Tensor& rot_T, int64_t block_size, double max_angle, double coeff) {
   check_block_cayley_args(rot_T, block_size, max_angle);
   if (use_emulated_engine()) return emulated::block_cayley(rot_T, block_size, max_angle, coeff);
@@ -82,10 +99,12 @@ at::Tensor block_cayley_cpu(const at::Tensor& rot_T, int64_t block_size, double 
     const scalar_t a_lim = cayley_a_lim(max_angle);
     const scalar_t* tp = t.data_ptr<scalar_t>();
     scalar_t* Rp = R.data_ptr<scalar_t>();
-    at::parallel_for(0, n, 16, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> work(2 * bs * bs);
-      for (int64_t b = b0; b < b1; ++b)
-        cayley_block_forward(tp + b * m, int(bs), a_lim, scalar_t(coeff), work.data(), Rp + b * bs * bs);
+    with_block_size(bs, [&](auto BS) {
+      at::parallel_for(0, n, grain(4 * bs * bs * bs), [&](int64_t b0, int64_t b1) {
+        std::vector<scalar_t> work(2 * bs * bs);
+        for (int64_t b = b0; b < b1; ++b)
+          cayley_block_forward(tp + b * m, int(BS), a_lim, scalar_t(coeff), work.data(), Rp + b * bs * bs);
+      });
     });
   });
   return R.to(rot_T.scalar_type());
@@ -101,12 +120,14 @@ at::Tensor block_cayley_backward_cpu(const at::Tensor& grad_R, const at::Tensor&
   at::Tensor dt = at::empty_like(t);
   AT_DISPATCH_FLOATING_TYPES(acc, "block_cayley_backward_cpu", [&] {
     const scalar_t a_lim = cayley_a_lim(max_angle);
-    at::parallel_for(0, n, 16, [&](int64_t b0, int64_t b1) {
-      std::vector<scalar_t> work(3 * bs * bs);
-      for (int64_t b = b0; b < b1; ++b)
-        cayley_block_backward(G.data_ptr<scalar_t>() + b * bs * bs, Ra.data_ptr<scalar_t>() + b * bs * bs,
-                              t.data_ptr<scalar_t>() + b * m, int(bs), a_lim, scalar_t(coeff), work.data(),
-                              dt.data_ptr<scalar_t>() + b * m);
+    with_block_size(bs, [&](auto BS) {
+      at::parallel_for(0, n, grain(4 * bs * bs * bs), [&](int64_t b0, int64_t b1) {
+        std::vector<scalar_t> work(3 * bs * bs);
+        for (int64_t b = b0; b < b1; ++b)
+          cayley_block_backward(G.data_ptr<scalar_t>() + b * bs * bs, Ra.data_ptr<scalar_t>() + b * bs * bs,
+                                t.data_ptr<scalar_t>() + b * m, int(BS), a_lim, scalar_t(coeff), work.data(),
+                                dt.data_ptr<scalar_t>() + b * m);
+      });
     });
   });
   return dt.to(rot_T.scalar_type());
@@ -126,7 +147,7 @@ at::Tensor gain_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Ten
     const std::vector<acc_t> s = gain_scales<acc_t>(S, g, coeff, suppress_only, nullptr);
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
-    for_rows<acc_t>(n, 2 * r, [&](int64_t i, acc_t* w) {
+    for_rows<acc_t>(n, r, 2 * r, [&](int64_t i, acc_t* w) {
       load_row(xp + i * r, r, w);
       gain_row_forward(w, s.data(), int(r), w + r);
       store_row(w + r, r, hp + i * r);
@@ -150,7 +171,7 @@ std::tuple<at::Tensor, at::Tensor> gain_core_backward_cpu(const at::Tensor& grad
     const std::vector<acc_t> s = gain_scales<acc_t>(S, g, coeff, suppress_only, &dscale);
     const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
     scalar_t* dpp = dp.data_ptr<scalar_t>();
-    std::vector<acc_t> ds = reduce_rows<acc_t>(n, r, 3 * r, [&](int64_t i, acc_t* w, acc_t* part) {
+    std::vector<acc_t> ds = reduce_rows<acc_t>(n, 2 * r, r, 3 * r, [&](int64_t i, acc_t* w, acc_t* part) {
       load_row(xp + i * r, r, w);
       load_row(dyp + i * r, r, w + r);
       gain_row_backward(w + r, w, s.data(), int(r), w + 2 * r, part);
@@ -180,7 +201,7 @@ at::Tensor dplr_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Ten
     const acc_t *Ap = Aa.data_ptr<acc_t>(), *Bp = Ba.data_ptr<acc_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
-    for_rows<acc_t>(n, 2 * r + k, [&](int64_t i, acc_t* w) {
+    for_rows<acc_t>(n, 2 * r * k + r, 2 * r + k, [&](int64_t i, acc_t* w) {
       load_row(xp + i * r, r, w);
       dplr_row_forward(w, s.data(), Ap, Bp, acc_t(coeff), int(r), int(k), w + 2 * r, w + r);
       store_row(w + r, r, hp + i * r);
@@ -208,7 +229,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dplr_core_backward_cp
     const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
     scalar_t* dpp = dp.data_ptr<scalar_t>();
     // partial layout: ds (r) | dA (k r) | dB (r k)
-    std::vector<acc_t> tot = reduce_rows<acc_t>(n, r + 2 * k * r, 3 * r + 2 * k, [&](int64_t i, acc_t* w, acc_t* part) {
+    std::vector<acc_t> tot = reduce_rows<acc_t>(n, 5 * r * k + 2 * r, r + 2 * k * r, 3 * r + 2 * k, [&](int64_t i, acc_t* w, acc_t* part) {
       load_row(xp + i * r, r, w);
       load_row(dyp + i * r, r, w + r);
       dplr_row_backward(w + r, w, s.data(), Ap, Bp, acc_t(coeff), int(r), int(k), w + 3 * r, w + 3 * r + k,
@@ -242,7 +263,7 @@ at::Tensor rot_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Tens
     const acc_t* Rp = Ra.data_ptr<acc_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
-    for_rows<acc_t>(n, 2 * r, [&](int64_t i, acc_t* w) {
+    for_rows<acc_t>(n, r * bs + r, 2 * r, [&](int64_t i, acc_t* w) {
       load_row(xp + i * r, r, w);
       rot_row_forward(w, s.data(), Rp, int(side), int(r), int(bs), w + r);
       store_row(w + r, r, hp + i * r);
@@ -271,7 +292,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rot_core_backward_cpu(const at::T
     const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
     scalar_t* dpp = dp.data_ptr<scalar_t>();
     // partial layout: ds (r) | dR (n_blocks bs bs)
-    std::vector<acc_t> tot = reduce_rows<acc_t>(n, r + n_rot, 3 * r + bs, [&](int64_t i, acc_t* w, acc_t* part) {
+    std::vector<acc_t> tot = reduce_rows<acc_t>(n, 3 * r * bs + 2 * r, r + n_rot, 3 * r + bs, [&](int64_t i, acc_t* w, acc_t* part) {
       load_row(xp + i * r, r, w);
       load_row(dyp + i * r, r, w + r);
       rot_row_backward(w + r, w, s.data(), Rp, int(side), int(r), int(bs), w + 3 * r, w + 2 * r, part, part + r);
@@ -302,7 +323,7 @@ at::Tensor ablate_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::T
     const acc_t *Sp = Sa.data_ptr<acc_t>(), *Cp = Ca.data_ptr<acc_t>(), *ap = aa.data_ptr<acc_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
-    for_rows<acc_t>(n, 2 * r + k, [&](int64_t i, acc_t* w) {
+    for_rows<acc_t>(n, 2 * r * k + r, 2 * r + k, [&](int64_t i, acc_t* w) {
       load_row(xp + i * r, r, w);
       ablate_row_forward(w, Sp, Cp, ap, acc_t(coeff), int(r), int(k), w + 2 * r, w + r);
       store_row(w + r, r, hp + i * r);
@@ -328,7 +349,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward_cpu(const at
     const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
     scalar_t* dpp = dp.data_ptr<scalar_t>();
     // partial layout: dC (r k) | da (k)
-    std::vector<acc_t> tot = reduce_rows<acc_t>(n, r * k + k, 3 * r + 2 * k, [&](int64_t i, acc_t* w, acc_t* part) {
+    std::vector<acc_t> tot = reduce_rows<acc_t>(n, 4 * r * k + 2 * r, r * k + k, 3 * r + 2 * k, [&](int64_t i, acc_t* w, acc_t* part) {
       load_row(xp + i * r, r, w);
       load_row(dyp + i * r, r, w + r);
       ablate_row_backward(w + r, w, Sp, Cp, ap, acc_t(coeff), int(r), int(k), w + 3 * r, w + 3 * r + k, w + 2 * r,
