@@ -9,7 +9,9 @@ from .ablate import AblateLinear
 from .antipasto import AntiPaSTOLinear
 from .corda import CorDALinear
 from .dplr import DPLRLinear
+from .model import adapters, attach, calibrate, detach, load, merge, save, set_coeff, steer, unmerge
 from .rot import RotLinear
 
 __all__ = ["AntiPaSTOLinear", "RotLinear", "AblateLinear", "CorDALinear", "DPLRLinear", "build_info", "ops",
-           "reference"]
+           "reference", "attach", "detach", "calibrate", "save", "load", "merge", "unmerge", "set_coeff", "steer",
+           "adapters"]

@@ -232,19 +232,19 @@ class SVDAdapter(nn.Module):
             raise ValueError(f"pool must be 'rms' or 'mean_abs', got {pool!r}")
         self.check_calibratable()
         ct = self.S.dtype
+        # the state is O(d^2) whatever the token count; W itself is rebuilt at the end, not kept meanwhile
         with torch.no_grad():
-            W = self.full_weight()
             if self.calibration_kind == "covariance":
-                stats = {"xtx": torch.zeros(self.in_features, self.in_features, dtype=ct, device=W.device)}
+                stats = {"xtx": torch.zeros(self.in_features, self.in_features, dtype=ct, device=self.S.device)}
             else:
-                U_f, S_f, Vh_f = torch.linalg.svd(W, full_matrices=False)
+                U_f, S_f, Vh_f = torch.linalg.svd(self.full_weight(), full_matrices=False)
                 stats = {"sum": torch.zeros_like(S_f), "svd": (U_f, S_f, Vh_f)}
-        self._calibration = {"n": 0, "pool": pool, "W": W, **stats}
+        self._calibration = {"n": 0, "pool": pool, **stats}
 
     @torch.no_grad()
     def _calibration_update(self, x: torch.Tensor):
         c = self._calibration
-        x2 = x.detach().reshape(-1, self.in_features).to(c["W"].dtype)
+        x2 = x.detach().reshape(-1, self.in_features).to(self.S.dtype)
         if not torch.isfinite(x2).all():
             raise ValueError("calibration inputs must be finite (found NaN or inf)")
         if "xtx" in c:
@@ -263,12 +263,12 @@ class SVDAdapter(nn.Module):
             if "xtx" in c:
                 if c["n"] == 0:
                     raise ValueError("calibration saw no tokens")
-                basis = reference.corda_basis(c["W"], c["xtx"], c["n"], self.r, self.cov_eps)
+                basis = reference.corda_basis(self.full_weight(), c["xtx"], c["n"], self.r, self.cov_eps)
             else:
                 if c["n"] < self.r:
                     raise ValueError(f"calibration needs at least r={self.r} tokens, got {c['n']}")
                 U_f, S_f, Vh_f = c["svd"]
-                basis = reference.select_directions(c["W"], c["sum"], c["n"], self.r, Vh_f, S_f, U_f, c["pool"])
+                basis = reference.select_directions(self.full_weight(), c["sum"], c["n"], self.r, Vh_f, S_f, U_f, c["pool"])
             self._set_basis(*basis)
 
     def calibrate(self, inputs, pool: str = "rms"):
