@@ -1,0 +1,351 @@
+// Kernel tests (torch-free, ctest, ASan + UBSan): the kernel family of csrc/kernels/ run through the
+// CUDA emulator via the API of csrc/kernels/api.h (namespace ax::emu_impl), against the per-block /
+// per-row math of csrc/kernels/math.h and rowcore.h summed in the same row chunks as the C++ CPU
+// kernels. The kernels mirror that arithmetic, so results must agree bit for bit, for every
+// emulator seed (block order and thread interleaving). Outputs and workspaces are pre-filled with
+// NaN, so an entry a kernel forgets to write, or a partial it forgets to initialise, fails.
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <random>
+#include <string>
+#include <type_traits>
+#include <vector>
+
+#include "csrc/kernels/launchers.cuh"
+#include "tests/cpp/ax_test.h"
+
+namespace {
+
+namespace K = ax::emu_impl;
+using ax::DType;
+
+struct SeedGuard {
+  ~SeedGuard() { ax_emu::clear_seed(); }
+};
+
+template <typename T>
+using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>;
+
+template <typename T>
+DType dtype_of() {
+  if (std::is_same<T, float>::value) return DType::f32;
+  if (std::is_same<T, double>::value) return DType::f64;
+  if (std::is_same<T, __half>::value) return DType::f16;
+  return DType::bf16;
+}
+template <typename T>
+const char* name_of() {
+  if (std::is_same<T, float>::value) return "f32";
+  if (std::is_same<T, double>::value) return "f64";
+  if (std::is_same<T, __half>::value) return "f16";
+  return "bf16";
+}
+
+template <typename A, typename T>
+A to_acc(T v) {
+  if constexpr (std::is_same<T, __half>::value) return __half2float(v);
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __bfloat162float(v);
+  else return static_cast<A>(v);
+}
+template <typename T, typename A>
+T from_acc(A v) {
+  if constexpr (std::is_same<T, __half>::value) return __float2half_rn(v);
+  else if constexpr (std::is_same<T, __nv_bfloat16>::value) return __float2bfloat16_rn(v);
+  else return static_cast<T>(v);
+}
+
+template <typename T>
+std::vector<T> randn(size_t n, std::mt19937_64& rng, double scale = 1.0, double shift = 0.0) {
+  std::normal_distribution<double> d(0.0, 1.0);
+  std::vector<T> v(n);
+  for (auto& x : v) x = from_acc<T>(static_cast<acc_of<T>>(shift + scale * d(rng)));
+  return v;
+}
+template <typename T>
+std::vector<T> nan_filled(size_t n) {
+  std::vector<T> v(n);
+  for (auto& x : v) x = from_acc<T>(std::numeric_limits<acc_of<T>>::quiet_NaN());
+  return v;
+}
+
+// Bitwise equality (NaN == NaN when the bits agree).
+template <typename T>
+bool same_bits(const std::vector<T>& a, const std::vector<T>& b, const char* what) {
+  if (a.size() != b.size()) {
+    std::printf("    %s: size %zu vs %zu\n", what, a.size(), b.size());
+    return false;
+  }
+  for (size_t i = 0; i < a.size(); ++i)
+    if (std::memcmp(&a[i], &b[i], sizeof(T)) != 0) {
+      std::printf("    %s: first difference at %zu: %.9g vs %.9g\n", what, i, double(to_acc<double>(a[i])),
+                  double(to_acc<double>(b[i])));
+      return false;
+    }
+  return true;
+}
+
+// The C++ CPU kernels' row reduction: partials per chunk of core_rows_per_cta(n) rows, in row order,
+// then summed over chunks in order.
+template <typename A, typename RowFn>
+std::vector<A> reduce_rows(int64_t n, int64_t n_part, const RowFn& row_fn) {
+  const int64_t chunk = ax::core_rows_per_cta(n), n_chunks = ax::core_partial_ctas(n);
+  std::vector<A> partial(static_cast<size_t>(n_chunks * n_part), A(0)), total(static_cast<size_t>(n_part), A(0));
+  for (int64_t c = 0; c < n_chunks; ++c)
+    for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) row_fn(i, partial.data() + c * n_part);
+  for (int64_t c = 0; c < n_chunks; ++c)
+    for (int64_t j = 0; j < n_part; ++j) total[j] += partial[c * n_part + j];
+  return total;
+}
+
+template <typename T>
+std::vector<acc_of<T>> row_acc(const std::vector<T>& x, int64_t i, int64_t r) {
+  std::vector<acc_of<T>> v(static_cast<size_t>(r));
+  for (int64_t j = 0; j < r; ++j) v[j] = to_acc<acc_of<T>>(x[i * r + j]);
+  return v;
+}
+template <typename T, typename A>
+void store_row(const std::vector<A>& v, std::vector<T>& x, int64_t i, int64_t r) {
+  for (int64_t j = 0; j < r; ++j) x[i * r + j] = from_acc<T>(v[j]);
+}
+
+enum class Core { gain, dplr, rot, ablate };
+
+struct Shape {
+  int64_t n, r, k;  // k: low-rank / ablation rank, or the rotation block size
+  int64_t side;     // rot only
+};
+
+// One core, forward and backward, through the emulated kernels and the reference; checks bits.
+template <typename T>
+void check_core(Core core, Shape sh, double coeff, bool suppress, uint64_t seed) {
+  using A = acc_of<T>;
+  const int64_t n = sh.n, r = sh.r, k = sh.k;
+  std::mt19937_64 rng(seed * 7919 + uint64_t(r));
+  const std::vector<T> p = randn<T>(static_cast<size_t>(n * r), rng), dh = randn<T>(static_cast<size_t>(n * r), rng);
+  std::vector<A> S = randn<A>(static_cast<size_t>(r), rng, 1.0, 2.0), g = randn<A>(static_cast<size_t>(r), rng);
+  std::vector<A> P1, P2;  // A, B (dplr) | R (rot) | C, a (ablate)
+  int64_t n_part = 0;
+  const int64_t bs = core == Core::rot ? k : 1, side = core == Core::rot ? sh.side : 0;
+  switch (core) {
+    case Core::gain: n_part = ax::gain_partials(r); break;
+    case Core::dplr:
+      P1 = randn<A>(static_cast<size_t>(k * r), rng);
+      P2 = randn<A>(static_cast<size_t>(r * k), rng);
+      n_part = ax::dplr_partials(r, k);
+      break;
+    case Core::rot: {
+      if (side != ax::kRotNone) {
+        const int64_t nb = r / bs, m = bs * (bs - 1) / 2;
+        std::vector<A> t = randn<A>(static_cast<size_t>(nb * m), rng), work(static_cast<size_t>(2 * bs * bs));
+        P1.resize(static_cast<size_t>(r * bs));
+        for (int64_t b = 0; b < nb; ++b)
+          ax::cayley_block_forward(t.data() + b * m, int(bs), A(0.9), A(1), work.data(), P1.data() + b * bs * bs);
+      }
+      n_part = ax::rot_partials(r, bs, side);
+      break;
+    }
+    case Core::ablate:
+      P1 = randn<A>(static_cast<size_t>(r * k), rng, 0.3);
+      P2.resize(static_cast<size_t>(k));
+      for (int64_t m = 0; m < k; ++m) P2[m] = A(0.1 + 0.8 * double(m + 1) / double(k + 1));
+      n_part = ax::ablate_partials(r, k);
+      break;
+  }
+
+  // ---- reference
+  std::vector<T> h_ref(static_cast<size_t>(n * r)), dp_ref(static_cast<size_t>(n * r));
+  std::vector<A> s(static_cast<size_t>(r)), dscale(static_cast<size_t>(r));
+  for (int64_t j = 0; j < r; ++j)
+    s[j] = core == Core::rot ? S[j] + A(coeff) * g[j]
+                             : ax::gain_scale<A>(S[j], g[j], A(coeff), suppress, &dscale[j]);
+  std::vector<A> w(static_cast<size_t>(4 * r + 4 * k + 8)), tot;
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<A> x = row_acc(p, i, r), h(static_cast<size_t>(r));
+    switch (core) {
+      case Core::gain: ax::gain_row_forward(x.data(), s.data(), int(r), h.data()); break;
+      case Core::dplr:
+        ax::dplr_row_forward(x.data(), s.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(), h.data());
+        break;
+      case Core::rot: ax::rot_row_forward(x.data(), s.data(), P1.data(), int(side), int(r), int(bs), h.data()); break;
+      case Core::ablate:
+        ax::ablate_row_forward(x.data(), S.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(), h.data());
+        break;
+    }
+    store_row(h, h_ref, i, r);
+  }
+  tot = reduce_rows<A>(n, n_part, [&](int64_t i, A* part) {
+    std::vector<A> x = row_acc(p, i, r), d = row_acc(dh, i, r), dpr(static_cast<size_t>(r));
+    switch (core) {
+      case Core::gain: ax::gain_row_backward(d.data(), x.data(), s.data(), int(r), dpr.data(), part); break;
+      case Core::dplr:
+        ax::dplr_row_backward(d.data(), x.data(), s.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(),
+                              w.data() + k, dpr.data(), part, part + r, part + r + k * r);
+        break;
+      case Core::rot:
+        ax::rot_row_backward(d.data(), x.data(), s.data(), P1.data(), int(side), int(r), int(bs), w.data(), dpr.data(),
+                             part, part + r);
+        break;
+      case Core::ablate:
+        ax::ablate_row_backward(d.data(), x.data(), S.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(),
+                                w.data() + k, dpr.data(), part, part + r * k);
+        break;
+    }
+    store_row(dpr, dp_ref, i, r);
+  });
+  if (core == Core::gain || core == Core::dplr)
+    for (int64_t j = 0; j < r; ++j) tot[j] *= dscale[j];
+  if (core == Core::rot)
+    for (int64_t j = 0; j < r; ++j) tot[j] *= A(coeff);
+
+  // ---- kernels (outputs and workspace pre-filled with NaN)
+  std::vector<T> h = nan_filled<T>(static_cast<size_t>(n * r)), dp = nan_filled<T>(static_cast<size_t>(n * r));
+  std::vector<A> dparams = nan_filled<A>(static_cast<size_t>(n_part));
+  std::vector<A> ws = nan_filled<A>(static_cast<size_t>(ax::core_workspace_elems(n, n_part)));
+  const DType dt = dtype_of<T>();
+  switch (core) {
+    case Core::gain:
+      K::gain_forward(dt, p.data(), n, r, S.data(), g.data(), coeff, suppress, h.data(), nullptr);
+      K::gain_backward(dt, dh.data(), p.data(), n, r, S.data(), g.data(), coeff, suppress, dp.data(), dparams.data(),
+                       ws.data(), nullptr);
+      break;
+    case Core::dplr:
+      K::dplr_forward(dt, p.data(), n, r, k, S.data(), g.data(), P1.data(), P2.data(), coeff, suppress, h.data(),
+                      nullptr);
+      K::dplr_backward(dt, dh.data(), p.data(), n, r, k, S.data(), g.data(), P1.data(), P2.data(), coeff, suppress,
+                       dp.data(), dparams.data(), ws.data(), nullptr);
+      break;
+    case Core::rot:
+      K::rot_forward(dt, p.data(), n, r, bs, side, S.data(), g.data(), P1.empty() ? nullptr : P1.data(), coeff,
+                     h.data(), nullptr);
+      K::rot_backward(dt, dh.data(), p.data(), n, r, bs, side, S.data(), g.data(), P1.empty() ? nullptr : P1.data(),
+                      coeff, dp.data(), dparams.data(), ws.data(), nullptr);
+      break;
+    case Core::ablate:
+      K::ablate_forward(dt, p.data(), n, r, k, S.data(), P1.data(), P2.data(), coeff, h.data(), nullptr);
+      K::ablate_backward(dt, dh.data(), p.data(), n, r, k, S.data(), P1.data(), P2.data(), coeff, dp.data(),
+                         dparams.data(), ws.data(), nullptr);
+      break;
+  }
+  const std::string tag = std::string(name_of<T>()) + " n=" + std::to_string(n) + " r=" + std::to_string(r) +
+                          " k/bs=" + std::to_string(k) + " side=" + std::to_string(side);
+  AX_CHECK(same_bits(h, h_ref, ("h " + tag).c_str()));
+  AX_CHECK(same_bits(dp, dp_ref, ("dp " + tag).c_str()));
+  AX_CHECK(same_bits(dparams, tot, ("dparams " + tag).c_str()));
+}
+
+// Shapes: odd row counts, one and zero rows, r off every tile size, several reduction CTAs
+// (n > 16), several row tiles per CTA and parameters too large to stage (wide r / large k).
+const Shape kShapes[] = {{7, 12, 3, 1}, {33, 20, 4, 2}, {70, 36, 2, 1}, {1, 8, 8, 2}, {0, 12, 3, 1}, {150, 48, 16, 1}};
+
+template <typename T>
+void check_all_cores(uint64_t seed) {
+  for (const Shape& sh : kShapes) {
+    check_core<T>(Core::gain, sh, 0.7, false, seed);
+    check_core<T>(Core::gain, sh, -1.3, true, seed);
+    check_core<T>(Core::dplr, sh, 0.9, false, seed);
+    for (int64_t side : {0, 1, 2}) check_core<T>(Core::rot, Shape{sh.n, sh.r, sh.k, side}, -0.6, false, seed);
+    check_core<T>(Core::ablate, sh, 0.8, false, seed);
+  }
+}
+
+}  // namespace
+
+AX_TEST(cores_f32_bit_exact) { check_all_cores<float>(1); }
+AX_TEST(cores_f64_bit_exact) { check_all_cores<double>(2); }
+AX_TEST(cores_f16_bit_exact) { check_all_cores<__half>(3); }
+AX_TEST(cores_bf16_bit_exact) { check_all_cores<__nv_bfloat16>(4); }
+
+AX_TEST(cores_wide_tiles_and_unstaged_params) {
+  check_core<float>(Core::rot, Shape{40, 384, 32, 1}, 0.8, false, 5);   // R does not fit: read from global
+  check_core<float>(Core::rot, Shape{40, 384, 4, 2}, 0.8, false, 5);    // 9-row tiles, 16-row chunks
+  check_core<float>(Core::dplr, Shape{45, 96, 64, 0}, 0.9, false, 5);   // A, B do not fit
+  check_core<float>(Core::ablate, Shape{33, 640, 20, 0}, 0.8, false, 5);  // C does not fit, 8-row tiles
+  check_core<double>(Core::dplr, Shape{20, 200, 16, 0}, 0.9, true, 5);
+  check_core<float>(Core::gain, Shape{21, 3000, 1, 0}, 0.5, false, 5);
+}
+
+AX_TEST(cores_same_bits_for_every_schedule) {
+  SeedGuard guard;
+  for (uint64_t seed : {11ull, 12ull, 13ull}) {
+    ax_emu::set_seed(seed);  // block order and thread interleaving
+    check_core<float>(Core::dplr, Shape{100, 20, 3, 0}, 0.9, false, 9);
+    check_core<float>(Core::rot, Shape{100, 20, 4, 1}, 0.9, false, 9);
+    check_core<float>(Core::ablate, Shape{100, 20, 3, 0}, 0.9, false, 9);
+  }
+}
+
+namespace {
+template <typename A>
+void check_cayley(int bs, int64_t nb, double coeff, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const int64_t m = int64_t(bs) * (bs - 1) / 2;
+  const std::vector<A> t = randn<A>(static_cast<size_t>(nb * m), rng, 2.0), G = randn<A>(static_cast<size_t>(nb * bs * bs), rng);
+  const double a_lim = 2.0 * std::tan(0.5 / 2.0);
+  std::vector<A> R_ref(static_cast<size_t>(nb * bs * bs)), dt_ref(static_cast<size_t>(nb * m)), work(static_cast<size_t>(3 * bs * bs));
+  for (int64_t b = 0; b < nb; ++b) {
+    ax::cayley_block_forward(t.data() + b * m, bs, A(a_lim), A(coeff), work.data(), R_ref.data() + b * bs * bs);
+    ax::cayley_block_backward(G.data() + b * bs * bs, R_ref.data() + b * bs * bs, t.data() + b * m, bs, A(a_lim),
+                              A(coeff), work.data(), dt_ref.data() + b * m);
+  }
+  std::vector<A> R = nan_filled<A>(R_ref.size()), dt = nan_filled<A>(dt_ref.size());
+  const bool f64 = std::is_same<A, double>::value;
+  K::block_cayley_forward(f64, t.data(), nb, bs, a_lim, coeff, R.data(), nullptr);
+  K::block_cayley_backward(f64, G.data(), R.data(), t.data(), nb, bs, a_lim, coeff, dt.data(), nullptr);
+  const std::string tag = std::string(f64 ? "f64" : "f32") + " bs=" + std::to_string(bs);
+  AX_CHECK(same_bits(R, R_ref, ("R " + tag).c_str()));
+  AX_CHECK(same_bits(dt, dt_ref, ("dt " + tag).c_str()));
+  // R orthogonal
+  double err = 0;
+  for (int64_t b = 0; b < nb; ++b)
+    for (int i = 0; i < bs; ++i)
+      for (int j = 0; j < bs; ++j) {
+        double s = 0;
+        for (int q = 0; q < bs; ++q) s += double(R[b * bs * bs + q * bs + i]) * double(R[b * bs * bs + q * bs + j]);
+        err = std::max(err, std::fabs(s - (i == j ? 1.0 : 0.0)));
+      }
+  AX_CHECK(err < (f64 ? 1e-12 : 1e-5));
+}
+}  // namespace
+
+AX_TEST(cayley_register_path_bit_exact) {  // bs <= 8: one thread per block; 70 blocks = 2 CTAs
+  for (int bs = 2; bs <= 8; ++bs) {
+    check_cayley<float>(bs, 70, 1.0, uint64_t(bs));
+    check_cayley<double>(bs, 70, -0.7, uint64_t(bs));
+  }
+}
+
+AX_TEST(cayley_shared_memory_path_bit_exact) {  // bs > 8: one CTA per block
+  for (int bs : {9, 12, 16, 23, 32, 64}) {
+    check_cayley<float>(bs, 3, 1.0, uint64_t(bs));
+    check_cayley<double>(bs, 2, -0.7, uint64_t(bs));
+  }
+}
+
+AX_TEST(cayley_coeff_zero_is_identity) {
+  for (int bs : {4, 16}) {
+    std::mt19937_64 rng(1);
+    const int64_t nb = 3, m = int64_t(bs) * (bs - 1) / 2;
+    const std::vector<float> t = randn<float>(static_cast<size_t>(nb * m), rng);
+    std::vector<float> R(static_cast<size_t>(nb * bs * bs));
+    K::block_cayley_forward(false, t.data(), nb, bs, 0.5, 0.0, R.data(), nullptr);
+    for (int64_t e = 0; e < nb * bs * bs; ++e) AX_CHECK_EQ(R[e], ((e % (bs * bs)) / bs == e % bs) ? 1.0f : 0.0f);
+  }
+}
+
+AX_TEST(bad_sizes_throw) {
+  std::vector<float> x(4096 * 2, 1.f), S(4096, 1.f), R(4096 * 2, 0.f), out(4096 * 2), ws(1 << 16);
+  AX_CHECK_THROWS(std::invalid_argument,
+                  K::rot_backward(DType::f32, x.data(), x.data(), 2, 4096, 2, 1, S.data(), S.data(), R.data(), 1.0,
+                                  out.data(), out.data(), ws.data(), nullptr),
+                  "too wide");
+  AX_CHECK_THROWS(std::invalid_argument,
+                  K::rot_forward(DType::f32, x.data(), 2, 12, 5, 1, S.data(), S.data(), R.data(), 1.0, out.data(),
+                                 nullptr),
+                  "does not divide");
+  AX_CHECK_THROWS(std::invalid_argument,
+                  K::block_cayley_forward(false, x.data(), 1, 65, 0.5, 1.0, out.data(), nullptr), "block size");
+}
+
+int main(int argc, char** argv) { return ax_test::run_main(argc, argv); }
