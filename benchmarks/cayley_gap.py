@@ -1,0 +1,296 @@
+"""The Cayley-gap profile: what the block Cayley rotation costs on top of the plain gain.
+
+antipasto vs antipasto_rot, eager reference vs ext, forward and forward+backward: timings (median and
+IQR over interleaved repeats), the gap as the ratio rot / plain for each backend, and a torch.profiler
+pass — dispatcher ops and CUDA kernels per layer call, host synchronisations (item(), stream/device
+syncs; on CPU also the linalg error checks that are a sync each on CUDA), where the time goes (top ops)
+and a Chrome trace. Then ``block_cayley`` alone, ext vs the eager ``reference.cayley_blocks``
+(batched torch.linalg.solve) for several block layouts, with the overhead breakdown of the ext call
+(kernel vs dispatch vs autograd).
+
+    python benchmarks/cayley_gap.py --quick      # CI smoke, well under a minute on a 2-core CPU
+    python benchmarks/cayley_gap.py              # d_in 1024, d_out 2048, r 256, 512 tokens, float32
+    python benchmarks/cayley_gap.py --device cuda --dtype bfloat16
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402
+from antipasto_ext import ops, reference  # noqa: E402
+
+BLOCK_LAYOUTS = [(64, 4), (512, 4), (16, 16), (8, 32), (4, 64)]
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=list(C.DTYPES))
+    p.add_argument("--d-in", type=int, default=1024)
+    p.add_argument("--d-out", type=int, default=2048)
+    p.add_argument("--r", type=int, default=256)
+    p.add_argument("--block-size", type=int, default=4)
+    p.add_argument("--tokens", type=int, default=None, help="default 512 (--quick 128)")
+    p.add_argument("--repeats", type=int, default=None, help="timing rounds (default 30; --quick 5)")
+    p.add_argument("--warmup", type=int, default=None)
+    p.add_argument("--profile-calls", type=int, default=None, help="profiled calls per config (default 3)")
+    p.add_argument("--blocks", default=None, help="block_cayley layouts 'n_blocks x bs,...' (default "
+                   + ",".join(f"{n}x{b}" for n, b in BLOCK_LAYOUTS) + "; --quick 64x4,16x16)")
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--out", type=Path, default=C.RESULTS)
+    a = p.parse_args(argv)
+    a.tokens = a.tokens or (128 if a.quick else 512)
+    a.repeats = a.repeats or (5 if a.quick else 30)
+    a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
+    a.profile_calls = a.profile_calls or (2 if a.quick else 3)
+    blocks = a.blocks or ("64x4,16x16" if a.quick else ",".join(f"{n}x{b}" for n, b in BLOCK_LAYOUTS))
+    a.layouts = [tuple(int(v) for v in s.split("x")) for s in blocks.split(",")]
+    return a
+
+
+# ----------------------------------------------------------------------------------------- layer gap
+
+
+def layer_section(args, device, dtype, paths):
+    cfg = C.Config(r=args.r, block_size=args.block_size)
+    lin = C.make_linear(args.d_in, args.d_out, dtype, device)
+    split = {}
+    mods = {}
+    for v in ("antipasto", "antipasto_rot"):
+        for be in args.backends:
+            mods[f"{v}/{be}"] = C.build_variant(v, lin, cfg, be, split)
+    with torch.no_grad():  # a non-trivial rotation (rot_T = 0 would be the identity)
+        for be in args.backends:
+            mods[f"antipasto_rot/{be}"].rot_T.normal_(0, 0.1)
+    x = C.with_grad_input(torch.randn(args.tokens, args.d_in, device=device, dtype=dtype))
+    gy = torch.randn(args.tokens, args.d_out, device=device, dtype=dtype)
+    fns_f = {n: C.fwd_fn(m, x) for n, m in mods.items()}
+    fns_fb = {n: C.fwd_bwd_fn(m, x, gy) for n, m in mods.items()}
+    fns_f["linear"] = C.fwd_fn(lin, x)
+    fns_fb["linear"] = C.fwd_bwd_fn(lin, x, gy, params=[])
+    st_f = C.bench(fns_f, device, args.warmup, args.repeats)
+    st_fb = C.bench(fns_fb, device, args.warmup, args.repeats)
+
+    rows = []
+    for n in fns_f:
+        rows.append([n, st_f[n].fmt_ms(), st_fb[n].fmt_ms()])
+    gap_rows, gap_csv = [], []
+    for be in args.backends:
+        rf = st_f[f"antipasto_rot/{be}"].median / st_f[f"antipasto/{be}"].median
+        rfb = st_fb[f"antipasto_rot/{be}"].median / st_fb[f"antipasto/{be}"].median
+        # spread of the ratio: quartiles of per-round ratios (samples are taken round by round)
+        def q(stat_a, stat_b):
+            rs = C.Stat([a / b for a, b in zip(stat_a.samples, stat_b.samples)])
+            return f"[{rs.quantile(0.25):.2f}, {rs.quantile(0.75):.2f}]"
+        gap_rows.append([be, f"{rf:.2f}x", q(st_f[f"antipasto_rot/{be}"], st_f[f"antipasto/{be}"]),
+                         f"{rfb:.2f}x", q(st_fb[f"antipasto_rot/{be}"], st_fb[f"antipasto/{be}"])])
+        gap_csv.append(["gap", be, f"{rf:.4f}", f"{rfb:.4f}"])
+    ext_vs_eager = []
+    for v in ("antipasto", "antipasto_rot") if "ext" in args.backends else ():
+        ext_vs_eager.append([v, C.fmt_ratio(st_f[f"{v}/ext"].median, st_f[f"{v}/eager"].median),
+                             C.fmt_ratio(st_fb[f"{v}/ext"].median, st_fb[f"{v}/eager"].median)])
+
+    # profiler pass over the four configs (fwd+bwd and fwd)
+    prof_fns = {f"{n} fwd+bwd": fns_fb[n] for n in mods}
+    prof_fns.update({f"{n} fwd": fns_f[n] for n in mods})
+    summ = C.profile_calls(prof_fns, device, calls=args.profile_calls, trace_path=paths["trace.json"])
+    prows = []
+    for n, s in summ.items():
+        syncs = ", ".join(f"{k} {v:g}" for k, v in s.syncs_per_call.items()) or "0"
+        prows.append([n, f"{s.ops_per_call:g}", f"{s.top_ops_per_call:g}", f"{s.autograd_nodes_per_call:g}",
+                      f"{s.kernels_per_call:g}" if device.type == "cuda" else "–", syncs, f"{s.checks_per_call:g}",
+                      f"{s.total_us_per_call / 1e3:.3f}"])
+    sync_md = [f"- **{n}**: " + "; ".join(f"`{src}` × {c:g}" for src, c in s.sync_sources.items())
+               for n, s in summ.items() if s.sync_sources] or ["- none in any config"]
+    top_md = []
+    for n in ("antipasto_rot/eager fwd+bwd", "antipasto_rot/ext fwd+bwd", "antipasto/ext fwd+bwd"):
+        if n not in summ:
+            continue
+        s = summ[n]
+        top_md.append(f"**{n}** (profiled wall {s.total_us_per_call / 1e3:.3f} ms per call; profiler overhead "
+                      "included)\n")
+        top_md.append(C.md_table(["op", "self µs / call", "calls / call", "% of call"],
+                                 [[f"`{o}`", f"{t:.1f}", f"{c:g}", f"{pct:.1f}%"] for o, t, c, pct in s.top_table]))
+    md = [f"## Layer: antipasto vs antipasto_rot (d_in {args.d_in}, d_out {args.d_out}, r {args.r}, "
+          f"bs {args.block_size}, {args.tokens} tokens, {args.dtype})", "",
+          "Median ± half the IQR over interleaved rounds (ms per call); `linear` = the frozen nn.Linear alone. "
+          "rot_T is drawn N(0, 0.1) so the rotation is not the identity.", "",
+          C.md_table(["config", "fwd ms", "fwd+bwd ms"], rows), "",
+          "**The Cayley gap** = antipasto_rot / antipasto (same backend); [q1, q3] of the per-round ratios. "
+          "The research code measured 72 ms vs 36 ms (2.0x) for its eager rot.", "",
+          C.md_table(["backend", "fwd gap", "fwd [q1, q3]", "fwd+bwd gap", "fwd+bwd [q1, q3]"], gap_rows), "",
+          "**ext / eager** (same variant)", "",
+          C.md_table(["variant", "fwd", "fwd+bwd"], ext_vs_eager), "",
+          "### Profiler: per layer call", "",
+          "ops = dispatcher ops at every nesting level; top-level = not nested in another op; autograd nodes = "
+          "backward functions run; syncs = host synchronisations (`aten::_local_scalar_dense` = an item()/host "
+          "read; `cudaStreamSynchronize`/`cudaDeviceSynchronize` on GPU); linalg checks = "
+          "`aten::_linalg_check_errors`, free on CPU but a device-to-host copy and a sync each on CUDA "
+          "(pytorch #96632: why linalg.solve cannot be captured in a CUDA graph).", "",
+          C.md_table(["config", "ops", "top-level ops", "autograd nodes", "CUDA kernels", "host syncs",
+                      "linalg checks", "profiled ms"], prows), "",
+          "Where the host reads come from (op < caller < ...), per call:", "", *sync_md, "",
+          "### Where the time goes (top ops by self time)", "", *top_md]
+    csv_rows = [["layer", n, "fwd", f"{st_f[n].ms:.4f}", f"{st_f[n].iqr * 1e3:.4f}"] for n in fns_f]
+    csv_rows += [["layer", n, "fwd+bwd", f"{st_fb[n].ms:.4f}", f"{st_fb[n].iqr * 1e3:.4f}"] for n in fns_fb]
+    csv_rows += [["gap rot/plain", be, "fwd", rf_, ""] for _, be, rf_, _ in gap_csv]
+    csv_rows += [["gap rot/plain", be, "fwd+bwd", rfb_, ""] for _, be, _, rfb_ in gap_csv]
+    for n, s in summ.items():
+        csv_rows.append(["profile", n, "ops/top-level/autograd nodes/kernels/syncs/checks",
+                         f"{s.ops_per_call:g}/{s.top_ops_per_call:g}/{s.autograd_nodes_per_call:g}/"
+                         f"{s.kernels_per_call:g}/{sum(s.syncs_per_call.values()):g}/{s.checks_per_call:g}", ""])
+    headline = {"gap": gap_csv, "ms": {n: (st_fb[n].ms, st_fb[n].iqr * 1e3) for n in fns_fb}}
+    return "\n".join(md), csv_rows, headline
+
+
+# ----------------------------------------------------------------------------------------- block_cayley
+
+
+def block_section(args, device):
+    f32 = dict(device=device, dtype=torch.float32)
+    rows, csv_rows = [], []
+    breakdown = None
+    for nb, bs in args.layouts:
+        g = torch.Generator().manual_seed(nb * 100 + bs)
+        t0 = (torch.randn(nb, bs * (bs - 1) // 2, generator=g) * 0.3).to(**f32)
+        gR = torch.randn(nb, bs, bs, generator=g).to(**f32)
+        t_ext = t0.clone().requires_grad_()
+        t_eag = t0.clone().requires_grad_()
+
+        def fb(fn, t):
+            def f():
+                t.grad = None
+                fn(t, bs).backward(gR)
+            return f
+
+        def fw(fn, t):
+            def f():
+                with torch.no_grad():
+                    fn(t, bs)
+            return f
+        fns = {"ext fwd": fw(ops.block_cayley, t_ext), "eager fwd": fw(reference.cayley_blocks, t_eag),
+               "ext fwd+bwd": fb(ops.block_cayley, t_ext), "eager fwd+bwd": fb(reference.cayley_blocks, t_eag)}
+        st = C.bench(fns, device, warmup=args.warmup + 5, repeats=max(args.repeats, 7), sample_s=2e-3)
+        # agreement of the two (a sanity check that both compute the same thing)
+        with torch.no_grad():
+            err = (ops.block_cayley(t0, bs) - reference.cayley_blocks(t0.double(), bs).float()).abs().max().item()
+        rows.append([f"{nb} x {bs}", st["eager fwd"].fmt_us(), st["ext fwd"].fmt_us(),
+                     f"**{st['eager fwd'].median / st['ext fwd'].median:.1f}x**", st["eager fwd+bwd"].fmt_us(),
+                     st["ext fwd+bwd"].fmt_us(), f"**{st['eager fwd+bwd'].median / st['ext fwd+bwd'].median:.1f}x**",
+                     f"{err:.1e}"])
+        for k, s in st.items():
+            csv_rows.append(["block_cayley", f"{nb}x{bs}", k, f"{s.us:.3f}", f"{s.iqr * 1e6:.3f}"])
+        if (nb, bs) == args.layouts[0]:
+            breakdown = overhead_breakdown(args, device, t0, gR, bs, st)
+    md = ["## block_cayley alone: ext vs eager `reference.cayley_blocks` (torch.linalg.solve)", "",
+          "µs per call, median ± half the IQR; speed-up = eager / ext; fwd under no_grad; fwd+bwd = forward with "
+          "autograd + backward of a fixed upstream gradient; max |R_ext - R_float64| in the last column.", "",
+          C.md_table(["n_blocks x bs", "eager fwd µs", "ext fwd µs", "fwd speed-up", "eager fwd+bwd µs",
+                      "ext fwd+bwd µs", "fwd+bwd speed-up", "max err"], rows), ""]
+    if breakdown:
+        md.append(breakdown[0])
+        csv_rows += breakdown[1]
+    return "\n".join(md), csv_rows
+
+
+def overhead_breakdown(args, device, t0, gR, bs, st):
+    """Split the ext fwd+bwd of block_cayley into kernel time and framework overhead, and show the floor
+    that any autograd-visible op pays on this machine."""
+    T = torch.ops.antipasto_ext
+    t_nograd = t0.clone()
+    with torch.no_grad():
+        R = T.block_cayley(t_nograd, bs, 0.5, 1.0)
+    leaf = torch.zeros(8, device=device, requires_grad=True)
+    g8 = torch.ones(8, device=device)
+
+    def autograd_floor():
+        leaf.grad = None
+        (leaf * 2.0).backward(g8)
+
+    def solve_alone():
+        eye = torch.eye(bs, device=device).expand(t0.shape[0], -1, -1)
+        torch.linalg.solve(eye - R, eye + R)
+
+    fns = {
+        "raw C++ op block_cayley (no autograd)": lambda: T.block_cayley(t_nograd, bs, 0.5, 1.0),
+        "raw C++ op block_cayley_backward": lambda: T.block_cayley_backward(gR, R, t_nograd, bs, 0.5, 1.0),
+        "empty aten op (torch.ops.aten.alias)": lambda: torch.ops.aten.alias(t_nograd),
+        "autograd floor: (leaf * 2).backward() on 8 floats": autograd_floor,
+        f"torch.linalg.solve alone ({t0.shape[0]} x {bs}x{bs})": solve_alone,
+    }
+    stb = C.bench(fns, device, warmup=args.warmup + 5, repeats=max(args.repeats, 7), sample_s=2e-3)
+    raw = stb["raw C++ op block_cayley (no autograd)"].median + stb["raw C++ op block_cayley_backward"].median
+    total = st["ext fwd+bwd"].median
+    rows = [[k, s.fmt_us()] for k, s in stb.items()]
+    rows.append(["ext fwd+bwd through autograd (from the table above)", st["ext fwd+bwd"].fmt_us()])
+    rows.append(["→ framework overhead = fwd+bwd − raw fwd − raw bwd", f"{(total - raw) * 1e6:.1f}"])
+    rows.append(["eager fwd+bwd (from the table above)", st["eager fwd+bwd"].fmt_us()])
+    rows.append(["→ speed-up if the overhead were zero (eager / (raw fwd + raw bwd))",
+                 f"{st['eager fwd+bwd'].median / raw:.1f}x"])
+    rows.append(["→ speed-up with the overhead at the autograd floor",
+                 f"{st['eager fwd+bwd'].median / (raw + stb['autograd floor: (leaf * 2).backward() on 8 floats'].median):.1f}x"])
+    md = [f"### Where the ext block_cayley time goes ({t0.shape[0]} blocks of {bs}, fwd+bwd)", "",
+          C.md_table(["piece", "µs per call"], rows), ""]
+    csv_rows = [["block_cayley breakdown", f"{t0.shape[0]}x{bs}", k, f"{s.us:.3f}", f"{s.iqr * 1e6:.3f}"]
+                for k, s in stb.items()]
+    # profile the ext and eager fwd+bwd at this layout: ops and top ops per call
+    t_ext = t0.clone().requires_grad_()
+    t_eag = t0.clone().requires_grad_()
+
+    def fb(fn, t):
+        def f():
+            t.grad = None
+            fn(t, bs).backward(gR)
+        return f
+    summ = C.profile_calls({"ext": fb(ops.block_cayley, t_ext), "eager": fb(reference.cayley_blocks, t_eag)}, device,
+                           calls=max(3, args.profile_calls))
+    for n, s in summ.items():
+        md.append(f"**{n} fwd+bwd** under the profiler: {s.ops_per_call:g} dispatcher ops "
+                  f"({s.top_ops_per_call:g} top-level), {s.autograd_nodes_per_call:g} autograd nodes, "
+                  f"linalg checks {s.checks_per_call:g}, host syncs {sum(s.syncs_per_call.values()):g} per call\n")
+        md.append(C.md_table(["op", "self µs / call", "calls / call", "% of call"],
+                             [[f"`{o}`", f"{t:.1f}", f"{c:g}", f"{pct:.1f}%"] for o, t, c, pct in s.top_table[:8]]))
+    return "\n".join(md), csv_rows
+
+
+# ----------------------------------------------------------------------------------------- main
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    device = C.pick_device(args.device)
+    C.set_threads(args.threads)
+    args.backends = C.backends_for(device)
+    dtype = C.dtype_of(args.dtype)
+    torch.manual_seed(0)
+    info = C.machine_info(device)
+    paths = C.out_paths(args.out, "cayley_gap", device, args.quick)
+    C.log("== layer: antipasto vs antipasto_rot")
+    layer_md, layer_csv, headline = layer_section(args, device, dtype, paths)
+    C.log(layer_md.split("### Profiler")[0])
+    C.log("== block_cayley alone")
+    if "ext" in args.backends:
+        block_md, block_csv = block_section(args, device)
+    else:
+        block_md, block_csv = "## block_cayley alone: skipped (ext backend unavailable)\n", []
+    C.log(block_md)
+    trace = paths["trace.json"]
+    size = trace.stat().st_size if trace.exists() else 0
+    note = (f"Chrome trace: `{trace.name}` ({size / 2**20:.2f} MiB; open in chrome://tracing or "
+            "https://ui.perfetto.dev); each call is labelled `call/<config>`.")
+    md = [C.header_md("Cayley-gap profile: antipasto vs antipasto_rot, eager vs ext", info), layer_md, block_md, note]
+    paths["md"].write_text("\n".join(md) + "\n")
+    C.write_csv(paths["csv"], info, ["section", "config", "phase", "value (ms | µs | ratio)", "IQR"],
+                layer_csv + block_csv)
+    C.log(f"wrote {paths['md']}, {paths['csv']}, {trace}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
