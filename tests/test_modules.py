@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import antipasto_ext as ax
-from conftest import DEVICES, assert_close
+from conftest import DEVICES, ENGINES, assert_close
 
 VARIANTS = {
     "antipasto": (ax.AntiPaSTOLinear, {}),
@@ -52,11 +52,11 @@ def run(m, x, grad_out):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("shape", SHAPES, ids=str)
-@pytest.mark.parametrize("backend", ["ext", "eager"])
+# the eager backend runs no extension kernel, so one engine covers it
+@pytest.mark.parametrize("backend,engine_name", [("ext", e) for e in ENGINES] + [("eager", "native")])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_module_matches_float64_reference(variant, backend, shape, dtype, device, engine):
-    if backend == "eager" and engine != "native":
-        pytest.skip("the eager backend runs no extension kernel: one engine covers it")
+def test_module_matches_float64_reference(variant, backend, engine_name, shape, dtype, device, monkeypatch):
+    monkeypatch.setenv("ANTIPASTO_EXT_ENGINE", engine_name)
     d_in, d_out, r, lead = shape
     _, m = make(variant, d_in, d_out, r, dtype, device)
     m.coeff = 0.8
@@ -72,8 +72,11 @@ def test_module_matches_float64_reference(variant, backend, shape, dtype, device
     assert_close(y, y_ref, dtype, "out", scale=2)
     assert_close(dx, dx_ref, dtype, "grad x", scale=2)
     assert dparams.keys() == dparams_ref.keys() and dparams
-    for n in dparams:
-        assert_close(dparams[n], dparams_ref[n], dtype, f"grad {n}", scale=8)
+    # A parameter gradient is a sum over tokens that can cancel to far below its terms (ablate's alpha), and
+    # the module rounds p = x Vh^T to its dtype before the core: judge the parameter gradients together,
+    # relative to the largest (test_ops checks each one on identical inputs).
+    flat = lambda d: torch.cat([d[n].double().flatten() for n in sorted(d)])  # noqa: E731
+    assert_close(flat(dparams), flat(dparams_ref), dtype, "grad of the trainable parameters", scale=8)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
