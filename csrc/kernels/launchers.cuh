@@ -56,7 +56,7 @@ inline TilePlan plan_tile(const char* op, int64_t r, int64_t fixed, int64_t para
   const bool stage = fixed + params + per_row * std::min<int64_t>(want, 8) <= budget;
   const int64_t avail = budget - fixed - (stage ? params : 0);
   const int64_t rows = per_row > 0 ? std::min(want, avail / per_row) : want;
-  if (rows < 1)
+  if (avail < 0 || rows < 1)
     throw std::invalid_argument(std::string("antipasto_ext ") + op + ": r = " + std::to_string(r) +
                                 " is too wide for one row tile in " + std::to_string(kCoreSmemBudget) +
                                 " bytes of shared memory");
@@ -78,8 +78,9 @@ void launch_diag_forward(const void* p, int64_t n, int64_t r, const void* S, con
                          bool suppress_only, int mode, void* h, ax::stream_t st) {
   using acc_t = typename acc_of<T>::type;
   if (n <= 0) return;
+  const TilePlan pl = plan_tile("gain_core / rot_core", r, r, 0, 0, sizeof(acc_t), 1);  // s (r) in shared memory
   const int rows = int(std::max<int64_t>(1, 8192 / r));
-  AX_LAUNCH((diag_forward_kernel<T>), dim3(blocks_for(n, rows)), dim3(kCoreThreads), size_t(r) * sizeof(acc_t), st,
+  AX_LAUNCH((diag_forward_kernel<T>), dim3(blocks_for(n, rows)), dim3(kCoreThreads), pl.smem, st,
             static_cast<const T*>(p), n, int(r), rows, static_cast<const acc_t*>(S), static_cast<const acc_t*>(x),
             acc_t(coeff), suppress_only, mode, static_cast<T*>(h));
   AX_CHECK_LAUNCH();

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""Static resource check of the CUDA kernels (no GPU needed).
+
+Compiles csrc/cuda/kernels.cu (torch-free: the repo root is its only include path) with nvcc for
+sm_80 and sm_90 with `-Xptxas -v`, parses per kernel: registers, static shared memory, stack frame,
+spill stores, spill loads, and prints (and writes) a table. Exits non-zero if any hot kernel spills
+or has a stack frame > 0, or if the compile fails.
+
+Hot kernels: every kernel that accumulates in float32 (the float32 / bfloat16 / float16 activation
+paths and the float32 Cayley kernels). The float64 instantiations are the verification path: they
+are reported (marked "f64") but do not fail the check unless --strict-f64 is given.
+
+Dynamic shared memory is sized at launch by the host launchers (csrc/kernels/launchers.cuh), at most
+48 KiB per CTA (kCoreSmemBudget, no opt-in needed); the table shows ptxas's static shared memory only.
+
+Usage: python tools/check_ptxas.py [--arch 80 --arch 90] [--out build/ptxas_report.md] [--strict-f64]
+Environment: CUDA_HOME (else `nvcc` on PATH, else /usr/local/cuda).
+"""
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCE = ROOT / "csrc" / "cuda" / "kernels.cu"
+
+RE_ENTRY = re.compile(r"Compiling entry function '([^']+)' for '(sm_\d+)'")
+RE_PROPS = re.compile(r"Function properties for (\S+)")
+RE_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+RE_USED = re.compile(r"Used (\d+) registers")
+RE_SMEM = re.compile(r"(\d+) bytes smem")
+
+
+def find_nvcc():
+    home = os.environ.get("CUDA_HOME")
+    if home and Path(home, "bin", "nvcc").exists():
+        return str(Path(home, "bin", "nvcc"))
+    found = shutil.which("nvcc")
+    if found:
+        return found
+    if Path("/usr/local/cuda/bin/nvcc").exists():
+        return "/usr/local/cuda/bin/nvcc"
+    return None
+
+
+def demangle(names):
+    tool = shutil.which("c++filt")
+    if not tool or not names:
+        return {n: n for n in names}
+    out = subprocess.run([tool], input="\n".join(names), capture_output=True, text=True).stdout.splitlines()
+    return dict(zip(names, out)) if len(out) == len(names) else {n: n for n in names}
+
+
+def short_name(pretty):
+    """'void ax::cuda_impl::kern::rot_backward_kernel<float>(float const*, ...)' -> 'rot_backward_kernel<float>'."""
+    s = pretty
+    if s.startswith("void "):
+        s = s[5:]
+    depth, cut = 0, len(s)
+    for i, ch in enumerate(s):  # drop the parameter list: the first '(' outside template brackets
+        if ch == "<":
+            depth += 1
+        elif ch == ">":
+            depth -= 1
+        elif ch == "(" and depth == 0:
+            cut = i
+            break
+    s = s[:cut]
+    for prefix in ("ax::cuda_impl::kern::", "ax::cuda_impl::", "ax::"):
+        s = s.replace(prefix, "")
+    return s
+
+
+def accumulates_in_f64(name):
+    """Kernels instantiated on double activations / double accumulators."""
+    return bool(re.search(r"<(\d+,\s*)?double>", name))
+
+
+def parse(log):
+    """{(mangled, arch): {regs, smem, stack, spill_st, spill_ld}} from `ptxas -v` output."""
+    res, arch_of, cur = {}, {}, None
+    for line in log.splitlines():
+        m = RE_ENTRY.search(line)
+        if m:
+            cur = (m.group(1), m.group(2))
+            res.setdefault(cur, {"regs": None, "smem": 0, "stack": None, "spill_st": None, "spill_ld": None})
+            arch_of[m.group(1)] = m.group(2)
+            continue
+        m = RE_PROPS.search(line)
+        if m and m.group(1) in arch_of:
+            cur = (m.group(1), arch_of[m.group(1)])
+            continue
+        if cur is None:
+            continue
+        m = RE_FRAME.search(line)
+        if m:
+            res[cur]["stack"], res[cur]["spill_st"], res[cur]["spill_ld"] = map(int, m.groups())
+            continue
+        m = RE_USED.search(line)
+        if m:
+            res[cur]["regs"] = int(m.group(1))
+            s = RE_SMEM.search(line)
+            res[cur]["smem"] = int(s.group(1)) if s else 0
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", action="append", default=None, help="SM architecture, e.g. 80 (repeatable)")
+    ap.add_argument("--out", default=str(ROOT / "build" / "ptxas_report.md"), help="where to write the table")
+    ap.add_argument("--strict-f64", action="store_true", help="gate the float64 kernels too")
+    args = ap.parse_args()
+    archs = args.arch or ["80", "90"]
+    nvcc = find_nvcc()
+    if nvcc is None:
+        print("check_ptxas: nvcc not found (set CUDA_HOME)", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [nvcc, "-std=c++17", "-O3", f"-I{ROOT}", "-Xptxas", "-v", "--threads", "2", "-c", str(SOURCE),
+               "-o", str(Path(tmp, "kernels.o"))]
+        for a in archs:
+            cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
+        print("check_ptxas: " + " ".join(cmd), flush=True)
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    log = proc.stdout + proc.stderr
+    if proc.returncode != 0:
+        print(log[-20000:], file=sys.stderr)
+        print(f"check_ptxas: nvcc failed (exit {proc.returncode})", file=sys.stderr)
+        return 1
+    res = parse(log)
+    if not res:
+        print(log[-5000:], file=sys.stderr)
+        print("check_ptxas: no kernel found in the ptxas output", file=sys.stderr)
+        return 1
+    names = demangle(sorted({k for k, _ in res}))
+    rows, bad = [], []
+    for (mangled, arch), r in res.items():
+        name = short_name(names[mangled])
+        f64 = accumulates_in_f64(name)
+        gated = args.strict_f64 or not f64
+        if None in (r["regs"], r["stack"], r["spill_st"], r["spill_ld"]):
+            bad.append(f"{name} {arch}: incomplete ptxas report")
+            continue
+        problem = r["stack"] > 0 or r["spill_st"] > 0 or r["spill_ld"] > 0
+        status = ("FAIL" if gated else "warn (f64)") if problem else ("ok" if gated else "ok (f64)")
+        if problem and gated:
+            bad.append(f"{name} {arch}: stack {r['stack']} B, spill stores {r['spill_st']} B, "
+                       f"spill loads {r['spill_ld']} B")
+        rows.append((name, arch, r["regs"], r["smem"], r["stack"], r["spill_st"], r["spill_ld"], status))
+    rows.sort(key=lambda t: (t[0], t[1]))
+    head = ("kernel", "arch", "regs", "static smem B", "stack B", "spill st B", "spill ld B", "status")
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    fmt = lambda t: "| " + " | ".join(str(x).ljust(w) for x, w in zip(t, widths)) + " |"  # noqa: E731
+    table = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(t) for t in rows]
+    text = "\n".join(table)
+    print(text)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"# ptxas resource usage of csrc/cuda/kernels.cu (sm_{', sm_'.join(archs)})\n\n{text}\n")
+    print(f"check_ptxas: {len(rows)} kernel builds, table written to {out}")
+    if bad:
+        print("check_ptxas: FAILED - hot kernels with a stack frame or register spills:", file=sys.stderr)
+        for b in bad:
+            print("  " + b, file=sys.stderr)
+        return 1
+    print("check_ptxas: OK - no hot kernel spills or uses a stack frame")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
