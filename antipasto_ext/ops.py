@@ -10,9 +10,17 @@ import math
 
 import torch
 
-from ._loader import ext_loaded
+from ._loader import ext_loaded, why_unavailable
 
-_ops = torch.ops.antipasto_ext  # resolved at call time
+
+class _NotBuilt:
+    """Stands in for torch.ops.antipasto_ext when the library did not load: a call says why."""
+
+    def __getattr__(self, name):
+        raise RuntimeError(why_unavailable(torch.device("cpu")))
+
+
+_ops = torch.ops.antipasto_ext if ext_loaded else _NotBuilt()
 
 # Which side antipasto_rot rotates, as the kernels number it.
 ROT_SIDES = {"none": 0, "V": 1, "U": 2}

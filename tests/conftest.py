@@ -5,6 +5,10 @@ import torch
 
 import antipasto_ext as ax
 
+# Fail collection with the reason rather than with errors in every test (e.g. the source tree shadowing the
+# installed package: run `pytest` from the repo, not `python -m pytest`, after `pip install`).
+assert ax.build_info()["cpu"], ax.build_info().get("error")
+
 # Engines of the CPU op implementation: the C++ CPU kernels, and the CUDA kernel source run through the
 # CPU emulation of the CUDA execution model (ANTIPASTO_EXT_ENGINE=cuda-emulated).
 ENGINES = ["native", "cuda-emulated"]
