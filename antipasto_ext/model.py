@@ -351,7 +351,7 @@ def _build_from_file(model, name, cfg, f, keys, check_base):
     if missing or unexpected:
         raise ValueError(f"{name}: tensors missing {missing}, unexpected {unexpected} for {cfg['variant']}")
     state = {}
-    for k in mine:
+    for k in list(expected) + sorted(mine - set(expected)):  # a deterministic order for the error message
         t = f.get_tensor(prefix + k)
         ref = expected[k] if k in expected else (m._parameters[k[len("_init."):]] if k.startswith("_init.") else None)
         want_shape = (m.r, m.r) if k == "_merged_core" else tuple(ref.shape)
