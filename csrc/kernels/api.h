@@ -42,6 +42,20 @@ inline int64_t rot_partials(int64_t r, int64_t bs, int64_t side) {              
 }
 inline int64_t ablate_partials(int64_t r, int64_t k) { return r * k + k; }      // dC (r,k) | da (k)
 
+// Fused projection + core (csrc/kernels/project.cuh): K elements per split of the split-K decode
+// path (n <= 16 rows and d_in >= 1024; a multiple of 16), else d_in; and its workspace in floats.
+inline int64_t project_k_split(int64_t n, int64_t d_in) {
+  if (n > 16 || d_in < 1024) return d_in;
+  int64_t splits = d_in / 512;
+  if (splits > 64) splits = 64;
+  return (d_in / splits + 15) / 16 * 16;
+}
+inline int64_t project_workspace_elems(int64_t n, int64_t d_in, int64_t r) {
+  const int64_t k_split = project_k_split(n, d_in);
+  const int64_t splits = k_split > 0 ? (d_in + k_split - 1) / k_split : 1;
+  return splits > 1 ? splits * n * r : 0;
+}
+
 namespace cuda_impl {
 #include "csrc/kernels/api_decls.inc"
 }  // namespace cuda_impl

@@ -43,6 +43,8 @@ constexpr size_t kCoreSmemBudget = 48 * 1024;  // dynamic shared memory without 
 constexpr int kCoreMaxTileRows = 32;
 constexpr int kDiagRowsPerCta = 16;            // rows per CTA of the elementwise forward (x r elements)
 
+inline unsigned blocks_for(int64_t n, int64_t per_block) { return unsigned((n + per_block - 1) / per_block); }
+
 enum ScaleMode : int { kScaleGain = 0, kScaleAdditive = 1 };
 enum FinalMode : int { kFinalNone = 0, kFinalGain = 1, kFinalCoeff = 2 };
 

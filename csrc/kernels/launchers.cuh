@@ -14,6 +14,7 @@
 #include "csrc/kernels/cayley.cuh"
 #include "csrc/kernels/cores.cuh"
 #include "csrc/kernels/kernel_ns.h"
+#include "csrc/kernels/project.cuh"
 
 namespace ax {
 namespace AX_KERNEL_NS {
@@ -21,8 +22,6 @@ namespace AX_KERNEL_NS {
 namespace kern {
 
 inline ax::stream_t as_stream(void* s) { return static_cast<ax::stream_t>(s); }
-
-inline unsigned blocks_for(int64_t n, int64_t per_block) { return unsigned((n + per_block - 1) / per_block); }
 
 // Calls fn(T{}) with T the activation type of `d`.
 template <typename Fn>
@@ -295,6 +294,41 @@ void ablate_backward(DType dtype, const void* grad_h, const void* p, int64_t n, 
     }
     kern::launch_reduce<acc_t>(ws, n_ctas, n_part, kern::kFinalNone, r, static_cast<const acc_t*>(S),
                                static_cast<const acc_t*>(S), acc_t(coeff), false, static_cast<acc_t*>(dparams), st);
+  });
+}
+
+void project_core_forward(DType dtype, const void* x, const void* Vh, int64_t n, int64_t d_in, int64_t r,
+                          int64_t core, int64_t side, int64_t bs, const void* S, const void* g, const void* R,
+                          double coeff, bool suppress_only, void* h, void* p_out, void* workspace, void* stream) {
+  auto bad = [](const std::string& why) {
+    throw std::invalid_argument("antipasto_ext project_core_forward: " + why);
+  };
+  if (dtype != DType::bf16 && dtype != DType::f16) bad("x must be bfloat16 or float16");
+  if (r < 1 || r > kern::kProjMaxR) bad("r must be in 1.." + std::to_string(kern::kProjMaxR) + ", got " + std::to_string(r));
+  if (d_in < 8 || d_in % 8 != 0 || d_in > (int64_t(1) << 30)) bad("d_in must be a positive multiple of 8");
+  if ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(Vh)) % 16 != 0) bad("x and Vh must be 16-byte aligned");
+  if (core != kern::kProjGain && core != kern::kProjRot) bad("core must be 0 (gain) or 1 (rot)");
+  if (core == kern::kProjRot && side != kRotNone && (side != kRotV && side != kRotU)) bad("side must be 0, 1 or 2");
+  if (core == kern::kProjRot && side != kRotNone && (bs < 1 || r % bs != 0)) bad("block size must divide r");
+  if (project_workspace_elems(n, d_in, r) > 0 && workspace == nullptr) bad("the split-K decode path needs a workspace");
+  if (n <= 0) return;
+  kern::dispatch_dtype(dtype, [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value) {
+      const T *xp = static_cast<const T*>(x), *vp = static_cast<const T*>(Vh);
+      const float *Sp = static_cast<const float*>(S), *gp = static_cast<const float*>(g),
+                  *Rp = static_cast<const float*>(R);
+      T *hp = static_cast<T*>(h), *pp = static_cast<T*>(p_out);
+      float* ws = static_cast<float*>(workspace);
+      const ax::stream_t st = kern::as_stream(stream);
+      const int c = int(core), sd = int(side), b = int(core == kern::kProjRot && side != kRotNone ? bs : 1);
+      if (r <= 64)
+        kern::launch_project_nt<T, 4>(xp, vp, n, d_in, r, c, sd, b, Sp, gp, Rp, float(coeff), suppress_only, hp, pp, ws, st);
+      else if (r <= 128)
+        kern::launch_project_nt<T, 8>(xp, vp, n, d_in, r, c, sd, b, Sp, gp, Rp, float(coeff), suppress_only, hp, pp, ws, st);
+      else
+        kern::launch_project_nt<T, 16>(xp, vp, n, d_in, r, c, sd, b, Sp, gp, Rp, float(coeff), suppress_only, hp, pp, ws, st);
+    }
   });
 }
 

@@ -348,4 +348,105 @@ AX_TEST(bad_sizes_throw) {
                   K::block_cayley_forward(false, x.data(), 1, 65, 0.5, 1.0, out.data(), nullptr), "block size");
 }
 
+// ------------------------------------------------------------------ stage 2: fused projection + core
+
+namespace {
+// h = core(x Vh^T) through project_core_forward vs a float64 reference (P exact from the 16-bit inputs).
+// Tolerance: P accumulated in fp32 on the (emulated) tensor cores, h rounded once to 16 bits.
+template <typename T>
+void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int bs, uint64_t seed) {
+  std::mt19937_64 rng(seed);
+  const std::vector<T> x = randn<T>(static_cast<size_t>(n * d_in), rng), Vh = randn<T>(static_cast<size_t>(r * d_in), rng, 0.05);
+  std::vector<float> S = randn<float>(static_cast<size_t>(r), rng, 1.0, 2.0), g = randn<float>(static_cast<size_t>(r), rng, 0.5);
+  std::vector<float> R;
+  if (core == 1 && side != 0) {
+    const int64_t nb = r / bs, m = int64_t(bs) * (bs - 1) / 2;
+    std::vector<float> t = randn<float>(static_cast<size_t>(nb * m), rng), work(static_cast<size_t>(2 * bs * bs));
+    R.resize(static_cast<size_t>(r * bs));
+    for (int64_t b = 0; b < nb; ++b) ax::cayley_block_forward(t.data() + b * m, bs, 0.9f, 1.0f, work.data(), R.data() + b * bs * bs);
+  }
+  const double coeff = core == 0 ? 0.8 : -0.6;
+  const bool suppress = core == 0 && (seed % 2 == 1);
+  // reference in double
+  std::vector<double> P(static_cast<size_t>(n * r)), href(static_cast<size_t>(n * r)), s(static_cast<size_t>(r));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < r; ++j) {
+      double acc = 0;
+      for (int64_t q = 0; q < d_in; ++q) acc += to_acc<double>(x[i * d_in + q]) * to_acc<double>(Vh[j * d_in + q]);
+      P[i * r + j] = acc;
+    }
+  for (int64_t j = 0; j < r; ++j)
+    s[j] = core == 0 ? ax::gain_scale<double>(S[j], g[j], coeff, suppress, nullptr) : double(S[j]) + coeff * double(g[j]);
+  std::vector<double> Rd(R.begin(), R.end());
+  for (int64_t i = 0; i < n; ++i) ax::rot_row_forward(P.data() + i * r, s.data(), Rd.data(), core == 0 ? 0 : side, int(r), int(core == 0 ? 1 : bs), href.data() + i * r);
+  // kernels
+  std::vector<T> h = nan_filled<T>(static_cast<size_t>(n * r)), p = nan_filled<T>(static_cast<size_t>(n * r));
+  std::vector<float> ws = nan_filled<float>(static_cast<size_t>(std::max<int64_t>(1, ax::project_workspace_elems(n, d_in, r))));
+  K::project_core_forward(dtype_of<T>(), x.data(), Vh.data(), n, d_in, r, core, side, bs, S.data(), g.data(),
+                          R.empty() ? nullptr : R.data(), coeff, suppress, h.data(), p.data(), ws.data(), nullptr);
+  double hmax = 0, pmax = 0, herr = 0, perr = 0;
+  for (int64_t e = 0; e < n * r; ++e) {
+    hmax = std::max(hmax, std::fabs(href[e]));
+    pmax = std::max(pmax, std::fabs(P[e]));
+    herr = std::max(herr, std::fabs(to_acc<double>(h[e]) - href[e]));  // NaN fails the check below
+    perr = std::max(perr, std::fabs(to_acc<double>(p[e]) - P[e]));
+    if (std::isnan(to_acc<double>(h[e])) || std::isnan(to_acc<double>(p[e]))) herr = perr = 1e30;
+  }
+  const double tol = std::is_same<T, __nv_bfloat16>::value ? 8e-3 : 1.5e-3;
+  std::printf("    %s n=%lld d_in=%lld r=%lld core=%d side=%d bs=%d splits=%lld: rel err h %.2g, p %.2g\n", name_of<T>(),
+              (long long)n, (long long)d_in, (long long)r, core, side, bs,
+              (long long)((d_in + ax::project_k_split(n, d_in) - 1) / ax::project_k_split(n, d_in)), herr / hmax, perr / pmax);
+  AX_CHECK(herr <= tol * hmax);
+  AX_CHECK(perr <= tol * pmax);
+}
+}  // namespace
+
+AX_TEST(project_prefill_matches_reference) {
+  check_project<__nv_bfloat16>(37, 72, 20, 0, 0, 1, 1);   // K tail (72 = 4.5 k-steps), r off the n-tiles
+  check_project<__half>(70, 64, 12, 1, 2, 3, 2);           // rot U, 3 row tiles
+  check_project<__nv_bfloat16>(33, 48, 48, 1, 1, 16, 3);  // rot V, bs 16
+  check_project<__half>(40, 128, 100, 0, 0, 1, 5);        // 8 n-tiles per warp
+  check_project<__nv_bfloat16>(9, 32, 256, 1, 0, 1, 4);    // r = 256 (16 n-tiles per warp), rot none
+}
+
+AX_TEST(project_decode_split_k_matches_reference) {
+  check_project<__nv_bfloat16>(5, 2048, 36, 1, 1, 4, 6);  // 4 splits of 512
+  check_project<__half>(16, 1024, 64, 0, 0, 1, 7);        // 2 splits
+  check_project<__nv_bfloat16>(1, 1536, 20, 0, 0, 1, 9);  // one token
+}
+
+AX_TEST(project_same_bits_for_every_schedule) {
+  SeedGuard guard;
+  std::mt19937_64 rng(3);
+  const int64_t n = 20, d_in = 96, r = 40;
+  const std::vector<__nv_bfloat16> x = randn<__nv_bfloat16>(static_cast<size_t>(n * d_in), rng), Vh = randn<__nv_bfloat16>(static_cast<size_t>(r * d_in), rng);
+  const std::vector<float> S(static_cast<size_t>(r), 1.5f), g(static_cast<size_t>(r), 0.1f);
+  std::vector<__nv_bfloat16> first;
+  for (uint64_t seed : {1ull, 2ull, 3ull}) {
+    ax_emu::set_seed(seed);
+    std::vector<__nv_bfloat16> h(static_cast<size_t>(n * r));
+    K::project_core_forward(DType::bf16, x.data(), Vh.data(), n, d_in, r, 0, 0, 1, S.data(), g.data(), nullptr, 1.0,
+                            false, h.data(), nullptr, nullptr, nullptr);
+    if (first.empty()) first = h;
+    AX_CHECK(same_bits(h, first, "h"));
+  }
+}
+
+AX_TEST(project_bad_input_throws) {
+  std::vector<__nv_bfloat16> x(64), Vh(64), h(64);
+  std::vector<float> S(8, 1.f);
+  AX_CHECK_THROWS(std::invalid_argument,
+                  K::project_core_forward(DType::bf16, x.data(), Vh.data(), 2, 12, 4, 0, 0, 1, S.data(), S.data(), nullptr,
+                                          1.0, false, h.data(), nullptr, nullptr, nullptr),
+                  "multiple of 8");
+  AX_CHECK_THROWS(std::invalid_argument,
+                  K::project_core_forward(DType::f32, x.data(), Vh.data(), 2, 16, 4, 0, 0, 1, S.data(), S.data(), nullptr,
+                                          1.0, false, h.data(), nullptr, nullptr, nullptr),
+                  "bfloat16 or float16");
+  AX_CHECK_THROWS(std::invalid_argument,
+                  K::project_core_forward(DType::bf16, x.data() + 1, Vh.data(), 2, 16, 4, 0, 0, 1, S.data(), S.data(),
+                                          nullptr, 1.0, false, h.data(), nullptr, nullptr, nullptr),
+                  "aligned");
+}
+
 int main(int argc, char** argv) { return ax_test::run_main(argc, argv); }

@@ -1,0 +1,236 @@
+// Stage 2: the S-space projection fused with the core, h = core(x Vh^T), for 16-bit activations.
+//
+//   x (n, d_in) and Vh (r, d_in) in bf16 / f16, row-major, d_in % 8 == 0, 16-byte aligned rows;
+//   P = x Vh^T accumulated in fp32 on the tensor cores (ax::mma_m16n8k16_{bf16,f16}), never rounded
+//   to 16 bits before the core (unlike the unfused F.linear + core path); h = core(P) in x's dtype,
+//   and optionally P itself (rounded to x's dtype) for the backward.
+//   Cores: gain (antipasto / corda, s = S (1 + ELU(coeff g'))) and rot (none / V / U sides,
+//   s = S + coeff delta_s, R (r/bs, bs, bs) read from global memory).
+//
+// Prefill kernel: one CTA (4 warps, 128 threads) per tile of 32 rows spanning all r columns (r <= 256,
+// padded to the warp's n-tiles); warp w owns the 16-row m-tile (w & 1) and every other 8-column
+// n-tile (w >> 1, +2, ...). K runs in steps of 16 through two shared-memory stages filled with
+// cp.async (16-byte copies, zero-filled outside x / Vh): the copy of step k+1 overlaps the mma of
+// step k. Epilogue: the fp32 P tile goes to shared memory and the core is applied there.
+//
+// Decode (n <= 16 rows, long d_in): split-K. Grid (1, splits): CTA s computes the partial P of its K
+// range and writes it to a workspace; project_finish_kernel adds the splits in a fixed order
+// (deterministic, no atomics) and applies the core.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+#include "csrc/kernels/cores.cuh"
+#include "csrc/kernels/kernel_ns.h"
+#include "csrc/kernels/portability.cuh"
+
+namespace ax {
+namespace AX_KERNEL_NS {
+namespace kern {
+
+constexpr int kProjThreads = 128;
+constexpr int kProjBM = 32;             // rows per CTA
+constexpr int kProjBK = 16;             // K per stage (one mma k-step)
+constexpr int kProjLd = kProjBK + 8;    // shared row stride in 16-bit elements: 48 bytes, conflict-free frags
+constexpr int kProjMaxR = 256;
+enum ProjCore : int { kProjGain = 0, kProjRot = 1 };
+
+template <typename T>
+__device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                                        const float c[4]) {
+  ax::mma_m16n8k16_bf16(d, a, b, c);
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float d[4], const uint32_t a[4], const uint32_t b[2],
+                                                 const float c[4]) {
+  ax::mma_m16n8k16_f16(d, a, b, c);
+}
+
+__device__ __forceinline__ uint32_t ld_u32(const void* p) { return *static_cast<const uint32_t*>(p); }
+
+// s_j into shared memory: gain scale (kProjGain) or S + coeff delta_s (kProjRot).
+__device__ __forceinline__ void proj_scales(float* s, int r, int core, const float* S, const float* x, float coeff,
+                                            bool suppress_only) {
+  for (int j = threadIdx.x; j < r; j += blockDim.x)
+    s[j] = diag_scale<float>(core == kProjGain ? kScaleGain : kScaleAdditive, __ldg(S + j), __ldg(x + j), coeff,
+                             suppress_only);
+}
+
+// h (and p) of `rows` rows from the fp32 P tile in shared memory (expressions of rot_forward_kernel).
+template <typename T>
+__device__ __forceinline__ void proj_epilogue(const float* P, const float* s, int rows, int r, int core, int side,
+                                              int bs, const float* R, int64_t row0, T* h, T* p_out) {
+  const int cnt = rows * r;
+  for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+    const int row = e / r, col = e % r;
+    if (p_out) st(p_out + row0 * r + e, P[e]);
+    float acc;
+    if (core == kProjGain || side == kRotNone) {
+      acc = P[e] * s[col];
+    } else {
+      const int i = col % bs, b0 = col - i;
+      const float* Rb = R + int64_t(b0) * bs;
+      const float* pb = P + row * r + b0;
+      acc = 0.f;
+      if (side == kRotV) {
+        for (int j = 0; j < bs; ++j) acc += __ldg(Rb + i * bs + j) * pb[j];
+        acc = acc * s[col];
+      } else {
+        for (int j = 0; j < bs; ++j) acc += pb[j] * s[b0 + j] * __ldg(Rb + j * bs + i);
+      }
+    }
+    st(h + row0 * r + e, acc);
+  }
+}
+
+// cp.async of K step `step` (16 columns from k_begin + 16 step) of the x tile (32 rows) and the Vh
+// tile (RP rows) into stage step % 2; zero-filled outside x, Vh and the K range.
+template <typename T, int RP>
+__device__ __forceinline__ void proj_issue(T* stages, int step, const T* x, const T* Vh, int64_t n, int d_in, int r,
+                                           int64_t row0, int k_begin, int k_end) {
+  T* sxs = stages + (step & 1) * ((kProjBM + RP) * kProjLd);
+  T* svs = sxs + kProjBM * kProjLd;
+  const int k0 = k_begin + step * kProjBK;
+  for (int c = threadIdx.x; c < (kProjBM + RP) * 2; c += kProjThreads) {
+    const int row = c / 2, kk = k0 + (c % 2) * 8;
+    const bool is_x = row < kProjBM;
+    const int rr = is_x ? row : row - kProjBM;
+    const bool valid = kk < k_end && (is_x ? row0 + rr < n : rr < r);
+    const T* src = !valid ? x : is_x ? x + (row0 + rr) * d_in + kk : Vh + int64_t(rr) * d_in + kk;
+    T* dst = (is_x ? sxs : svs) + rr * kProjLd + (c % 2) * 8;
+    ax::cp_async_16_zfill(dst, src, valid);
+  }
+}
+
+// One CTA: rows [blockIdx.x * 32, +32) x all r columns, K range of split blockIdx.y.
+// ws == nullptr: apply the core and write h (and p). Else: write the fp32 partial P to
+// ws[(split * n + row) * r + col] (split-K decode; project_finish_kernel applies the core).
+template <typename T, int NT>
+__global__ void __launch_bounds__(kProjThreads, 1)
+    project_core_kernel(const T* __restrict__ x, const T* __restrict__ Vh, int64_t n, int d_in, int r, int k_split,
+                        int core, int side, int bs, const float* __restrict__ S, const float* __restrict__ sx,
+                        const float* __restrict__ R, float coeff, bool suppress_only, T* __restrict__ h,
+                        T* __restrict__ p_out, float* __restrict__ ws) {
+  constexpr int RP = 16 * NT;  // padded rows of the Vh tile (two warps x NT n-tiles of 8)
+  constexpr int kStage = (kProjBM + RP) * kProjLd;
+  T* stages = dyn_smem<T>();
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
+  const int mi = warp & 1, nh = warp >> 1;
+  const int64_t row0 = int64_t(blockIdx.x) * kProjBM;
+  const int rows = int(n - row0 < kProjBM ? n - row0 : kProjBM);
+  const int k_begin = int(blockIdx.y) * k_split;
+  const int k_end = k_begin + k_split < d_in ? k_begin + k_split : d_in;
+  const int n_steps = (k_end - k_begin + kProjBK - 1) / kProjBK;
+
+  float acc[NT][4];
+#pragma unroll
+  for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+
+  if (n_steps > 0) proj_issue<T, RP>(stages, 0, x, Vh, n, d_in, r, row0, k_begin, k_end);
+  ax::cp_async_commit();
+  for (int step = 0; step < n_steps; ++step) {
+    if (step + 1 < n_steps) proj_issue<T, RP>(stages, step + 1, x, Vh, n, d_in, r, row0, k_begin, k_end);
+    ax::cp_async_commit();
+    ax::cp_async_wait<1>();
+    __syncthreads();
+    const T* sxs = stages + (step & 1) * kStage;
+    const T* svs = sxs + kProjBM * kProjLd;
+    const T* arow = sxs + (mi * 16 + g) * kProjLd + tq * 2;
+    uint32_t a[4];
+    a[0] = ld_u32(arow);
+    a[1] = ld_u32(arow + 8 * kProjLd);
+    a[2] = ld_u32(arow + 8);
+    a[3] = ld_u32(arow + 8 * kProjLd + 8);
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      const int nt = nh + 2 * j;
+      if (nt * 8 < r) {  // warp-uniform
+        const T* brow = svs + (nt * 8 + g) * kProjLd + tq * 2;
+        uint32_t b[2];
+        b[0] = ld_u32(brow);
+        b[1] = ld_u32(brow + 8);
+        mma16816<T>(acc[j], a, b, acc[j]);
+      }
+    }
+    __syncthreads();
+  }
+  ax::cp_async_wait<0>();
+
+  // C fragment: (row g | g+8, col nt*8 + tq*2 + {0,1}) of the warp's m-tile.
+  if (ws != nullptr) {
+    float* part = ws + (int64_t(blockIdx.y) * n + row0) * r;
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int row = mi * 16 + g + (q >= 2 ? 8 : 0), col = (nh + 2 * j) * 8 + tq * 2 + (q & 1);
+        if (row < rows && col < r) part[row * r + col] = acc[j][q];
+      }
+    return;
+  }
+  float* P = dyn_smem<float>();  // reuses the stage buffers (all reads of them are behind the last barrier)
+  float* s = P + kProjBM * r;
+#pragma unroll
+  for (int j = 0; j < NT; ++j)
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int row = mi * 16 + g + (q >= 2 ? 8 : 0), col = (nh + 2 * j) * 8 + tq * 2 + (q & 1);
+      if (row < rows && col < r) P[row * r + col] = acc[j][q];
+    }
+  proj_scales(s, r, core, S, sx, coeff, suppress_only);
+  __syncthreads();
+  proj_epilogue(P, s, rows, r, core, side, bs, R, row0, h, p_out);
+}
+
+// Split-K decode, second stage: P = sum over splits (in order) of the partials, then the core.
+template <typename T>
+__global__ void __launch_bounds__(kProjThreads)
+    project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, int core, int side, int bs,
+                          const float* __restrict__ S, const float* __restrict__ sx, const float* __restrict__ R,
+                          float coeff, bool suppress_only, T* __restrict__ h, T* __restrict__ p_out) {
+  float* P = dyn_smem<float>();
+  float* s = P + kProjBM * r;
+  const int64_t row0 = int64_t(blockIdx.x) * kProjBM;
+  const int rows = int(n - row0 < kProjBM ? n - row0 : kProjBM);
+  for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {
+    float tot = 0.f;
+    for (int k = 0; k < splits; ++k) tot += ws[(int64_t(k) * n + row0) * r + e];
+    P[e] = tot;
+  }
+  proj_scales(s, r, core, S, sx, coeff, suppress_only);
+  __syncthreads();
+  proj_epilogue(P, s, rows, r, core, side, bs, R, row0, h, p_out);
+}
+
+// ------------------------------------------------------------------------------------------ launch
+
+template <typename T, int NT>
+void launch_project_nt(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r, int core, int side, int bs,
+                       const float* S, const float* sx, const float* R, float coeff, bool suppress_only, T* h,
+                       T* p_out, float* ws, ax::stream_t st) {
+  constexpr int RP = 16 * NT;
+  const size_t stage_bytes = size_t(2) * (kProjBM + RP) * kProjLd * sizeof(T);
+  const size_t epi_bytes = size_t(kProjBM * r + r) * sizeof(float);
+  const size_t smem = stage_bytes > epi_bytes ? stage_bytes : epi_bytes;
+  const int64_t k_split = ax::project_k_split(n, d_in);
+  const unsigned splits = unsigned((d_in + k_split - 1) / k_split);
+  const dim3 grid(blocks_for(n, kProjBM), splits);
+  AX_LAUNCH((project_core_kernel<T, NT>), grid, dim3(kProjThreads), smem, st, x, Vh, n, int(d_in), int(r),
+            int(k_split), core, side, bs, S, sx, R, coeff, suppress_only, h, p_out, splits > 1 ? ws : nullptr);
+  AX_CHECK_LAUNCH();
+  if (splits > 1) {
+    AX_LAUNCH((project_finish_kernel<T>), dim3(blocks_for(n, kProjBM)), dim3(kProjThreads), epi_bytes, st, ws,
+              int(splits), n, int(r), core, side, bs, S, sx, R, coeff, suppress_only, h, p_out);
+    AX_CHECK_LAUNCH();
+  }
+}
+
+}  // namespace kern
+}  // namespace AX_KERNEL_NS
+}  // namespace ax
