@@ -69,17 +69,18 @@ def test_core_matches_reference(core, shape, dtype, device, engine):
         assert_close(trainable[n].grad, trainable_ref[n].grad, dtype, f"{core} grad {n}", scale=4)
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bs", [2, 3, 4, 5, 8, 9, 16, 32, 64])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
-def test_block_cayley_matches_solve(bs, dtype, engine):
+def test_block_cayley_matches_solve(bs, dtype, device, engine):
     n = 5
-    rot_T = (torch.randn(n, bs * (bs - 1) // 2, dtype=torch.float64) * 2).to(dtype).requires_grad_()
+    rot_T = (torch.randn(n, bs * (bs - 1) // 2, dtype=torch.float64, device=device) * 2).to(dtype).requires_grad_()
     ref_T = rot_T.detach().double().requires_grad_()
     for coeff in (1.0, -0.7):
         R = ops.block_cayley(rot_T, bs, 0.5, coeff)
         R_ref = reference.cayley_blocks(ref_T, bs, 0.5, coeff)
         assert_close(R, R_ref, dtype, f"R bs={bs}", scale=4)
-        eye = torch.eye(bs, dtype=torch.float64)
+        eye = torch.eye(bs, dtype=torch.float64, device=device)
         assert (R.double().transpose(-1, -2) @ R.double() - eye).abs().max() < (1e-5 if dtype == torch.float32 else 1e-12)
         G = torch.randn_like(R_ref)
         (g,) = torch.autograd.grad(R, rot_T, G.to(dtype))
