@@ -106,6 +106,18 @@ def machine_info(device: torch.device) -> dict:
     return info
 
 
+def finish_info(info: dict, t_start: float):
+    """Add the end-of-run load and the run time (the load says how much others disturbed the run)."""
+    info["load average at end"] = " ".join(f"{v:.2f}" for v in os.getloadavg())
+    info["run time"] = f"{time.perf_counter() - t_start:.0f} s"
+    load = max(os.getloadavg()[0], float(info["load average at start"].split()[0]))
+    if load > 0.75 * (os.cpu_count() or 1) and torch.get_num_threads() > 1:
+        info["WARNING"] = (f"the machine was busy (1-min load {load:.1f} on {os.cpu_count()} cores): multi-threaded "
+                           "timings are inflated by oversubscription, the eager LAPACK path (torch.linalg.solve on "
+                           "tiny blocks) by up to 50x; rerun at a quiet moment or with --threads 1")
+        log("WARNING: " + info["WARNING"])
+
+
 def header_md(title: str, info: dict) -> str:
     lines = [f"# {title}", ""]
     lines += [f"- **{k}**: `{v}`" if k == "command" else f"- **{k}**: {v}" for k, v in info.items()]
@@ -194,6 +206,15 @@ def bench(fns: dict, device, warmup: int = 3, repeats: int = 10, sample_s: float
     return {n: Stat(s) for n, s in samples.items()}
 
 
+def target_status(ratio: float, limit: float, a: Stat, b: Stat) -> str:
+    """'met' if ratio <= limit; 'within noise' if it misses by less than the runs' relative spread
+    (half the IQR over the median of each side, added); else 'missed'."""
+    if ratio <= limit:
+        return "met"
+    spread = a.iqr / 2 / a.median + b.iqr / 2 / b.median
+    return f"within noise (±{100 * spread:.0f}%)" if ratio <= limit * (1 + spread) else "**missed**"
+
+
 def fwd_fn(module, x):
     def f():
         with torch.no_grad():
@@ -227,11 +248,12 @@ def _kineto_peak(prof) -> int:
     return peak
 
 
-def peak_memory(fn, device) -> tuple[int, str]:
+def peak_memory(fn, device, warm: bool = True) -> tuple[int, str]:
     """Bytes: peak of memory allocated by one call above what was allocated before it.
     CUDA: the caching allocator's max_memory_allocated; CPU: the profiler's allocation events
     (every tensor allocation/free of the CPU allocator, i.e. live tensor bytes, not RSS)."""
-    fn()  # warm (lazy init, caches)
+    if warm:
+        fn()  # lazy init, caches
     if device.type == "cuda":
         sync(device)
         torch.cuda.reset_peak_memory_stats(device)
@@ -395,11 +417,24 @@ def make_linear(d_in: int, d_out: int, dtype, device, seed: int = 0) -> nn.Linea
     return lin
 
 
+# Above this width the benchmark basis is a random orthonormal one (QR) instead of the top-r SVD: the
+# timings do not depend on the basis values, and the SVD of a 14336 x 4096 weight takes minutes on CPU.
+EXACT_SVD_MAX_DIM = 4096
+
+
 def svd_split_cached(lin: nn.Linear, r: int, cache: dict):
     w = lin.weight  # make_linear is deterministic per shape: key on what defines the weight
     key = (lin.in_features, lin.out_features, w.dtype, str(w.device), float(w[0, :4].float().sum()), r)
     if key not in cache:
-        cache[key] = reference.svd_split(lin.weight, r)
+        if max(lin.in_features, lin.out_features) <= EXACT_SVD_MAX_DIM:
+            cache[key] = reference.svd_split(lin.weight, r)
+        else:
+            g = torch.Generator().manual_seed(1)
+            W = w.detach().float()
+            U = torch.linalg.qr(torch.randn(lin.out_features, r, generator=g).to(W.device))[0]
+            Vh = torch.linalg.qr(torch.randn(lin.in_features, r, generator=g).to(W.device))[0].T.contiguous()
+            S = torch.linspace(2.0, 1.0, r, device=W.device)
+            cache[key] = (U, S, Vh, W - (U * S) @ Vh)
     return cache[key]
 
 

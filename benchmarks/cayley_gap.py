@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ import _common as C  # noqa: E402
 from antipasto_ext import ops, reference  # noqa: E402
 
 BLOCK_LAYOUTS = [(64, 4), (512, 4), (16, 16), (8, 32), (4, 64)]
+TARGETS = []  # [target, value, limit, status], filled as the sections run
 
 
 def parse_args(argv=None):
@@ -44,6 +46,7 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     p.add_argument("--out", type=Path, default=C.RESULTS)
+    p.add_argument("--tag", default="", help="suffix of the output file names (e.g. _2threads)")
     a = p.parse_args(argv)
     a.tokens = a.tokens or (128 if a.quick else 512)
     a.repeats = a.repeats or (5 if a.quick else 30)
@@ -91,6 +94,10 @@ def layer_section(args, device, dtype, paths):
         gap_rows.append([be, f"{rf:.2f}x", q(st_f[f"antipasto_rot/{be}"], st_f[f"antipasto/{be}"]),
                          f"{rfb:.2f}x", q(st_fb[f"antipasto_rot/{be}"], st_fb[f"antipasto/{be}"])])
         gap_csv.append(["gap", be, f"{rf:.4f}", f"{rfb:.4f}"])
+        if be == "ext":
+            TARGETS.append([f"rot/plain ext ≤ 1.10 (layer fwd+bwd, {args.d_in}->{args.d_out}, r {args.r}, "
+                            f"{args.tokens} tok, {args.dtype})", f"{rfb:.2f}x", "≤ 1.10x",
+                            C.target_status(rfb, 1.10, st_fb[f"antipasto_rot/{be}"], st_fb[f"antipasto/{be}"])])
     ext_vs_eager = []
     for v in ("antipasto", "antipasto_rot") if "ext" in args.backends else ():
         ext_vs_eager.append([v, C.fmt_ratio(st_f[f"{v}/ext"].median, st_f[f"{v}/eager"].median),
@@ -180,6 +187,10 @@ def block_section(args, device):
         # agreement of the two (a sanity check that both compute the same thing)
         with torch.no_grad():
             err = (ops.block_cayley(t0, bs) - reference.cayley_blocks(t0.double(), bs).float()).abs().max().item()
+        if (nb, bs) == (64, 4):
+            sp = st["eager fwd+bwd"].median / st["ext fwd+bwd"].median
+            TARGETS.append(["block_cayley ext ≥ 20x faster than eager (fwd+bwd, 64 x 4)", f"{sp:.1f}x", "≥ 20x",
+                            C.target_status(1 / sp, 1 / 20, st["ext fwd+bwd"], st["eager fwd+bwd"])])
         rows.append([f"{nb} x {bs}", st["eager fwd"].fmt_us(), st["ext fwd"].fmt_us(),
                      f"**{st['eager fwd'].median / st['ext fwd'].median:.1f}x**", st["eager fwd+bwd"].fmt_us(),
                      st["ext fwd+bwd"].fmt_us(), f"**{st['eager fwd+bwd'].median / st['ext fwd+bwd'].median:.1f}x**",
@@ -200,10 +211,11 @@ def block_section(args, device):
 
 
 def overhead_breakdown(args, device, t0, gR, bs, st):
-    """Split the ext fwd+bwd of block_cayley into kernel time and framework overhead, and show the floor
-    that any autograd-visible op pays on this machine."""
+    """Split the ext fwd+bwd of block_cayley into kernel time and framework overhead (Python wrapper,
+    autograd graph, autograd engine), and show the floor that any autograd-visible op pays here."""
     T = torch.ops.antipasto_ext
     t_nograd = t0.clone()
+    t_grad = t0.clone().requires_grad_()
     with torch.no_grad():
         R = T.block_cayley(t_nograd, bs, 0.5, 1.0)
     leaf = torch.zeros(8, device=device, requires_grad=True)
@@ -213,28 +225,45 @@ def overhead_breakdown(args, device, t0, gR, bs, st):
         leaf.grad = None
         (leaf * 2.0).backward(g8)
 
+    def wrapper_nograd():
+        with torch.no_grad():
+            ops.block_cayley(t_nograd, bs)
+
+    def fwd_graph():
+        ops.block_cayley(t_grad, bs)
+
     def solve_alone():
         eye = torch.eye(bs, device=device).expand(t0.shape[0], -1, -1)
         torch.linalg.solve(eye - R, eye + R)
 
-    fns = {
-        "raw C++ op block_cayley (no autograd)": lambda: T.block_cayley(t_nograd, bs, 0.5, 1.0),
-        "raw C++ op block_cayley_backward": lambda: T.block_cayley_backward(gR, R, t_nograd, bs, 0.5, 1.0),
-        "empty aten op (torch.ops.aten.alias)": lambda: torch.ops.aten.alias(t_nograd),
-        "autograd floor: (leaf * 2).backward() on 8 floats": autograd_floor,
-        f"torch.linalg.solve alone ({t0.shape[0]} x {bs}x{bs})": solve_alone,
-    }
+    names = {"a": "kernel + dispatch: torch.ops.antipasto_ext.block_cayley (no grad)",
+             "b": "+ Python wrapper: ops.block_cayley (arg checks), inside `with torch.no_grad()` (~1 µs of it)",
+             "c": "+ autograd graph: ops.block_cayley on a leaf requiring grad (no backward)",
+             "d": "kernel + dispatch: torch.ops.antipasto_ext.block_cayley_backward",
+             "f": "autograd floor: (leaf * 2).backward() on 8 floats",
+             "g": "empty aten op (torch.ops.aten.alias)",
+             "s": f"torch.linalg.solve alone ({t0.shape[0]} x {bs}x{bs}, the eager path's core)"}
+    fns = {names["a"]: lambda: T.block_cayley(t_nograd, bs, 0.5, 1.0), names["b"]: wrapper_nograd,
+           names["c"]: fwd_graph, names["d"]: lambda: T.block_cayley_backward(gR, R, t_nograd, bs, 0.5, 1.0),
+           names["f"]: autograd_floor, names["g"]: lambda: torch.ops.aten.alias(t_nograd), names["s"]: solve_alone}
     stb = C.bench(fns, device, warmup=args.warmup + 5, repeats=max(args.repeats, 7), sample_s=2e-3)
-    raw = stb["raw C++ op block_cayley (no autograd)"].median + stb["raw C++ op block_cayley_backward"].median
+    m = {k: stb[v].median for k, v in names.items()}
     total = st["ext fwd+bwd"].median
+    raw = m["a"] + m["d"]
     rows = [[k, s.fmt_us()] for k, s in stb.items()]
-    rows.append(["ext fwd+bwd through autograd (from the table above)", st["ext fwd+bwd"].fmt_us()])
-    rows.append(["→ framework overhead = fwd+bwd − raw fwd − raw bwd", f"{(total - raw) * 1e6:.1f}"])
-    rows.append(["eager fwd+bwd (from the table above)", st["eager fwd+bwd"].fmt_us()])
-    rows.append(["→ speed-up if the overhead were zero (eager / (raw fwd + raw bwd))",
-                 f"{st['eager fwd+bwd'].median / raw:.1f}x"])
-    rows.append(["→ speed-up with the overhead at the autograd floor",
-                 f"{st['eager fwd+bwd'].median / (raw + stb['autograd floor: (leaf * 2).backward() on 8 floats'].median):.1f}x"])
+    rows += [["ext fwd+bwd through autograd (table above)", st["ext fwd+bwd"].fmt_us()],
+             ["eager fwd+bwd (table above)", st["eager fwd+bwd"].fmt_us()],
+             ["→ kernels (raw fwd + raw bwd)", f"{raw * 1e6:.1f}"],
+             ["→ Python wrapper (b − a)", f"{(m['b'] - m['a']) * 1e6:.1f}"],
+             ["→ autograd graph building (c − b)", f"{(m['c'] - m['b']) * 1e6:.1f}"],
+             ["→ backward() engine + AccumulateGrad (fwd+bwd − c − d)", f"{(total - m['c'] - m['d']) * 1e6:.1f}"],
+             ["→ framework overhead in all (fwd+bwd − raw fwd − raw bwd)", f"{(total - raw) * 1e6:.1f}"],
+             ["→ speed-up vs eager if the overhead were zero: eager / (raw fwd + raw bwd)",
+              f"{st['eager fwd+bwd'].median / raw:.1f}x"],
+             ["→ speed-up vs eager at the autograd floor: eager / (raw + floor)",
+              f"{st['eager fwd+bwd'].median / (raw + m['f']):.1f}x"],
+             ["→ ceiling with free kernels, any op that goes through backward(): eager / floor",
+              f"{st['eager fwd+bwd'].median / m['f']:.1f}x"]]
     md = [f"### Where the ext block_cayley time goes ({t0.shape[0]} blocks of {bs}, fwd+bwd)", "",
           C.md_table(["piece", "µs per call"], rows), ""]
     csv_rows = [["block_cayley breakdown", f"{t0.shape[0]}x{bs}", k, f"{s.us:.3f}", f"{s.iqr * 1e6:.3f}"]
@@ -269,8 +298,9 @@ def main(argv=None):
     args.backends = C.backends_for(device)
     dtype = C.dtype_of(args.dtype)
     torch.manual_seed(0)
+    t_start = time.perf_counter()
     info = C.machine_info(device)
-    paths = C.out_paths(args.out, "cayley_gap", device, args.quick)
+    paths = C.out_paths(args.out, "cayley_gap" + args.tag, device, args.quick)
     C.log("== layer: antipasto vs antipasto_rot")
     layer_md, layer_csv, headline = layer_section(args, device, dtype, paths)
     C.log(layer_md.split("### Profiler")[0])
@@ -284,7 +314,11 @@ def main(argv=None):
     size = trace.stat().st_size if trace.exists() else 0
     note = (f"Chrome trace: `{trace.name}` ({size / 2**20:.2f} MiB; open in chrome://tracing or "
             "https://ui.perfetto.dev); each call is labelled `call/<config>`.")
-    md = [C.header_md("Cayley-gap profile: antipasto vs antipasto_rot, eager vs ext", info), layer_md, block_md, note]
+    C.finish_info(info, t_start)
+    tmd = ["## Targets (from this run)", "", C.md_table(["target", "value", "limit", "status"], TARGETS)]
+    C.log("\n".join(tmd))
+    md = [C.header_md("Cayley-gap profile: antipasto vs antipasto_rot, eager vs ext", info), "\n".join(tmd), layer_md,
+          block_md, note]
     paths["md"].write_text("\n".join(md) + "\n")
     C.write_csv(paths["csv"], info, ["section", "config", "phase", "value (ms | µs | ratio)", "IQR"],
                 layer_csv + block_csv)
