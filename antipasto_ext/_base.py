@@ -40,7 +40,8 @@ class SVDAdapter(nn.Module):
         self.register_buffer("S", torch.empty(r, dtype=param_dtype, **kw))
         self.register_buffer(self.in_basis, torch.empty(r, in_features, dtype=dtype, **kw))
         # While merged: the core C folded into ``weight`` (W_res + U C Vh), so unmerge takes out what was put in.
-        self.register_buffer("_merged_core", None, persistent=False)
+        # Persistent: a merged module's state_dict says so, and loading it into an unmerged one fails loudly.
+        self.register_buffer("_merged_core", None)
         self._backend = None
         self._calibration = None
 

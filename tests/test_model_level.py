@@ -342,6 +342,23 @@ def test_merge_matches_unmerged(variant, dtype, monkeypatch):
     torch.testing.assert_close(model(x), ref[0.7], **tol)
 
 
+def test_merged_state_dict_says_it_is_merged():
+    """A plain state_dict of a merged model cannot be loaded silently into an unmerged one (double adapter)."""
+    model = tiny()
+    ax.attach(model, "dplr", targets=r"proj$", r=8)
+    perturb(model)
+    other = copy.deepcopy(model)
+    ax.merge(model)
+    sd = model.state_dict()
+    assert "blocks.0.q_proj._merged_core" in sd
+    with pytest.raises(RuntimeError, match="_merged_core"):
+        other.load_state_dict(sd)
+    ax.merge(other)
+    other.load_state_dict(sd)
+    x = torch.randn(3, 24)
+    assert torch.equal(other(x), model(x))
+
+
 def test_core_matrix_is_the_forward_core():
     """x W_res^T + b + x Vh^T C^T U^T equals the forward, for every variant at a few coeffs."""
     for variant, (name, kw) in VARIANTS.items():
@@ -489,7 +506,7 @@ def test_to_bfloat16_keeps_the_core_in_float32():
     assert fresh.blocks[0].q_proj.S.dtype == fresh.blocks[0].q_proj.g.dtype == torch.float64
 
 
-def test_core_package_imports_with_torch_only():
+def test_core_package_imports_with_torch_only(tmp_path):
     code = """
 import sys
 for name in ("transformers", "safetensors", "tqdm"):
@@ -499,13 +516,17 @@ m = torch.nn.Sequential(torch.nn.Linear(8, 8))
 ax.attach(m, "dplr", targets="0", r=4, lora_rank=2)
 ax.calibrate(m, [torch.randn(10, 8)])  # no tqdm: no progress bar, no error
 ax.merge(m)
+import os
+assert os.path.realpath(ax.__file__).startswith(sys.argv[1]), ax.__file__
 try:
     ax.save(m, "x.safetensors")
 except ImportError as e:
     print("save needs", e.name)
 """
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    pkg_parent = str(Path(ax.__file__).resolve().parents[1])  # the antipasto_ext this test process imported
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": pkg_parent}
+    out = subprocess.run([sys.executable, "-c", code, pkg_parent], capture_output=True, text=True, cwd=tmp_path,
+                         timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert "save needs safetensors" in out.stdout
 
