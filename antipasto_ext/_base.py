@@ -84,7 +84,8 @@ class SVDAdapter(nn.Module):
         S-space tensors in float32, as a module built in that dtype has them (no rounding of S or of
         trainable parameters, calibration still possible); the init snapshot follows device and dtype."""
         # detach(): views of the current storage, which super()._apply replaces in the Parameter via .data
-        before = {n: (t.detach(), None if t.grad is None else t.grad.detach()) for n, t in self._precise_tensors().items()}
+        before = {n: (t.detach(), None if t.grad is None else t.grad.detach())
+                  for n, t in self._precise_tensors().items()}
         super()._apply(fn, recurse)
         ct = torch.promote_types(self.weight.dtype, torch.float32)
         for n, (old, old_grad) in before.items():
@@ -122,7 +123,7 @@ class SVDAdapter(nn.Module):
         if C_old is not None and value != self._coeff:  # merged: re-merge now, so the weight is never stale
             with torch.no_grad():
                 C_new = self.core_matrix(value).detach().to(C_old.dtype)
-                self.weight.copy_((self.weight.to(C_old.dtype) + self._delta_weight(C_new - C_old)).to(self.weight.dtype))
+                self._fold(C_new - C_old)
                 self._merged_core = C_new
         self._coeff = value
 
@@ -183,6 +184,10 @@ class SVDAdapter(nn.Module):
         ct = C.dtype
         return (self.U.to(ct) @ C) @ getattr(self, self.in_basis).to(ct)
 
+    def _fold(self, C: torch.Tensor):
+        """weight += U C Vh, computed in C's dtype (float32) and rounded once to the weight's dtype."""
+        self.weight.copy_((self.weight.to(C.dtype) + self._delta_weight(C)).to(self.weight.dtype))
+
     @property
     def merged(self) -> bool:
         return self._merged_core is not None
@@ -195,7 +200,7 @@ class SVDAdapter(nn.Module):
             raise RuntimeError("cannot merge during calibration (call calibration_end first)")
         if not self.merged:
             C = self.core_matrix().detach().to(self.S.dtype)
-            self.weight.copy_((self.weight.to(C.dtype) + self._delta_weight(C)).to(self.weight.dtype))
+            self._fold(C)
             self._merged_core = C
         return self
 
@@ -205,7 +210,7 @@ class SVDAdapter(nn.Module):
         weight's dtype)."""
         C = self._merged_core
         if C is not None:
-            self.weight.copy_((self.weight.to(C.dtype) - self._delta_weight(C)).to(self.weight.dtype))
+            self._fold(-C)
             self._merged_core = None
         return self
 

