@@ -44,10 +44,14 @@ def parse_args(argv=None):
     p.add_argument("--blocks", default=None, help="block_cayley layouts 'n_blocks x bs,...' (default "
                    + ",".join(f"{n}x{b}" for n, b in BLOCK_LAYOUTS) + "; --quick 64x4,16x16)")
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's; --quick: 1, robust on a busy CI runner where "
+                        "multi-threaded LAPACK calls stall on oversubscription)")
     p.add_argument("--out", type=Path, default=C.RESULTS)
     p.add_argument("--tag", default="", help="suffix of the output file names (e.g. _2threads)")
     a = p.parse_args(argv)
+    if a.quick and a.threads is None:
+        a.threads = 1
     a.tokens = a.tokens or (128 if a.quick else 512)
     a.repeats = a.repeats or (5 if a.quick else 30)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)

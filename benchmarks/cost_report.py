@@ -44,10 +44,16 @@ def parse_args(argv=None):
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--no-plot", action="store_true")
     p.add_argument("--quick", action="store_true", help="one shape, 128 tokens, few repeats: a smoke run")
-    p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch.set_num_threads (default: torch's; --quick: 1, robust on a busy CI runner where "
+                        "multi-threaded LAPACK calls stall on oversubscription)")
     p.add_argument("--out", type=Path, default=C.RESULTS)
     p.add_argument("--tag", default="", help="suffix of the output file names (e.g. _2threads)")
+    p.add_argument("--replot", type=Path, default=None,
+                   help="only redraw the PNG from a cost_report CSV written earlier (and its _decode.csv)")
     a = p.parse_args(argv)
+    if a.quick and a.threads is None:
+        a.threads = 1
     a.tokens = a.tokens or (128 if a.quick else 512)
     a.repeats = a.repeats or (5 if a.quick else 15)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
@@ -286,7 +292,13 @@ def plot(path, per_shape, decode_rows, decode_hdr, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     n = len(per_shape)
-    fig, axes = plt.subplots(1, n + 1, figsize=(5.2 * (n + 1), 6.5), squeeze=False)
+    ncols = min(4, n + 1)
+    nrows = -(-(n + 1) // ncols)
+    fig, axs = plt.subplots(nrows, ncols, figsize=(5.0 * ncols, 5.6 * nrows), squeeze=False)
+    flat = list(axs.flat)
+    for extra in flat[n + 1:]:
+        extra.axis("off")
+    axes = [flat[:n] + [flat[n]]]
     colors = {"eager": "#d98c4a", "ext": "#3b78b5", "peft": "#8a8a8a", "torch": "#444444"}
     for ax_, (shape_name, rows) in zip(axes[0], per_shape.items()):
         labels = [r["label"] for r in rows]
@@ -319,8 +331,33 @@ def plot(path, per_shape, decode_rows, decode_hdr, title):
 # ----------------------------------------------------------------------------------------- main
 
 
+def replot(csv_path: Path):
+    """Redraw the PNG of an earlier run from its CSV files (no measuring)."""
+    import csv
+    def rows_of(path):
+        lines = [ln for ln in path.read_text().splitlines() if not ln.startswith("# ")]
+        return list(csv.reader(lines))
+    title = next((ln[2:] for ln in csv_path.read_text().splitlines() if ln.startswith("# cpu:")), "")
+    rows = rows_of(csv_path)
+    hdr, body = rows[0], rows[1:]
+    ix = {h: i for i, h in enumerate(hdr)}
+    per_shape = {}
+    for r in body:
+        ms, iqr = float(r[ix["fwd+bwd ms"]]) / 1e3, float(r[ix["fwd+bwd IQR ms"]]) / 1e3
+        st = C.Stat([ms - iqr / 2, ms, ms + iqr / 2])  # median and IQR as recorded
+        per_shape.setdefault(r[ix["shape"]], []).append({"label": r[ix["entry"]], "backend": r[ix["backend"]], "fb": st})
+    dec = rows_of(csv_path.with_name(csv_path.stem + "_decode.csv"))
+    png = csv_path.with_suffix(".png")
+    toks = body[0][ix["tokens"]] if body else "?"
+    plot(png, per_shape, dec[1:], dec[0], f"antipasto_ext cost report — {title}, {toks} tok, {body[0][ix['dtype']]}")
+    C.log(f"wrote {png}")
+    return 0
+
+
 def main(argv=None):
     args = parse_args(argv)
+    if args.replot:
+        return replot(args.replot)
     device = C.pick_device(args.device)
     C.set_threads(args.threads)
     args.backends = C.backends_for(device)
