@@ -316,8 +316,13 @@ def main(argv=None):
     C.log(block_md)
     trace = paths["trace.json"]
     size = trace.stat().st_size if trace.exists() else 0
+    if size > 2 * 2**20:  # keep big traces out of git (benchmarks/.gitignore ignores *.trace.json.big)
+        big = trace.with_name(trace.name + ".big")
+        trace.replace(big)
+        trace = big
     note = (f"Chrome trace: `{trace.name}` ({size / 2**20:.2f} MiB; open in chrome://tracing or "
-            "https://ui.perfetto.dev); each call is labelled `call/<config>`.")
+            "https://ui.perfetto.dev); each call is labelled `call/<config>`."
+            + (" Over 2 MiB: renamed *.big, which git ignores." if trace.suffix == ".big" else ""))
     C.finish_info(info, t_start)
     tmd = ["## Targets (from this run)", "", C.md_table(["target", "value", "limit", "status"], TARGETS)]
     C.log("\n".join(tmd))

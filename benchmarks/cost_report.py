@@ -238,7 +238,8 @@ def roofline_section(args, cfg, device, dtype, rates, measured, shape_name, d_in
             f"headline shape (d {Hd}, r {Hr}, k {Hk}, {HN} tokens, bf16) at {C.H100['flops'] / 1e12:.0f} TFLOP/s and "
             f"{C.H100['bw'] / 1e12:.1f} TB/s. Minimum bytes read every operand once and write every result once "
             "(activations/weights in the dtype of the columns: the run's dtype here, bf16 for the H100; fp32 S-space "
-            "parameters); per-call ops (block_cayley) are tiny and bound "
+            "parameters). 'eager reference µs' times the reference's core alone (torch ops; its backward through "
+            "torch.autograd.grad, so it includes the autograd engine's few tens of µs); per-call ops (block_cayley) are tiny and bound "
             "by launch latency (a few µs) on a GPU, not by the roofline.", "",
             C.md_table(hdr, rows)]
     return "\n".join(text), hdr, rows
@@ -283,7 +284,7 @@ def decode_section(args, cfg, device, dtype, split_cache):
 # ----------------------------------------------------------------------------------------- plot
 
 
-def plot(path, per_shape, decode_rows, decode_hdr, title):
+def plot(path, per_shape, decode_rows, decode_hdr, title, footer=""):
     plt_mod, why = C.optional_import("matplotlib")
     if plt_mod is None:
         C.log(f"plot skipped: matplotlib not importable ({why})")
@@ -322,13 +323,20 @@ def plot(path, per_shape, decode_rows, decode_hdr, title):
         ax_.set_xlabel(f"decode µs per call ({decode_hdr[1]})")
         ax_.set_title("decode latency", fontsize=9)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    if footer:
+        fig.text(0.01, 0.003, footer, fontsize=7, family="monospace", va="bottom")
+    fig.tight_layout(rect=(0, 0.03 if footer else 0, 1, 1))
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return True
 
 
 # ----------------------------------------------------------------------------------------- main
+
+
+def footer_of(info: dict) -> str:
+    return (f"{info.get('date', '')} | {info.get('command', '')} | torch {info.get('torch', '')} | "
+            f"load {info.get('load average at start', '')} -> {info.get('load average at end', '')}")
 
 
 def replot(csv_path: Path):
@@ -349,7 +357,9 @@ def replot(csv_path: Path):
     dec = rows_of(csv_path.with_name(csv_path.stem + "_decode.csv"))
     png = csv_path.with_suffix(".png")
     toks = body[0][ix["tokens"]] if body else "?"
-    plot(png, per_shape, dec[1:], dec[0], f"antipasto_ext cost report — {title}, {toks} tok, {body[0][ix['dtype']]}")
+    hdr_lines = dict(ln[2:].split(": ", 1) for ln in csv_path.read_text().splitlines() if ln.startswith("# ") and ": " in ln)
+    plot(png, per_shape, dec[1:], dec[0], f"antipasto_ext cost report — {title}, {toks} tok, {body[0][ix['dtype']]}",
+         footer=footer_of(hdr_lines))
     C.log(f"wrote {png}")
     return 0
 
@@ -500,6 +510,8 @@ def main(argv=None):
     roof_text, roof_hdr, roof_rows = roofline_section(args, cfg, device, dtype, rates, measured, shape_name, d_in,
                                                       d_out, args.tokens)
     md.append(roof_text)
+    C.log(roof_text)
+    C.log("## Targets (fwd+bwd)\n" + C.md_table(["shape", "target", "pair", "ratio", "limit", "status"], targets))
 
     C.finish_info(info, t_start)
     md[0] = C.header_md("Cost report: antipasto_ext variants, eager reference vs ext, and peers", info)
@@ -509,7 +521,7 @@ def main(argv=None):
     C.write_csv(paths["csv"].with_name(paths["csv"].stem + "_decode.csv"), info, dec_hdr, dec_rows)
     made_png = False if args.no_plot else plot(paths["png"], per_shape, dec_rows, dec_hdr,
                                                 f"antipasto_ext cost report — {info['cpu'] if device.type == 'cpu' else info.get('gpu')}, "
-                                                f"{args.tokens} tok, {args.dtype}")
+                                                f"{args.tokens} tok, {args.dtype}", footer=footer_of(info))
     if args.no_plot:
         C.log("plot skipped: --no-plot")
     C.log(f"wrote {paths['md']}, {paths['csv']}" + (f", {paths['png']}" if made_png else ""))
