@@ -1,7 +1,8 @@
-// C++ CPU kernels of the registered ops: one parallel pass over the (tokens, r) rows, per-row math
-// from csrc/kernels/rowcore.h, parameter gradients reduced in a fixed chunk order (same bits for
-// any thread count). With ANTIPASTO_EXT_ENGINE=cuda-emulated the CUDA kernel source runs instead,
-// through the CPU emulation of the CUDA execution model.
+// C++ CPU kernels of the registered ops: one parallel pass over the (tokens, r) rows, parameter
+// gradients reduced in a fixed chunk order (same bits for any thread count). The diagonal and rotation
+// cores use the per-row math of csrc/kernels/rowcore.h (which the CUDA kernels mirror); the low-rank
+// cores (dplr, ablate) have SIMD-friendly CPU versions below. With ANTIPASTO_EXT_ENGINE=cuda-emulated
+// the CUDA kernel source runs instead, through the CPU emulation of the CUDA execution model.
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
@@ -61,6 +62,76 @@ void load_row(const scalar_t* src, int64_t r, acc_t* dst) {
 template <typename scalar_t, typename acc_t>
 void store_row(const acc_t* src, int64_t r, scalar_t* dst) {
   for (int64_t j = 0; j < r; ++j) dst[j] = static_cast<scalar_t>(src[j]);
+}
+
+// The low-rank cores on the CPU: the same math as rowcore.h (which the CUDA kernels mirror), laid out
+// for SIMD: the (r, k) factor is passed transposed as (k, r), so every product is a dot product with
+// fixed independent lanes or an axpy over r -- both vectorise, in an order that does not depend on
+// the thread count.
+template <typename acc_t>
+inline acc_t dot(const acc_t* a, const acc_t* b, int64_t n) {
+  acc_t lane[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += a[j + l] * b[j + l];
+  for (int l = 0; j < n; ++j, ++l) lane[l] += a[j] * b[j];
+  return ((lane[0] + lane[1]) + (lane[2] + lane[3])) + ((lane[4] + lane[5]) + (lane[6] + lane[7]));
+}
+template <typename acc_t>
+inline void axpy(acc_t alpha, const acc_t* x, int64_t n, acc_t* y) {
+  for (int64_t j = 0; j < n; ++j) y[j] += alpha * x[j];
+}
+
+// dplr with Bt = B^T (k, r): t = A p; h = p * s + coeff Bt^T t.
+template <typename acc_t>
+void dplr_row_forward_cpu(const acc_t* p, const acc_t* s, const acc_t* A, const acc_t* Bt, acc_t coeff, int64_t r,
+                          int64_t k, acc_t* h) {
+  for (int64_t j = 0; j < r; ++j) h[j] = p[j] * s[j];
+  for (int64_t m = 0; m < k; ++m) axpy(coeff * dot(p, A + m * r, r), Bt + m * r, r, h);
+}
+// u = coeff Bt dh; dp = dh * s + A^T u; ds += dh * p; dA += u p^T; dBt += coeff t dh^T.
+template <typename acc_t>
+void dplr_row_backward_cpu(const acc_t* dh, const acc_t* p, const acc_t* s, const acc_t* A, const acc_t* Bt,
+                           acc_t coeff, int64_t r, int64_t k, acc_t* dp, acc_t* ds, acc_t* dA, acc_t* dBt) {
+  for (int64_t j = 0; j < r; ++j) {
+    dp[j] = dh[j] * s[j];
+    ds[j] += dh[j] * p[j];
+  }
+  for (int64_t m = 0; m < k; ++m) {
+    const acc_t t = dot(p, A + m * r, r), u = coeff * dot(dh, Bt + m * r, r);
+    axpy(u, A + m * r, r, dp);
+    axpy(u, p, r, dA + m * r);
+    axpy(coeff * t, dh, r, dBt + m * r);
+  }
+}
+
+// ablate with Ct = C^T (k, r): h0 = p S; v = Ct h0; h = h0 - Ct^T (coeff a v).  `v` is k scratch.
+template <typename acc_t>
+void ablate_row_forward_cpu(const acc_t* p, const acc_t* S, const acc_t* Ct, const acc_t* a, acc_t coeff, int64_t r,
+                            int64_t k, acc_t* v, acc_t* h) {
+  for (int64_t j = 0; j < r; ++j) h[j] = p[j] * S[j];
+  for (int64_t m = 0; m < k; ++m) v[m] = dot(h, Ct + m * r, r);
+  for (int64_t m = 0; m < k; ++m) axpy(-coeff * a[m] * v[m], Ct + m * r, r, h);
+}
+// With w = coeff a v and dw = -Ct dh: da += coeff v dw; dv = coeff a dw; dCt += dv h0^T - w dh^T;
+// dp = (dh + Ct^T dv) * S.  `h0` is r scratch.
+template <typename acc_t>
+void ablate_row_backward_cpu(const acc_t* dh, const acc_t* p, const acc_t* S, const acc_t* Ct, const acc_t* a,
+                             acc_t coeff, int64_t r, int64_t k, acc_t* h0, acc_t* dp, acc_t* dCt, acc_t* da) {
+  for (int64_t j = 0; j < r; ++j) {
+    h0[j] = p[j] * S[j];
+    dp[j] = dh[j];
+  }
+  for (int64_t m = 0; m < k; ++m) {
+    const acc_t* c = Ct + m * r;
+    const acc_t v = dot(h0, c, r), dw = -dot(dh, c, r);
+    const acc_t dv = coeff * a[m] * dw;
+    da[m] += coeff * v * dw;
+    axpy(dv, h0, r, dCt + m * r);
+    axpy(-coeff * a[m] * v, dh, r, dCt + m * r);
+    axpy(dv, c, r, dp);
+  }
+  for (int64_t j = 0; j < r; ++j) dp[j] *= S[j];
 }
 
 at::Tensor from_vector(const std::vector<float>& v, at::IntArrayRef shape) {
@@ -197,13 +268,13 @@ at::Tensor dplr_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Ten
     using acc_t = acc_of<scalar_t>;
     const auto acc = acc_dtype(x.scalar_type());
     const std::vector<acc_t> s = gain_scales<acc_t>(S, g, coeff, suppress_only, nullptr);
-    const at::Tensor Aa = A.to(acc).contiguous(), Ba = B.to(acc).contiguous();
-    const acc_t *Ap = Aa.data_ptr<acc_t>(), *Bp = Ba.data_ptr<acc_t>();
+    const at::Tensor Aa = A.to(acc).contiguous(), Bt = B.to(acc).t().contiguous();
+    const acc_t *Ap = Aa.data_ptr<acc_t>(), *Btp = Bt.data_ptr<acc_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
-    for_rows<acc_t>(n, 2 * r * k + r, 2 * r + k, [&](int64_t i, acc_t* w) {
+    for_rows<acc_t>(n, 2 * r * k + r, 2 * r, [&](int64_t i, acc_t* w) {
       load_row(xp + i * r, r, w);
-      dplr_row_forward(w, s.data(), Ap, Bp, acc_t(coeff), int(r), int(k), w + 2 * r, w + r);
+      dplr_row_forward_cpu(w, s.data(), Ap, Btp, acc_t(coeff), r, k, w + r);
       store_row(w + r, r, hp + i * r);
     });
   });
@@ -224,23 +295,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dplr_core_backward_cp
     const auto acc = acc_dtype(x.scalar_type());
     std::vector<acc_t> dscale;
     const std::vector<acc_t> s = gain_scales<acc_t>(S, g, coeff, suppress_only, &dscale);
-    const at::Tensor Aa = A.to(acc).contiguous(), Ba = B.to(acc).contiguous();
-    const acc_t *Ap = Aa.data_ptr<acc_t>(), *Bp = Ba.data_ptr<acc_t>();
+    const at::Tensor Aa = A.to(acc).contiguous(), Bt = B.to(acc).t().contiguous();
+    const acc_t *Ap = Aa.data_ptr<acc_t>(), *Btp = Bt.data_ptr<acc_t>();
     const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
     scalar_t* dpp = dp.data_ptr<scalar_t>();
-    // partial layout: ds (r) | dA (k r) | dB (r k)
-    std::vector<acc_t> tot = reduce_rows<acc_t>(n, 5 * r * k + 2 * r, r + 2 * k * r, 3 * r + 2 * k, [&](int64_t i, acc_t* w, acc_t* part) {
+    // partial layout: ds (r) | dA (k r) | dB^T (k r)
+    std::vector<acc_t> tot = reduce_rows<acc_t>(n, 5 * r * k + 2 * r, r + 2 * k * r, 3 * r, [&](int64_t i, acc_t* w, acc_t* part) {
       load_row(xp + i * r, r, w);
       load_row(dyp + i * r, r, w + r);
-      dplr_row_backward(w + r, w, s.data(), Ap, Bp, acc_t(coeff), int(r), int(k), w + 3 * r, w + 3 * r + k,
-                        w + 2 * r, part, part + r, part + r + k * r);
+      dplr_row_backward_cpu(w + r, w, s.data(), Ap, Btp, acc_t(coeff), r, k, w + 2 * r, part, part + r,
+                            part + r + k * r);
       store_row(w + 2 * r, r, dpp + i * r);
     });
     for (int64_t j = 0; j < r; ++j) tot[j] *= dscale[j];
     const at::Tensor all = from_vector(tot, {r + 2 * k * r});
     dg = all.narrow(0, 0, r).to(g.scalar_type(), false, true);
     dA = all.narrow(0, r, k * r).view({k, r}).to(A.scalar_type(), false, true);
-    dB = all.narrow(0, r + k * r, k * r).view({r, k}).to(B.scalar_type(), false, true);
+    dB = all.narrow(0, r + k * r, k * r).view({k, r}).t().to(B.scalar_type(), false, true, at::MemoryFormat::Contiguous);
   });
   return {dp, dg, dA, dB};
 }
@@ -319,13 +390,13 @@ at::Tensor ablate_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::T
   AX_DISPATCH_FLOATS(x.scalar_type(), "ablate_core_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const auto acc = acc_dtype(x.scalar_type());
-    const at::Tensor Sa = S.to(acc).contiguous(), Ca = C.to(acc).contiguous(), aa = a.to(acc).contiguous();
-    const acc_t *Sp = Sa.data_ptr<acc_t>(), *Cp = Ca.data_ptr<acc_t>(), *ap = aa.data_ptr<acc_t>();
+    const at::Tensor Sa = S.to(acc).contiguous(), Ct = C.to(acc).t().contiguous(), aa = a.to(acc).contiguous();
+    const acc_t *Sp = Sa.data_ptr<acc_t>(), *Ctp = Ct.data_ptr<acc_t>(), *ap = aa.data_ptr<acc_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
     for_rows<acc_t>(n, 2 * r * k + r, 2 * r + k, [&](int64_t i, acc_t* w) {
       load_row(xp + i * r, r, w);
-      ablate_row_forward(w, Sp, Cp, ap, acc_t(coeff), int(r), int(k), w + 2 * r, w + r);
+      ablate_row_forward_cpu(w, Sp, Ctp, ap, acc_t(coeff), r, k, w + 2 * r, w + r);
       store_row(w + r, r, hp + i * r);
     });
   });
@@ -344,20 +415,19 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward_cpu(const at
   AX_DISPATCH_FLOATS(x.scalar_type(), "ablate_core_backward_cpu", [&] {
     using acc_t = acc_of<scalar_t>;
     const auto acc = acc_dtype(x.scalar_type());
-    const at::Tensor Sa = S.to(acc).contiguous(), Ca = C.to(acc).contiguous(), aa = a.to(acc).contiguous();
-    const acc_t *Sp = Sa.data_ptr<acc_t>(), *Cp = Ca.data_ptr<acc_t>(), *ap = aa.data_ptr<acc_t>();
+    const at::Tensor Sa = S.to(acc).contiguous(), Ct = C.to(acc).t().contiguous(), aa = a.to(acc).contiguous();
+    const acc_t *Sp = Sa.data_ptr<acc_t>(), *Ctp = Ct.data_ptr<acc_t>(), *ap = aa.data_ptr<acc_t>();
     const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
     scalar_t* dpp = dp.data_ptr<scalar_t>();
-    // partial layout: dC (r k) | da (k)
-    std::vector<acc_t> tot = reduce_rows<acc_t>(n, 4 * r * k + 2 * r, r * k + k, 3 * r + 2 * k, [&](int64_t i, acc_t* w, acc_t* part) {
+    // partial layout: dC^T (k r) | da (k)
+    std::vector<acc_t> tot = reduce_rows<acc_t>(n, 6 * r * k + 2 * r, r * k + k, 4 * r, [&](int64_t i, acc_t* w, acc_t* part) {
       load_row(xp + i * r, r, w);
       load_row(dyp + i * r, r, w + r);
-      ablate_row_backward(w + r, w, Sp, Cp, ap, acc_t(coeff), int(r), int(k), w + 3 * r, w + 3 * r + k, w + 2 * r,
-                          part, part + r * k);
+      ablate_row_backward_cpu(w + r, w, Sp, Ctp, ap, acc_t(coeff), r, k, w + 3 * r, w + 2 * r, part, part + r * k);
       store_row(w + 2 * r, r, dpp + i * r);
     });
     const at::Tensor all = from_vector(tot, {r * k + k});
-    dC = all.narrow(0, 0, r * k).view({r, k}).to(C.scalar_type(), false, true);
+    dC = all.narrow(0, 0, r * k).view({k, r}).t().to(C.scalar_type(), false, true, at::MemoryFormat::Contiguous);
     da = all.narrow(0, r * k, k).to(a.scalar_type(), false, true);
   });
   return {dp, dC, da};
