@@ -334,10 +334,12 @@ at::Tensor rot_core_cpu(const at::Tensor& p, const at::Tensor& S, const at::Tens
     const acc_t* Rp = Ra.data_ptr<acc_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     scalar_t* hp = h.data_ptr<scalar_t>();
-    for_rows<acc_t>(n, r * bs + r, 2 * r, [&](int64_t i, acc_t* w) {
-      load_row(xp + i * r, r, w);
-      rot_row_forward(w, s.data(), Rp, int(side), int(r), int(bs), w + r);
-      store_row(w + r, r, hp + i * r);
+    with_block_size(bs, [&](auto BS) {  // a constant block size unrolls the per-block loops
+      for_rows<acc_t>(n, r * bs + r, 2 * r, [&](int64_t i, acc_t* w) {
+        load_row(xp + i * r, r, w);
+        rot_row_forward(w, s.data(), Rp, int(side), int(r), int(BS), w + r);
+        store_row(w + r, r, hp + i * r);
+      });
     });
   });
   return h;
@@ -363,11 +365,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rot_core_backward_cpu(const at::T
     const scalar_t *xp = x.data_ptr<scalar_t>(), *dyp = dy.data_ptr<scalar_t>();
     scalar_t* dpp = dp.data_ptr<scalar_t>();
     // partial layout: ds (r) | dR (n_blocks bs bs)
-    std::vector<acc_t> tot = reduce_rows<acc_t>(n, 3 * r * bs + 2 * r, r + n_rot, 3 * r + bs, [&](int64_t i, acc_t* w, acc_t* part) {
-      load_row(xp + i * r, r, w);
-      load_row(dyp + i * r, r, w + r);
-      rot_row_backward(w + r, w, s.data(), Rp, int(side), int(r), int(bs), w + 3 * r, w + 2 * r, part, part + r);
-      store_row(w + 2 * r, r, dpp + i * r);
+    std::vector<acc_t> tot;
+    with_block_size(bs, [&](auto BS) {
+      tot = reduce_rows<acc_t>(n, 3 * r * bs + 2 * r, r + n_rot, 3 * r + bs, [&](int64_t i, acc_t* w, acc_t* part) {
+        load_row(xp + i * r, r, w);
+        load_row(dyp + i * r, r, w + r);
+        rot_row_backward(w + r, w, s.data(), Rp, int(side), int(r), int(BS), w + 3 * r, w + 2 * r, part, part + r);
+        store_row(w + 2 * r, r, dpp + i * r);
+      });
     });
     for (int64_t j = 0; j < r; ++j) tot[j] *= acc_t(coeff);
     const at::Tensor all = from_vector(tot, {r + n_rot});
