@@ -6,8 +6,14 @@ try:
     from . import _C
     _load_error = None
 except ImportError as e:  # not built, or built against another torch
+    from pathlib import Path
+
     _C = None
     _load_error = f"antipasto_ext._C could not be loaded ({e}); reinstall with `pip install --no-build-isolation .`"
+    if (Path(__file__).resolve().parent.parent / "setup.py").exists():
+        _load_error += (f" -- note: this is the source tree at {Path(__file__).resolve().parent}, which shadows the "
+                        "installed package when Python runs from the repository root; run from another directory, "
+                        "or `python -P -m ...`")
 
 ext_loaded = _C is not None
 

@@ -45,6 +45,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     info = ax.build_info()
+    if not info["cpu"]:
+        raise SystemExit(f"antipasto_ext demo: the extension is not loaded, nothing to compare: {info['error']}")
     device = torch.device(args.device)
     print(f"antipasto_ext demo | torch {info['torch']} | device {device} | extension built with "
           f"CPU={info['cpu']} CUDA={info['cuda']} ({info['cuda_archs'] or '-'}) emulation={info['emulation']}")
