@@ -15,6 +15,7 @@ and a Chrome trace. Then ``block_cayley`` alone, ext vs the eager ``reference.ca
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import time
 from pathlib import Path
@@ -163,6 +164,14 @@ def layer_section(args, device, dtype, paths):
 # ----------------------------------------------------------------------------------------- block_cayley
 
 
+def fwd_bwd(fn, t, bs, grad):
+    """A timing closure: block Cayley of leaf t through fn, then backward of a fixed upstream gradient."""
+    def f():
+        t.grad = None
+        fn(t, bs).backward(grad)
+    return f
+
+
 def block_section(args, device):
     f32 = dict(device=device, dtype=torch.float32)
     rows, csv_rows = [], []
@@ -173,12 +182,7 @@ def block_section(args, device):
         gR = torch.randn(nb, bs, bs, generator=g).to(**f32)
         t_ext = t0.clone().requires_grad_()
         t_eag = t0.clone().requires_grad_()
-
-        def fb(fn, t):
-            def f():
-                t.grad = None
-                fn(t, bs).backward(gR)
-            return f
+        fb = functools.partial(fwd_bwd, bs=bs, grad=gR)
 
         def fw(fn, t):
             def f():
@@ -275,12 +279,7 @@ def overhead_breakdown(args, device, t0, gR, bs, st):
     # profile the ext and eager fwd+bwd at this layout: ops and top ops per call
     t_ext = t0.clone().requires_grad_()
     t_eag = t0.clone().requires_grad_()
-
-    def fb(fn, t):
-        def f():
-            t.grad = None
-            fn(t, bs).backward(gR)
-        return f
+    fb = functools.partial(fwd_bwd, bs=bs, grad=gR)
     summ = C.profile_calls({"ext": fb(ops.block_cayley, t_ext), "eager": fb(reference.cayley_blocks, t_eag)}, device,
                            calls=max(3, args.profile_calls))
     for n, s in summ.items():
