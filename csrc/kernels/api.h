@@ -42,7 +42,21 @@ inline int64_t rot_partials(int64_t r, int64_t bs, int64_t side) {              
 }
 inline int64_t ablate_partials(int64_t r, int64_t k) { return r * k + k; }      // dC (r,k) | da (k)
 
-// Fused projection + core (csrc/kernels/project.cuh): K elements per split of the split-K decode
+// Fused projection + core (csrc/kernels/project.cuh). Its core, every pointer a float array on the
+// kernel's device: kind 0 gain (S, g = gain, suppress_only), 1 rot (S, g = delta_s, side, bs, R; R
+// unused for side 0), 2 dplr (S, g, suppress_only, A (k, r), B (r, k)), 3 ablate (S, A = B = C (r, k), a (k)).
+enum ProjectKind : int64_t { kProjectGain = 0, kProjectRot = 1, kProjectDplr = 2, kProjectAblate = 3 };
+constexpr int64_t kProjectMaxR = 256;       // the CTA's tile spans all r columns
+constexpr int64_t kProjectMaxLowRank = 32;  // k of the dplr / ablate epilogue
+struct ProjectCore {
+  int64_t kind = kProjectGain;
+  int64_t side = 0, bs = 1, k = 0;
+  const void *S = nullptr, *g = nullptr, *R = nullptr, *A = nullptr, *B = nullptr, *a = nullptr;
+  double coeff = 1.0;
+  bool suppress_only = false;
+};
+
+// K elements per split of the split-K decode
 // path (n <= 16 rows and d_in >= 1024; a multiple of 16), else d_in; and its workspace in floats.
 inline int64_t project_k_split(int64_t n, int64_t d_in) {
   if (n > 16 || d_in < 1024) return d_in;

@@ -298,36 +298,43 @@ void ablate_backward(DType dtype, const void* grad_h, const void* p, int64_t n, 
 }
 
 void project_core_forward(DType dtype, const void* x, const void* Vh, int64_t n, int64_t d_in, int64_t r,
-                          int64_t core, int64_t side, int64_t bs, const void* S, const void* g, const void* R,
-                          double coeff, bool suppress_only, void* h, void* p_out, void* workspace, void* stream) {
+                          const ProjectCore& core, void* h, void* p_out, void* workspace, void* stream) {
   auto bad = [](const std::string& why) {
     throw std::invalid_argument("antipasto_ext project_core_forward: " + why);
   };
+  const bool rotates = core.kind == kProjectRot && core.side != kRotNone;
+  const bool lowrank = core.kind == kProjectDplr || core.kind == kProjectAblate;
   if (dtype != DType::bf16 && dtype != DType::f16) bad("x must be bfloat16 or float16");
-  if (r < 1 || r > kern::kProjMaxR) bad("r must be in 1.." + std::to_string(kern::kProjMaxR) + ", got " + std::to_string(r));
+  if (r < 1 || r > kProjectMaxR) bad("r must be in 1.." + std::to_string(kProjectMaxR) + ", got " + std::to_string(r));
   if (d_in < 8 || d_in % 8 != 0 || d_in > (int64_t(1) << 30)) bad("d_in must be a positive multiple of 8");
   if ((reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(Vh)) % 16 != 0) bad("x and Vh must be 16-byte aligned");
-  if (core != kern::kProjGain && core != kern::kProjRot) bad("core must be 0 (gain) or 1 (rot)");
-  if (core == kern::kProjRot && side != kRotNone && (side != kRotV && side != kRotU)) bad("side must be 0, 1 or 2");
-  if (core == kern::kProjRot && side != kRotNone && (bs < 1 || r % bs != 0)) bad("block size must divide r");
+  if (core.kind < kProjectGain || core.kind > kProjectAblate) bad("core kind must be 0 (gain), 1 (rot), 2 (dplr) or 3 (ablate)");
+  if (core.kind == kProjectRot && core.side != kRotNone && core.side != kRotV && core.side != kRotU) bad("side must be 0, 1 or 2");
+  if (rotates && (core.bs < 1 || r % core.bs != 0 || core.R == nullptr)) bad("rot needs R and a block size that divides r");
+  if (lowrank && (core.k < 1 || core.k > kProjectMaxLowRank || core.A == nullptr || core.B == nullptr))
+    bad("the low-rank cores need A, B and k in 1.." + std::to_string(kProjectMaxLowRank));
+  if (core.kind == kProjectAblate && core.a == nullptr) bad("ablate needs a");
+  if (core.kind != kProjectAblate && core.g == nullptr) bad("the gain / rot / dplr cores need g");
   if (project_workspace_elems(n, d_in, r) > 0 && workspace == nullptr) bad("the split-K decode path needs a workspace");
   if (n <= 0) return;
+  const kern::ProjCoreArgs c{int(core.kind), int(core.side), int(rotates ? core.bs : 1), int(lowrank ? core.k : 0),
+                             static_cast<const float*>(core.S), static_cast<const float*>(core.g),
+                             static_cast<const float*>(core.R), static_cast<const float*>(core.A),
+                             static_cast<const float*>(core.B), static_cast<const float*>(core.a),
+                             float(core.coeff), core.suppress_only};
   kern::dispatch_dtype(dtype, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value) {
       const T *xp = static_cast<const T*>(x), *vp = static_cast<const T*>(Vh);
-      const float *Sp = static_cast<const float*>(S), *gp = static_cast<const float*>(g),
-                  *Rp = static_cast<const float*>(R);
       T *hp = static_cast<T*>(h), *pp = static_cast<T*>(p_out);
       float* ws = static_cast<float*>(workspace);
       const ax::stream_t st = kern::as_stream(stream);
-      const int c = int(core), sd = int(side), b = int(core == kern::kProjRot && side != kRotNone ? bs : 1);
       if (r <= 64)
-        kern::launch_project_nt<T, 4>(xp, vp, n, d_in, r, c, sd, b, Sp, gp, Rp, float(coeff), suppress_only, hp, pp, ws, st);
+        kern::launch_project_nt<T, 4>(xp, vp, n, d_in, r, c, hp, pp, ws, st);
       else if (r <= 128)
-        kern::launch_project_nt<T, 8>(xp, vp, n, d_in, r, c, sd, b, Sp, gp, Rp, float(coeff), suppress_only, hp, pp, ws, st);
+        kern::launch_project_nt<T, 8>(xp, vp, n, d_in, r, c, hp, pp, ws, st);
       else
-        kern::launch_project_nt<T, 16>(xp, vp, n, d_in, r, c, sd, b, Sp, gp, Rp, float(coeff), suppress_only, hp, pp, ws, st);
+        kern::launch_project_nt<T, 16>(xp, vp, n, d_in, r, c, hp, pp, ws, st);
     }
   });
 }

@@ -4,8 +4,11 @@
 //   P = x Vh^T accumulated in fp32 on the tensor cores (ax::mma_m16n8k16_{bf16,f16}), never rounded
 //   to 16 bits before the core (unlike the unfused F.linear + core path); h = core(P) in x's dtype,
 //   and optionally P itself (rounded to x's dtype) for the backward.
-//   Cores: gain (antipasto / corda, s = S (1 + ELU(coeff g'))) and rot (none / V / U sides,
-//   s = S + coeff delta_s, R (r/bs, bs, bs) read from global memory).
+//   Cores (ProjCoreArgs): gain (antipasto / corda, s = S (1 + ELU(coeff g'))), rot (none / V / U sides,
+//   s = S + coeff delta_s, R (r/bs, bs, bs) read from global memory), and the two low-rank cores as
+//   one epilogue h = P s + ((P u) L d) M^T (k <= 32):
+//     dplr    s = gain scale, u = 1, L = A^T, d = coeff,      M = B
+//     ablate  s = S,          u = S, L = C,   d = -coeff a,   M = C
 //
 // Prefill kernel: one CTA (4 warps, 128 threads) per tile of 32 rows spanning all r columns (r <= 256,
 // padded to the warp's n-tiles); warp w owns the 16-row m-tile (w & 1) and every other 8-column
@@ -36,8 +39,24 @@ constexpr int kProjThreads = 128;
 constexpr int kProjBM = 32;             // rows per CTA
 constexpr int kProjBK = 16;             // K per stage (one mma k-step)
 constexpr int kProjLd = kProjBK + 8;    // shared row stride in 16-bit elements: 48 bytes, conflict-free frags
-constexpr int kProjMaxR = 256;
-enum ProjCore : int { kProjGain = 0, kProjRot = 1 };
+constexpr int kProjMaxR = int(ax::kProjectMaxR);
+enum ProjCore : int { kProjGain = int(kProjectGain), kProjRot = int(kProjectRot), kProjDplr = int(kProjectDplr),
+                      kProjAblate = int(kProjectAblate) };
+
+// The core of the fused projection as the kernels take it (by value); float parameters on the device.
+struct ProjCoreArgs {
+  int core, side, bs, k;
+  const float *S, *g, *R;  // g: gain (gain, dplr) or delta_s (rot); R: rot sides V / U
+  const float *A, *B;      // dplr A (k, r), B (r, k); ablate C (r, k) in both
+  const float* a;          // ablate a (k)
+  float coeff;
+  bool suppress_only;
+};
+
+__host__ __device__ inline bool proj_is_lowrank(int core) { return core == kProjDplr || core == kProjAblate; }
+
+// Shared memory of the epilogue in floats: P (32 rows x r), s (r), d (k), Q (32 x k).
+__host__ __device__ inline int proj_epilogue_floats(int r, int k) { return kProjBM * r + r + k + kProjBM * k; }
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
@@ -54,35 +73,60 @@ __device__ __forceinline__ void mma16816<__half>(float d[4], const uint32_t a[4]
 
 __device__ __forceinline__ uint32_t ld_u32(const void* p) { return *static_cast<const uint32_t*>(p); }
 
-// s_j into shared memory: gain scale (kProjGain) or S + coeff delta_s (kProjRot).
-__device__ __forceinline__ void proj_scales(float* s, int r, int core, const float* S, const float* x, float coeff,
-                                            bool suppress_only) {
+// s_j (and the low-rank weights d_j) into shared memory: gain scale (gain, dplr), S + coeff delta_s
+// (rot) or S (ablate).
+__device__ __forceinline__ void proj_scales(float* s, float* d, int r, const ProjCoreArgs& c) {
   for (int j = threadIdx.x; j < r; j += blockDim.x)
-    s[j] = diag_scale<float>(core == kProjGain ? kScaleGain : kScaleAdditive, __ldg(S + j), __ldg(x + j), coeff,
-                             suppress_only);
+    s[j] = c.core == kProjAblate ? __ldg(c.S + j)
+                                 : diag_scale<float>(c.core == kProjRot ? kScaleAdditive : kScaleGain, __ldg(c.S + j),
+                                                     __ldg(c.g + j), c.coeff, c.suppress_only);
+  if (proj_is_lowrank(c.core))
+    for (int j = threadIdx.x; j < c.k; j += blockDim.x) d[j] = c.core == kProjDplr ? c.coeff : -c.coeff * __ldg(c.a + j);
 }
 
 // h (and p) of `rows` rows from the fp32 P tile in shared memory (expressions of rot_forward_kernel).
+// Low-rank cores first form Q = (P u) L d (rows x k) in shared memory: the caller's barrier after
+// P and s, one here after Q. Every thread reaches it (the core is uniform over the grid).
 template <typename T>
-__device__ __forceinline__ void proj_epilogue(const float* P, const float* s, int rows, int r, int core, int side,
-                                              int bs, const float* R, int64_t row0, T* h, T* p_out) {
+__device__ __forceinline__ void proj_epilogue(float* P, const float* s, const float* d, float* Q, int rows, int r,
+                                              const ProjCoreArgs& c, int64_t row0, T* h, T* p_out) {
+  const int k = c.k;
+  const bool lowrank = proj_is_lowrank(c.core);
+  if (lowrank) {
+    for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {
+      const int row = e / k, j = e % k;
+      const float* pr = P + row * r;
+      float acc = 0.f;
+      if (c.core == kProjDplr)
+        for (int col = 0; col < r; ++col) acc += pr[col] * __ldg(c.A + int64_t(j) * r + col);
+      else
+        for (int col = 0; col < r; ++col) acc += pr[col] * s[col] * __ldg(c.A + int64_t(col) * k + j);
+      Q[e] = acc * d[j];
+    }
+    __syncthreads();
+  }
   const int cnt = rows * r;
   for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
     const int row = e / r, col = e % r;
     if (p_out) st(p_out + row0 * r + e, P[e]);
     float acc;
-    if (core == kProjGain || side == kRotNone) {
-      acc = P[e] * s[col];
-    } else {
-      const int i = col % bs, b0 = col - i;
-      const float* Rb = R + int64_t(b0) * bs;
+    if (c.core == kProjRot && c.side != kRotNone) {
+      const int bs = c.bs, i = col % bs, b0 = col - i;
+      const float* Rb = c.R + int64_t(b0) * bs;
       const float* pb = P + row * r + b0;
       acc = 0.f;
-      if (side == kRotV) {
+      if (c.side == kRotV) {
         for (int j = 0; j < bs; ++j) acc += __ldg(Rb + i * bs + j) * pb[j];
         acc = acc * s[col];
       } else {
         for (int j = 0; j < bs; ++j) acc += pb[j] * s[b0 + j] * __ldg(Rb + j * bs + i);
+      }
+    } else {
+      acc = P[e] * s[col];
+      if (lowrank) {
+        const float* q = Q + row * k;
+        const float* m = c.B + int64_t(col) * k;
+        for (int j = 0; j < k; ++j) acc += q[j] * __ldg(m + j);
       }
     }
     st(h + row0 * r + e, acc);
@@ -114,9 +158,7 @@ __device__ __forceinline__ void proj_issue(T* stages, int step, const T* x, cons
 template <typename T, int NT>
 __global__ void __launch_bounds__(kProjThreads, 1)
     project_core_kernel(const T* __restrict__ x, const T* __restrict__ Vh, int64_t n, int d_in, int r, int k_split,
-                        int core, int side, int bs, const float* __restrict__ S, const float* __restrict__ sx,
-                        const float* __restrict__ R, float coeff, bool suppress_only, T* __restrict__ h,
-                        T* __restrict__ p_out, float* __restrict__ ws) {
+                        ProjCoreArgs c, T* __restrict__ h, T* __restrict__ p_out, float* __restrict__ ws) {
   constexpr int RP = 16 * NT;  // padded rows of the Vh tile (two warps x NT n-tiles of 8)
   constexpr int kStage = (kProjBM + RP) * kProjLd;
   T* stages = dyn_smem<T>();
@@ -175,7 +217,7 @@ __global__ void __launch_bounds__(kProjThreads, 1)
     return;
   }
   float* P = dyn_smem<float>();  // reuses the stage buffers (all reads of them are behind the last barrier)
-  float* s = P + kProjBM * r;
+  float *s = P + kProjBM * r, *d = s + r, *Q = d + c.k;
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
@@ -183,19 +225,18 @@ __global__ void __launch_bounds__(kProjThreads, 1)
       const int row = mi * 16 + g + (q >= 2 ? 8 : 0), col = (nh + 2 * j) * 8 + tq * 2 + (q & 1);
       if (row < rows && col < r) P[row * r + col] = acc[j][q];
     }
-  proj_scales(s, r, core, S, sx, coeff, suppress_only);
+  proj_scales(s, d, r, c);
   __syncthreads();
-  proj_epilogue(P, s, rows, r, core, side, bs, R, row0, h, p_out);
+  proj_epilogue(P, s, d, Q, rows, r, c, row0, h, p_out);
 }
 
 // Split-K decode, second stage: P = sum over splits (in order) of the partials, then the core.
 template <typename T>
 __global__ void __launch_bounds__(kProjThreads)
-    project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, int core, int side, int bs,
-                          const float* __restrict__ S, const float* __restrict__ sx, const float* __restrict__ R,
-                          float coeff, bool suppress_only, T* __restrict__ h, T* __restrict__ p_out) {
+    project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, ProjCoreArgs c,
+                          T* __restrict__ h, T* __restrict__ p_out) {
   float* P = dyn_smem<float>();
-  float* s = P + kProjBM * r;
+  float *s = P + kProjBM * r, *d = s + r, *Q = d + c.k;
   const int64_t row0 = int64_t(blockIdx.x) * kProjBM;
   const int rows = int(n - row0 < kProjBM ? n - row0 : kProjBM);
   for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {
@@ -203,30 +244,29 @@ __global__ void __launch_bounds__(kProjThreads)
     for (int k = 0; k < splits; ++k) tot += ws[(int64_t(k) * n + row0) * r + e];
     P[e] = tot;
   }
-  proj_scales(s, r, core, S, sx, coeff, suppress_only);
+  proj_scales(s, d, r, c);
   __syncthreads();
-  proj_epilogue(P, s, rows, r, core, side, bs, R, row0, h, p_out);
+  proj_epilogue(P, s, d, Q, rows, r, c, row0, h, p_out);
 }
 
 // ------------------------------------------------------------------------------------------ launch
 
 template <typename T, int NT>
-void launch_project_nt(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r, int core, int side, int bs,
-                       const float* S, const float* sx, const float* R, float coeff, bool suppress_only, T* h,
+void launch_project_nt(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r, const ProjCoreArgs& c, T* h,
                        T* p_out, float* ws, ax::stream_t st) {
   constexpr int RP = 16 * NT;
   const size_t stage_bytes = size_t(2) * (kProjBM + RP) * kProjLd * sizeof(T);
-  const size_t epi_bytes = size_t(kProjBM * r + r) * sizeof(float);
+  const size_t epi_bytes = size_t(proj_epilogue_floats(int(r), c.k)) * sizeof(float);
   const size_t smem = stage_bytes > epi_bytes ? stage_bytes : epi_bytes;
   const int64_t k_split = ax::project_k_split(n, d_in);
   const unsigned splits = unsigned((d_in + k_split - 1) / k_split);
   const dim3 grid(blocks_for(n, kProjBM), splits);
   AX_LAUNCH((project_core_kernel<T, NT>), grid, dim3(kProjThreads), smem, st, x, Vh, n, int(d_in), int(r),
-            int(k_split), core, side, bs, S, sx, R, coeff, suppress_only, h, p_out, splits > 1 ? ws : nullptr);
+            int(k_split), c, h, p_out, splits > 1 ? ws : nullptr);
   AX_CHECK_LAUNCH();
   if (splits > 1) {
     AX_LAUNCH((project_finish_kernel<T>), dim3(blocks_for(n, kProjBM)), dim3(kProjThreads), epi_bytes, st, ws,
-              int(splits), n, int(r), core, side, bs, S, sx, R, coeff, suppress_only, h, p_out);
+              int(splits), n, int(r), c, h, p_out);
     AX_CHECK_LAUNCH();
   }
 }

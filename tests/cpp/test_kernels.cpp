@@ -353,8 +353,9 @@ AX_TEST(bad_sizes_throw) {
 namespace {
 // h = core(x Vh^T) through project_core_forward vs a float64 reference (P exact from the 16-bit inputs).
 // Tolerance: P accumulated in fp32 on the (emulated) tensor cores, h rounded once to 16 bits.
+// core: 0 gain, 1 rot (side, bs), 2 dplr (k), 3 ablate (k).
 template <typename T>
-void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int bs, uint64_t seed) {
+void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int bs, uint64_t seed, int k = 0) {
   std::mt19937_64 rng(seed);
   const std::vector<T> x = randn<T>(static_cast<size_t>(n * d_in), rng), Vh = randn<T>(static_cast<size_t>(r * d_in), rng, 0.05);
   std::vector<float> S = randn<float>(static_cast<size_t>(r), rng, 1.0, 2.0), g = randn<float>(static_cast<size_t>(r), rng, 0.5);
@@ -365,8 +366,11 @@ void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int b
     R.resize(static_cast<size_t>(r * bs));
     for (int64_t b = 0; b < nb; ++b) ax::cayley_block_forward(t.data() + b * m, bs, 0.9f, 1.0f, work.data(), R.data() + b * bs * bs);
   }
-  const double coeff = core == 0 ? 0.8 : -0.6;
-  const bool suppress = core == 0 && (seed % 2 == 1);
+  // dplr A (k, r), B (r, k); ablate C (r, k) in A, a (k) in [0, 1]
+  const std::vector<float> A = randn<float>(static_cast<size_t>(k * r), rng, 0.3), B = randn<float>(static_cast<size_t>(r * k), rng, 0.3);
+  std::vector<float> a = randn<float>(static_cast<size_t>(k), rng, 0.3, 0.5);
+  const double coeff = core == 0 || core == 2 ? 0.8 : -0.6;
+  const bool suppress = (core == 0 || core == 2) && (seed % 2 == 1);
   // reference in double
   std::vector<double> P(static_cast<size_t>(n * r)), href(static_cast<size_t>(n * r)), s(static_cast<size_t>(r));
   for (int64_t i = 0; i < n; ++i)
@@ -376,14 +380,34 @@ void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int b
       P[i * r + j] = acc;
     }
   for (int64_t j = 0; j < r; ++j)
-    s[j] = core == 0 ? ax::gain_scale<double>(S[j], g[j], coeff, suppress, nullptr) : double(S[j]) + coeff * double(g[j]);
-  std::vector<double> Rd(R.begin(), R.end());
-  for (int64_t i = 0; i < n; ++i) ax::rot_row_forward(P.data() + i * r, s.data(), Rd.data(), core == 0 ? 0 : side, int(r), int(core == 0 ? 1 : bs), href.data() + i * r);
+    s[j] = core == 1 ? double(S[j]) + coeff * double(g[j]) : ax::gain_scale<double>(S[j], g[j], coeff, suppress, nullptr);
+  const std::vector<double> Rd(R.begin(), R.end()), Ad(A.begin(), A.end()), Bd(B.begin(), B.end()), ad(a.begin(), a.end()),
+      Sd(S.begin(), S.end());
+  std::vector<double> tmp(static_cast<size_t>(std::max(k, 1)));
+  for (int64_t i = 0; i < n; ++i) {
+    const double* pi = P.data() + i * r;
+    double* hi = href.data() + i * r;
+    if (core <= 1) ax::rot_row_forward(pi, s.data(), Rd.data(), core == 0 ? 0 : side, int(r), int(core == 0 ? 1 : bs), hi);
+    else if (core == 2) ax::dplr_row_forward(pi, s.data(), Ad.data(), Bd.data(), coeff, int(r), k, tmp.data(), hi);
+    else ax::ablate_row_forward(pi, Sd.data(), Ad.data(), ad.data(), coeff, int(r), k, tmp.data(), hi);
+  }
   // kernels
+  ax::ProjectCore c;
+  c.kind = core;
+  c.side = side;
+  c.bs = bs;
+  c.k = k;
+  c.S = S.data();
+  c.g = g.data();
+  c.R = R.empty() ? nullptr : R.data();
+  c.A = k ? A.data() : nullptr;
+  c.B = k ? (core == 3 ? A.data() : B.data()) : nullptr;
+  c.a = k ? a.data() : nullptr;
+  c.coeff = coeff;
+  c.suppress_only = suppress;
   std::vector<T> h = nan_filled<T>(static_cast<size_t>(n * r)), p = nan_filled<T>(static_cast<size_t>(n * r));
   std::vector<float> ws = nan_filled<float>(static_cast<size_t>(std::max<int64_t>(1, ax::project_workspace_elems(n, d_in, r))));
-  K::project_core_forward(dtype_of<T>(), x.data(), Vh.data(), n, d_in, r, core, side, bs, S.data(), g.data(),
-                          R.empty() ? nullptr : R.data(), coeff, suppress, h.data(), p.data(), ws.data(), nullptr);
+  K::project_core_forward(dtype_of<T>(), x.data(), Vh.data(), n, d_in, r, c, h.data(), p.data(), ws.data(), nullptr);
   double hmax = 0, pmax = 0, herr = 0, perr = 0;
   for (int64_t e = 0; e < n * r; ++e) {
     hmax = std::max(hmax, std::fabs(href[e]));
@@ -393,11 +417,18 @@ void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int b
     if (std::isnan(to_acc<double>(h[e])) || std::isnan(to_acc<double>(p[e]))) herr = perr = 1e30;
   }
   const double tol = std::is_same<T, __nv_bfloat16>::value ? 8e-3 : 1.5e-3;
-  std::printf("    %s n=%lld d_in=%lld r=%lld core=%d side=%d bs=%d splits=%lld: rel err h %.2g, p %.2g\n", name_of<T>(),
-              (long long)n, (long long)d_in, (long long)r, core, side, bs,
+  std::printf("    %s n=%lld d_in=%lld r=%lld core=%d side=%d bs=%d k=%d splits=%lld: rel err h %.2g, p %.2g\n", name_of<T>(),
+              (long long)n, (long long)d_in, (long long)r, core, side, bs, k,
               (long long)((d_in + ax::project_k_split(n, d_in) - 1) / ax::project_k_split(n, d_in)), herr / hmax, perr / pmax);
   AX_CHECK(herr <= tol * hmax);
   AX_CHECK(perr <= tol * pmax);
+}
+
+ax::ProjectCore gain_core_of(const float* S, const float* g) {
+  ax::ProjectCore c;
+  c.S = S;
+  c.g = g;
+  return c;
 }
 }  // namespace
 
@@ -407,12 +438,18 @@ AX_TEST(project_prefill_matches_reference) {
   check_project<__nv_bfloat16>(33, 48, 48, 1, 1, 16, 3);  // rot V, bs 16
   check_project<__half>(40, 128, 100, 0, 0, 1, 5);        // 8 n-tiles per warp
   check_project<__nv_bfloat16>(9, 32, 256, 1, 0, 1, 4);    // r = 256 (16 n-tiles per warp), rot none
+  check_project<__nv_bfloat16>(45, 40, 24, 2, 0, 1, 11, 3);  // dplr k 3
+  check_project<__half>(33, 64, 72, 2, 0, 1, 12, 32);        // dplr k 32 (the largest tile of Q)
+  check_project<__nv_bfloat16>(20, 24, 36, 3, 0, 1, 13, 2);  // ablate k 2
+  check_project<__half>(64, 56, 256, 3, 0, 1, 14, 32);       // ablate, r 256 and k 32: the largest epilogue
 }
 
 AX_TEST(project_decode_split_k_matches_reference) {
   check_project<__nv_bfloat16>(5, 2048, 36, 1, 1, 4, 6);  // 4 splits of 512
   check_project<__half>(16, 1024, 64, 0, 0, 1, 7);        // 2 splits
   check_project<__nv_bfloat16>(1, 1536, 20, 0, 0, 1, 9);  // one token
+  check_project<__half>(3, 1024, 40, 2, 0, 1, 15, 5);       // dplr through the finish kernel
+  check_project<__nv_bfloat16>(7, 2048, 24, 3, 0, 1, 16, 4);  // ablate through the finish kernel
 }
 
 AX_TEST(project_same_bits_for_every_schedule) {
@@ -425,8 +462,8 @@ AX_TEST(project_same_bits_for_every_schedule) {
   for (uint64_t seed : {1ull, 2ull, 3ull}) {
     ax_emu::set_seed(seed);
     std::vector<__nv_bfloat16> h(static_cast<size_t>(n * r));
-    K::project_core_forward(DType::bf16, x.data(), Vh.data(), n, d_in, r, 0, 0, 1, S.data(), g.data(), nullptr, 1.0,
-                            false, h.data(), nullptr, nullptr, nullptr);
+    K::project_core_forward(DType::bf16, x.data(), Vh.data(), n, d_in, r, gain_core_of(S.data(), g.data()), h.data(),
+                            nullptr, nullptr, nullptr);
     if (first.empty()) first = h;
     AX_CHECK(same_bits(h, first, "h"));
   }
@@ -435,18 +472,24 @@ AX_TEST(project_same_bits_for_every_schedule) {
 AX_TEST(project_bad_input_throws) {
   std::vector<__nv_bfloat16> x(64), Vh(64), h(64);
   std::vector<float> S(8, 1.f);
+  const ax::ProjectCore gain = gain_core_of(S.data(), S.data());
   AX_CHECK_THROWS(std::invalid_argument,
-                  K::project_core_forward(DType::bf16, x.data(), Vh.data(), 2, 12, 4, 0, 0, 1, S.data(), S.data(), nullptr,
-                                          1.0, false, h.data(), nullptr, nullptr, nullptr),
+                  K::project_core_forward(DType::bf16, x.data(), Vh.data(), 2, 12, 4, gain, h.data(), nullptr, nullptr, nullptr),
                   "multiple of 8");
   AX_CHECK_THROWS(std::invalid_argument,
-                  K::project_core_forward(DType::f32, x.data(), Vh.data(), 2, 16, 4, 0, 0, 1, S.data(), S.data(), nullptr,
-                                          1.0, false, h.data(), nullptr, nullptr, nullptr),
+                  K::project_core_forward(DType::f32, x.data(), Vh.data(), 2, 16, 4, gain, h.data(), nullptr, nullptr, nullptr),
                   "bfloat16 or float16");
   AX_CHECK_THROWS(std::invalid_argument,
-                  K::project_core_forward(DType::bf16, x.data() + 1, Vh.data(), 2, 16, 4, 0, 0, 1, S.data(), S.data(),
-                                          nullptr, 1.0, false, h.data(), nullptr, nullptr, nullptr),
+                  K::project_core_forward(DType::bf16, x.data() + 1, Vh.data(), 2, 16, 4, gain, h.data(), nullptr, nullptr,
+                                          nullptr),
                   "aligned");
+  ax::ProjectCore dplr = gain;
+  dplr.kind = ax::kProjectDplr;
+  dplr.k = 33;
+  dplr.A = dplr.B = S.data();
+  AX_CHECK_THROWS(std::invalid_argument,
+                  K::project_core_forward(DType::bf16, x.data(), Vh.data(), 2, 16, 4, dplr, h.data(), nullptr, nullptr, nullptr),
+                  "low-rank");
 }
 
 int main(int argc, char** argv) { return ax_test::run_main(argc, argv); }
