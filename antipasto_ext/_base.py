@@ -18,7 +18,7 @@ def check_int_range(name: str, value, lo: int, hi: int):
 class SVDAdapter(nn.Module):
     """Base of the variants: ``out = x W_res^T + b + core(x Vh^T) U^T``.
 
-    Subclasses define ``_make_params``, ``_core`` (the ext backend's r-space core on p) and
+    Subclasses define ``_make_params``, ``_project`` (the ext backend's projection + r-space core) and
     ``_eager`` (the reference forward). ``in_basis`` names the input-side basis buffer ("Vh", or
     "P" for CorDA).
     """
@@ -161,13 +161,18 @@ class SVDAdapter(nn.Module):
         if self.backend == "eager":
             return self._eager(x)
         x2 = x.reshape(-1, self.in_features)
-        p = torch.nn.functional.linear(x2, getattr(self, self.in_basis))
-        h = self._core(p)
+        basis = getattr(self, self.in_basis)
+        if torch.is_autocast_enabled(x.device.type):  # F.linear casts under autocast; the projection op does not
+            dtype = torch.get_autocast_dtype(x.device.type)
+            h = self._project(x2.to(dtype), basis.to(dtype))
+        else:
+            h = self._project(x2, basis)
         base = torch.nn.functional.linear(x2, self.weight, self.bias)
         out = torch.addmm(base, h, self.U.t())  # beta = 1: the adapter accumulates into the frozen path
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def _core(self, p: torch.Tensor) -> torch.Tensor:
+    def _project(self, x2: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
+        """h = core(x2 basis^T) through the variant's projection op (one node; fused kernel where it pays)."""
         raise NotImplementedError
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:

@@ -30,7 +30,8 @@
   static constexpr auto rot_forward = &NS::rot_forward;                         \
   static constexpr auto rot_backward = &NS::rot_backward;                       \
   static constexpr auto ablate_forward = &NS::ablate_forward;                   \
-  static constexpr auto ablate_backward = &NS::ablate_backward;
+  static constexpr auto ablate_backward = &NS::ablate_backward;                 \
+  static constexpr auto project_core_forward = &NS::project_core_forward;
 
 namespace ax {
 namespace glue {

@@ -47,6 +47,20 @@ struct NamedShape {
   at::IntArrayRef shape;
 };
 
+// S (r,), then each named tensor against its expected shape, all on `device`.
+inline void check_params(const at::Tensor& S, const at::Device& device, std::initializer_list<NamedShape> others) {
+  check_float(S, "S");
+  TORCH_CHECK(S.dim() == 1 && S.size(0) > 0, "antipasto_ext: S must be a non-empty 1-D tensor, got ", S.sizes());
+  TORCH_CHECK(S.device() == device, "antipasto_ext: S is on ", S.device(), " but the activations are on ", device);
+  for (const auto& o : others) {
+    check_float(o.tensor, o.name);
+    TORCH_CHECK(o.tensor.sizes() == o.shape, "antipasto_ext: ", o.name, " must have shape ", o.shape, ", got ",
+                o.tensor.sizes());
+    TORCH_CHECK(o.tensor.device() == device, "antipasto_ext: ", o.name, " is on ", o.tensor.device(),
+                " but the activations are on ", device);
+  }
+}
+
 // p (..., r) and S (r,), then each named tensor against its expected shape, all on p's device.
 inline void check_core_args(const at::Tensor& p, const at::Tensor& S, std::initializer_list<NamedShape> others) {
   check_float(p, "p");
@@ -54,27 +68,40 @@ inline void check_core_args(const at::Tensor& p, const at::Tensor& S, std::initi
   TORCH_CHECK(S.dim() == 1 && S.size(0) > 0, "antipasto_ext: S must be a non-empty 1-D tensor, got ", S.sizes());
   TORCH_CHECK(p.dim() >= 1 && p.size(-1) == S.size(0), "antipasto_ext: p must have last dim r = ", S.size(0),
               ", got ", p.sizes());
-  TORCH_CHECK(S.device() == p.device(), "antipasto_ext: S is on ", S.device(), " but p is on ", p.device());
-  for (const auto& o : others) {
-    check_float(o.tensor, o.name);
-    TORCH_CHECK(o.tensor.sizes() == o.shape, "antipasto_ext: ", o.name, " must have shape ", o.shape, ", got ",
-                o.tensor.sizes());
-    TORCH_CHECK(o.tensor.device() == p.device(), "antipasto_ext: ", o.name, " is on ", o.tensor.device(),
-                " but p is on ", p.device());
-  }
+  check_params(S, p.device(), others);
 }
 
-inline void check_rot_args(const at::Tensor& p, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R,
-                           int64_t side) {
+// The projection ops' activations: x (n, d_in) and the input basis Vh (r, d_in), one dtype and device.
+inline void check_project_args(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S) {
+  check_float(x, "x");
+  check_float(Vh, "Vh");
+  check_float(S, "S");
+  TORCH_CHECK(x.dim() == 2, "antipasto_ext: x must be 2-D (tokens, d_in), got ", x.sizes());
+  TORCH_CHECK(S.dim() == 1 && Vh.dim() == 2 && Vh.size(0) == S.size(0) && Vh.size(1) == x.size(1),
+              "antipasto_ext: Vh must have shape (r, d_in) = (", S.dim() == 1 ? S.size(0) : -1, ", ", x.size(1),
+              "), got ", Vh.sizes());
+  TORCH_CHECK(Vh.scalar_type() == x.scalar_type(), "antipasto_ext: Vh has dtype ", Vh.scalar_type(), " but x has ",
+              x.scalar_type());
+  TORCH_CHECK(Vh.device() == x.device(), "antipasto_ext: Vh is on ", Vh.device(), " but x is on ", x.device());
+}
+
+inline void check_rot_params(const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R, int64_t side,
+                             const at::Device& device) {
   TORCH_CHECK(side == kRotNone || side == kRotV || side == kRotU,
               "antipasto_ext: side must be 0 (none), 1 (V) or 2 (U), got ", side);
-  check_core_args(p, S, {{"delta_s", delta_s, {S.size(0)}}});
+  check_params(S, device, {{"delta_s", delta_s, {S.size(0)}}});
   if (side == kRotNone) return;
   check_float(R, "R");
   TORCH_CHECK(R.dim() == 3 && R.size(1) == R.size(2) && R.size(1) >= 2 && R.size(0) * R.size(1) == S.size(0),
               "antipasto_ext: R must have shape (r / block_size, block_size, block_size) with r = ", S.size(0),
               ", got ", R.sizes());
-  TORCH_CHECK(R.device() == p.device(), "antipasto_ext: R is on ", R.device(), " but p is on ", p.device());
+  TORCH_CHECK(R.device() == device, "antipasto_ext: R is on ", R.device(), " but the activations are on ", device);
+}
+
+inline void check_rot_args(const at::Tensor& p, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R,
+                           int64_t side) {
+  check_core_args(p, S, {});
+  check_rot_params(S, delta_s, R, side, p.device());
 }
 
 // s_eff = S * (1 + ELU(coeff * g')) and, when asked, d s_eff / d g, in the accumulation type.
@@ -140,6 +167,16 @@ at::Tensor ablate_core(const at::Tensor& p, const at::Tensor& S, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward(const at::Tensor& grad_h, const at::Tensor& p,
                                                                     const at::Tensor& S, const at::Tensor& C,
                                                                     const at::Tensor& a, double coeff);
+std::tuple<at::Tensor, at::Tensor> project_gain(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
+                                                const at::Tensor& g, double coeff, bool suppress_only, bool need_p);
+std::tuple<at::Tensor, at::Tensor> project_rot(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
+                                               const at::Tensor& delta_s, const at::Tensor& R, double coeff,
+                                               int64_t side, bool need_p);
+std::tuple<at::Tensor, at::Tensor> project_dplr(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
+                                                const at::Tensor& g, const at::Tensor& A, const at::Tensor& B,
+                                                double coeff, bool suppress_only, bool need_p);
+std::tuple<at::Tensor, at::Tensor> project_ablate(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
+                                                  const at::Tensor& C, const at::Tensor& a, double coeff, bool need_p);
 }  // namespace emulated
 
 }  // namespace ax

@@ -4,11 +4,17 @@
 #include <Python.h>
 #include <torch/library.h>
 
+#include <string>
+#include <vector>
+
 #ifndef AX_WITH_CUDA
 #define AX_WITH_CUDA 0
 #endif
 #ifndef AX_WITH_EMULATION
 #define AX_WITH_EMULATION 0
+#endif
+#if AX_WITH_EMULATION
+#include "csrc/kernels/api.h"
 #endif
 #ifndef AX_CUDA_ARCHS
 #define AX_CUDA_ARCHS ""
@@ -30,6 +36,15 @@ TORCH_LIBRARY(antipasto_ext, m) {
   m.def("ablate_core(Tensor p, Tensor S, Tensor C, Tensor a, float coeff) -> Tensor");
   m.def("ablate_core_backward(Tensor grad_h, Tensor p, Tensor S, Tensor C, Tensor a, float coeff) "
         "-> (Tensor, Tensor, Tensor)");
+  // h = core(x Vh^T) and p = x Vh^T (an empty (0, r) tensor unless need_p); csrc/project_ops.h.
+  m.def("project_gain(Tensor x, Tensor Vh, Tensor S, Tensor g, float coeff, bool suppress_only, bool need_p) "
+        "-> (Tensor, Tensor)");
+  m.def("project_rot(Tensor x, Tensor Vh, Tensor S, Tensor delta_s, Tensor R, float coeff, int side, bool need_p) "
+        "-> (Tensor, Tensor)");
+  m.def("project_dplr(Tensor x, Tensor Vh, Tensor S, Tensor g, Tensor A, Tensor B, float coeff, bool suppress_only, "
+        "bool need_p) -> (Tensor, Tensor)");
+  m.def("project_ablate(Tensor x, Tensor Vh, Tensor S, Tensor C, Tensor a, float coeff, bool need_p) "
+        "-> (Tensor, Tensor)");
 }
 
 static PyObject* build_info(PyObject*, PyObject*) {
@@ -37,8 +52,28 @@ static PyObject* build_info(PyObject*, PyObject*) {
                        "cuda_archs", AX_CUDA_ARCHS, "emulation", AX_WITH_EMULATION ? Py_True : Py_False);
 }
 
+// _emulator_launch_log(True) starts recording the emulated kernel launches of the calling thread;
+// _emulator_launch_log(False) stops and returns their names in order.
+static PyObject* emulator_launch_log(PyObject*, PyObject* start) {
+#if AX_WITH_EMULATION
+  if (PyObject_IsTrue(start)) {
+    ax::emu_impl::start_launch_log();
+    Py_RETURN_NONE;
+  }
+  const std::vector<std::string> names = ax::emu_impl::stop_launch_log();
+  PyObject* out = PyList_New(static_cast<Py_ssize_t>(names.size()));
+  for (size_t i = 0; i < names.size(); ++i) PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), PyUnicode_FromString(names[i].c_str()));
+  return out;
+#else
+  (void)start;
+  PyErr_SetString(PyExc_RuntimeError, "antipasto_ext: this build has no CUDA emulation engine");
+  return nullptr;
+#endif
+}
+
 static PyMethodDef kMethods[] = {
     {"build_info", build_info, METH_NOARGS, "What this build of antipasto_ext._C compiled."},
+    {"_emulator_launch_log", emulator_launch_log, METH_O, "Record / return the emulated kernel launches (tests)."},
     {nullptr, nullptr, 0, nullptr}};
 
 PyMODINIT_FUNC PyInit__C(void) {

@@ -6,6 +6,7 @@
 
 #if AX_WITH_EMULATION
 #include "csrc/kernel_ops.h"
+#include "csrc/project_ops.h"
 #endif
 
 namespace ax {
@@ -23,6 +24,8 @@ struct NoGuard {
 struct EmulatedKernels {
   using Guard = NoGuard;
   static void* stream(const at::Tensor&) { return nullptr; }
+  // The emulator exists to run the kernel source: the fused projection whenever it takes the shape.
+  static bool fuse_rows(int64_t) { return true; }
   AX_KERNEL_BACKEND_FUNCTIONS(::ax::emu_impl)
 };
 using K = EmulatedKernels;
@@ -69,6 +72,24 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward(const at::Te
                                                                     const at::Tensor& S, const at::Tensor& C,
                                                                     const at::Tensor& a, double coeff) {
   return glue::ablate_core_backward<K>(grad_h, p, S, C, a, coeff);
+}
+std::tuple<at::Tensor, at::Tensor> project_gain(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
+                                                const at::Tensor& g, double coeff, bool suppress_only, bool need_p) {
+  return project::project_gain<K>(x, Vh, S, g, coeff, suppress_only, need_p);
+}
+std::tuple<at::Tensor, at::Tensor> project_rot(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
+                                               const at::Tensor& delta_s, const at::Tensor& R, double coeff,
+                                               int64_t side, bool need_p) {
+  return project::project_rot<K>(x, Vh, S, delta_s, R, coeff, side, need_p);
+}
+std::tuple<at::Tensor, at::Tensor> project_dplr(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
+                                                const at::Tensor& g, const at::Tensor& A, const at::Tensor& B,
+                                                double coeff, bool suppress_only, bool need_p) {
+  return project::project_dplr<K>(x, Vh, S, g, A, B, coeff, suppress_only, need_p);
+}
+std::tuple<at::Tensor, at::Tensor> project_ablate(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
+                                                  const at::Tensor& C, const at::Tensor& a, double coeff, bool need_p) {
+  return project::project_ablate<K>(x, Vh, S, C, a, coeff, need_p);
 }
 
 #else  // no emulation engine in this build

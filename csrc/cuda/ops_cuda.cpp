@@ -5,7 +5,11 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <cstdlib>
+#include <string>
+
 #include "csrc/kernel_ops.h"
+#include "csrc/project_ops.h"
 
 namespace ax {
 namespace {
@@ -15,6 +19,18 @@ struct CudaKernels {
   static void* stream(const at::Tensor& t) {
     TORCH_CHECK(t.is_cuda(), "antipasto_ext: expected a CUDA tensor, got one on ", t.device());
     return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
+  }
+  // The fused projection kernel for n rows: up to ANTIPASTO_EXT_FUSED_PROJECTION_ROWS (read once,
+  // default 16, 0 turns it off), else cuBLAS + the core kernel. Why 16: the kernel's tile is 32 rows x
+  // all r columns on one CTA of 4 warps (mma.sync), so it fills the GPU only through split-K, which
+  // it uses for n <= 16; past that cuBLAS's large wgmma tiles win on an H100 (see benchmarks/README.md,
+  // "Dispatch of the projection", for the measurement that sets the crossover).
+  static bool fuse_rows(int64_t n) {
+    static const int64_t max_rows = [] {
+      const char* v = std::getenv("ANTIPASTO_EXT_FUSED_PROJECTION_ROWS");
+      return v && *v ? std::stoll(v) : int64_t(16);
+    }();
+    return n <= max_rows;
   }
   AX_KERNEL_BACKEND_FUNCTIONS(::ax::cuda_impl)
 };
@@ -33,6 +49,10 @@ TORCH_LIBRARY_IMPL(antipasto_ext, CUDA, m) {
   m.impl("rot_core_backward", &glue::rot_core_backward<K>);
   m.impl("ablate_core", &glue::ablate_core<K>);
   m.impl("ablate_core_backward", &glue::ablate_core_backward<K>);
+  m.impl("project_gain", &project::project_gain<K>);
+  m.impl("project_rot", &project::project_rot<K>);
+  m.impl("project_dplr", &project::project_dplr<K>);
+  m.impl("project_ablate", &project::project_ablate<K>);
 }
 
 }  // namespace ax

@@ -195,6 +195,8 @@ struct Config {
   bool seed_override = false;
   uint64_t seed = kDefaultSeed;
   int shuffle_override = -1;  // -1: env, 0: off, 1: on
+  bool log_launches = false;  // record the kernel names launched (start_launch_log)
+  std::vector<std::string> launch_log;
 };
 inline Config& config() {
   static thread_local Config c;
@@ -1173,6 +1175,7 @@ inline void run_launch(const char* kname, Site site, dim3 grid, dim3 block, size
     bad("dynamic shared memory of " + std::to_string(smem) + " bytes exceeds the per-block maximum of " +
         std::to_string(kMaxSmemPerBlock));
 
+  if (config().log_launches) config().launch_log.emplace_back(kname);
   LaunchState L;
   L.kname = kname;
   L.launch_site = site;
@@ -1285,6 +1288,17 @@ inline uint64_t current_seed() { return detail::config().seed_override ? detail:
 // With shuffling off, threads and blocks run in linear order.
 inline void set_shuffle(bool on) { detail::config().shuffle_override = on ? 1 : 0; }
 inline void clear_shuffle() { detail::config().shuffle_override = -1; }
+
+// Record the names of the kernels the calling host thread launches, so a test can tell which kernels
+// an op ran; stop_launch_log returns them in launch order and stops recording.
+inline void start_launch_log() {
+  detail::config().log_launches = true;
+  detail::config().launch_log.clear();
+}
+inline std::vector<std::string> stop_launch_log() {
+  detail::config().log_launches = false;
+  return std::move(detail::config().launch_log);
+}
 
 }  // namespace ax_emu
 

@@ -6,3 +6,10 @@
 #define AX_EMULATE_CUDA 1
 #endif
 #include "csrc/kernels/launchers.cuh"
+
+namespace ax {
+namespace emu_impl {
+void start_launch_log() { ax_emu::start_launch_log(); }
+std::vector<std::string> stop_launch_log() { return ax_emu::stop_launch_log(); }
+}  // namespace emu_impl
+}  // namespace ax

@@ -17,6 +17,8 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <string>
+#include <vector>
 
 namespace ax {
 
@@ -76,6 +78,9 @@ namespace cuda_impl {
 
 namespace emu_impl {
 #include "csrc/kernels/api_decls.inc"
+// Emulator only: record the names of the kernels the calling thread launches (tests of the dispatch).
+void start_launch_log();
+std::vector<std::string> stop_launch_log();
 }  // namespace emu_impl
 
 }  // namespace ax
