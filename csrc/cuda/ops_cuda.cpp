@@ -20,17 +20,15 @@ struct CudaKernels {
     TORCH_CHECK(t.is_cuda(), "antipasto_ext: expected a CUDA tensor, got one on ", t.device());
     return c10::cuda::getCurrentCUDAStream(t.device().index()).stream();
   }
-  // The fused projection kernel for n rows: up to ANTIPASTO_EXT_FUSED_PROJECTION_ROWS (read once,
-  // default 16, 0 turns it off), else cuBLAS + the core kernel. Why 16: the kernel's tile is 32 rows x
-  // all r columns on one CTA of 4 warps (mma.sync), so it fills the GPU only through split-K, which
-  // it uses for n <= 16; past that cuBLAS's large wgmma tiles win on an H100 (see benchmarks/README.md,
-  // "Dispatch of the projection", for the measurement that sets the crossover).
+  // The fused projection kernel for n rows: up to ANTIPASTO_EXT_FUSED_PROJECTION_ROWS (read per call, so
+  // the benchmark can time both paths in one process; default 16, 0 turns it off), else cuBLAS + the
+  // core kernel. Why 16, a model until a GPU run measures it: the kernel's tile is 32 rows x all r
+  // columns on one CTA of 4 warps (mma.sync), so it fills the GPU only through split-K, which it uses
+  // for n <= 16; past that cuBLAS's large tiles win. benchmarks/cost_report.py --device cuda times both
+  // paths per row count ("Dispatch of the projection") and prints the crossover to set here.
   static bool fuse_rows(int64_t n) {
-    static const int64_t max_rows = [] {
-      const char* v = std::getenv("ANTIPASTO_EXT_FUSED_PROJECTION_ROWS");
-      return v && *v ? std::stoll(v) : int64_t(16);
-    }();
-    return n <= max_rows;
+    const char* v = std::getenv("ANTIPASTO_EXT_FUSED_PROJECTION_ROWS");
+    return n <= (v && *v ? std::strtoll(v, nullptr, 10) : int64_t(16));
   }
   AX_KERNEL_BACKEND_FUNCTIONS(::ax::cuda_impl)
 };
