@@ -558,6 +558,9 @@ def op_costs(variant: str, N: int, d_in: int, d_out: int, r: int, k: int = 8, bs
         "antipasto_rot": (N * r + 2 * N * r * bs, "N r + 2 N r bs", 3 * N * r + 4 * N * r * bs, "3 N r + 4 N r bs"),
     }[variant]
     ops.append(OpCost("core h = f(p)", "fwd", core[0], 2 * e * N * r, core[1]))
+    # the projection op runs the two rows above as one kernel where it fuses (p written only for backward)
+    ops.append(OpCost("h = core(x Vh^T) fused", "fwd (one op)", 2 * N * d_in * r + core[0],
+                      e * (N * d_in + r * d_in + (2 if training else 1) * N * r), f"2 N din r + {core[1]}"))
     ops.append(OpCost("out = base + h U^T", "fwd", 2 * N * r * d_out, e * (N * r + r * d_out + 2 * N * d_out),
                       "2 N r dout"))
     if variant == "antipasto_rot":

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import os
 import sys
 import time
 from pathlib import Path
@@ -164,6 +165,12 @@ def measured_op_times(lin, args, cfg, split_cache, device, dtype, N):
         "core bwd antipasto_dplr": lambda: T.dplr_core_backward(h, p, S, g, A, B, 1.0, False),
         "core bwd antipasto_rot": lambda: T.rot_core_backward(h, p, S, ds, R, 1.0, 1),
         "core bwd antipasto_ablate": lambda: T.ablate_core_backward(h, p, S, Cb, a, 1.0),
+        # the projection op as a layer calls it (with p kept, as in training); the fused kernel on CUDA at
+        # <= ANTIPASTO_EXT_FUSED_PROJECTION_ROWS rows in 16-bit, else the two rows above
+        "project antipasto": lambda: T.project_gain(x, Vh, S, g, 1.0, False, True),
+        "project antipasto_dplr": lambda: T.project_dplr(x, Vh, S, g, A, B, 1.0, False, True),
+        "project antipasto_rot": lambda: T.project_rot(x, Vh, S, ds, R, 1.0, 1, True),
+        "project antipasto_ablate": lambda: T.project_ablate(x, Vh, S, Cb, a, 1.0, True),
         "block_cayley fwd": lambda: T.block_cayley(rot_T, bs, 0.5, 1.0),
         "block_cayley bwd": lambda: T.block_cayley_backward(R, R, rot_T, bs, 0.5, 1.0),
     }
@@ -205,12 +212,12 @@ def roofline_section(args, cfg, device, dtype, rates, measured, shape_name, d_in
     Hd, Hr, Hk, HN = 4096, 256, 8, 8192
     seen, rows = set(), []
     names_map = {"core h = f(p)": "core fwd {v}", "core backward": "core bwd {v}", "block_cayley": "block_cayley fwd",
-                 "block_cayley backward": "block_cayley bwd"}
+                 "block_cayley backward": "block_cayley bwd", "h = core(x Vh^T) fused": "project {v}"}
     for v in ("antipasto", "antipasto_dplr", "antipasto_ablate", "antipasto_rot", "lora", "oft", "linear"):
         here = C.op_costs(v, N, d_in, d_out, r, k=(cfg.ablate_k if v == "antipasto_ablate" else k), bs=bs, e=e)
         h100 = C.op_costs(v, HN, Hd, Hd, Hr, k=Hk, bs=bs, e=2)
         for oc, hc in zip(here, h100):
-            key = oc.op if not oc.op.startswith(("core", "block")) else f"{oc.op} [{v}]"
+            key = oc.op if not oc.op.startswith(("core", "block", "h = core")) else f"{oc.op} [{v}]"
             if v in ("lora", "oft", "linear"):
                 key = f"{oc.op} [{v}]"
             if key in seen or (v != "linear" and oc.op in ("x W^T", "dx = dY W")):
@@ -274,11 +281,89 @@ def decode_section(args, cfg, device, dtype, split_cache):
         rows.append([n] + [table[T][n].fmt_us() for T in args.decode]
                     + [C.fmt_ratio(table[T][n].median, table[T]["linear"].median) for T in args.decode])
     hdr = ["module"] + [f"µs @ {T} tok" for T in args.decode] + [f"/ linear @ {T}" for T in args.decode]
+    targets = [[f"{n} @ {T} tok", f"{table[T][n].median / table[T]['linear'].median:.2f}x", "≤ 1.15x",
+                C.target_status(table[T][n].median / table[T]["linear"].median, 1.15, table[T][n], table[T]["linear"])]
+               for n in mods if n.endswith("/ext") for T in args.decode]
     text = [f"## Decode latency ({shape_name}: {d_in} -> {d_out}, r {min(cfg.r, d_in, d_out)}, "
             f"{str(dtype).split('.')[-1]}, forward under no_grad)", "",
             "µs per call (median ± half the IQR). 'merged' = after `merge()` (one F.linear), when the module "
-            "offers it.", "", C.md_table(hdr, rows)]
+            "offers it. Target (issue #3, stated for an H100): the adapter adds at most 15% to the bare layer's "
+            "decode time.", "", C.md_table(hdr, rows), "",
+            C.md_table(["ext module", "time / linear", "target", "status"], targets)]
     return "\n".join(text), hdr, rows
+
+
+# ----------------------------------------------------------------------------------------- dispatch
+
+DISPATCH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
+FUSED_ROWS_ENV = "ANTIPASTO_EXT_FUSED_PROJECTION_ROWS"
+
+
+def dispatch_section(args, cfg, device, dtype, split_cache):
+    """Times the projection op (h = core(x Vh^T), p kept as in training) on both CUDA paths per row count
+    — the fused kernel and cuBLAS + the core kernel — and reports the crossover the dispatch threshold
+    should be set to. The fused kernel exists for CUDA bf16 / f16 only."""
+    title = "## Dispatch of the projection (fused kernel vs cuBLAS + core kernel)"
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return "\n".join([title, "", f"Not measured on this run ({device.type}, {str(dtype).split('.')[-1]}): the "
+                          "fused projection kernel runs on CUDA with bf16 / fp16 activations (elsewhere the CPU "
+                          "emulator runs it for the tests, which is no timing). Run with `--device cuda --dtype "
+                          "bfloat16`.", ""])
+    shape_name = args.shape_names[0]
+    d_in, d_out = C.SHAPES[shape_name]
+    r = min(cfg.r, d_in, d_out)
+    lin = C.make_linear(d_in, d_out, dtype, device)
+    Vh = C.svd_split_cached(lin, r, split_cache)[2].to(dtype).contiguous()
+    f32 = dict(device=device, dtype=torch.float32)
+    S, g = torch.rand(r, **f32) + 1, torch.randn(r, **f32) * 0.1
+    A, B = torch.randn(cfg.lora_rank, r, **f32) * 0.1, torch.randn(r, cfg.lora_rank, **f32) * 0.1
+    R = ops.block_cayley(torch.randn(r // cfg.block_size, cfg.block_size * (cfg.block_size - 1) // 2, **f32) * 0.1,
+                         cfg.block_size)
+    T = torch.ops.antipasto_ext
+    calls = {"gain": lambda x: T.project_gain(x, Vh, S, g, 1.0, False, True),
+             "rot V": lambda x: T.project_rot(x, Vh, S, g, R, 1.0, 1, True),
+             "dplr": lambda x: T.project_dplr(x, Vh, S, g, A, B, 1.0, False, True)}
+
+    def on_path(fn, x, rows_env):
+        def call():
+            os.environ[FUSED_ROWS_ENV] = rows_env
+            return fn(x)
+        return call
+
+    before = os.environ.get(FUSED_ROWS_ENV)
+    rows, wins = [], {}
+    try:
+        for n in DISPATCH_ROWS:
+            x = torch.randn(n, d_in, device=device, dtype=dtype)
+            fns = {}
+            for core, fn in calls.items():
+                fns[f"{core}/fused"] = on_path(fn, x, str(1 << 40))
+                fns[f"{core}/cublas"] = on_path(fn, x, "0")
+            st = C.bench(fns, device, warmup=args.warmup + 2, repeats=args.repeats, sample_s=2e-3,
+                         budget_s=args.budget_s / 4)
+            for core in calls:
+                fu, cb = st[f"{core}/fused"], st[f"{core}/cublas"]
+                wins.setdefault(core, []).append(fu.median <= cb.median)
+                rows.append([n, core, fu.fmt_us(), cb.fmt_us(), f"{fu.median / cb.median:.2f}x",
+                             "fused" if fu.median <= cb.median else "cuBLAS + core"])
+    finally:
+        if before is None:
+            os.environ.pop(FUSED_ROWS_ENV, None)
+        else:
+            os.environ[FUSED_ROWS_ENV] = before
+    crossover = {}
+    for core, w in wins.items():  # the largest row count up to which the fused kernel wins every time
+        k = 0
+        while k < len(w) and w[k]:
+            k += 1
+        crossover[core] = DISPATCH_ROWS[k - 1] if k else 0
+    hdr = ["rows", "core", "fused µs", "cuBLAS + core µs", "fused / cuBLAS", "faster"]
+    text = [title + f" ({shape_name}: d_in {d_in}, r {r}, {str(dtype).split('.')[-1]})", "",
+            "One projection op call, p kept (training forward). Default dispatch: fused up to "
+            f"`{FUSED_ROWS_ENV}` = 16 rows. Measured crossover (largest row count up to which the fused kernel "
+            "wins at every measured count): " + ", ".join(f"{c} {v}" for c, v in crossover.items())
+            + f"; recommended setting: {min(crossover.values())}.", "", C.md_table(hdr, rows)]
+    return "\n".join(text)
 
 
 # ----------------------------------------------------------------------------------------- plot
@@ -499,6 +584,10 @@ def main(argv=None):
     C.log("== decode latency")
     dec_text, dec_hdr, dec_rows = decode_section(args, cfg, device, dtype, split_cache)
     md.append(dec_text)
+    C.log("== dispatch of the projection")
+    disp_text = dispatch_section(args, cfg, device, dtype, split_cache)
+    md.append(disp_text)
+    C.log(disp_text)
 
     C.log("== roofline")
     rates = C.measure_rates(device, dtype=torch.float32 if device.type == "cpu" else torch.bfloat16, quick=args.quick)

@@ -40,7 +40,16 @@ step "build" $PY -m pip install --no-build-isolation --no-deps -v .
 step "build info" $PY -c "import antipasto_ext as ax; print(ax.build_info())"
 # The parity suites parametrize over the CUDA device when one is present (tests/conftest.py DEVICES).
 # Tests run from tests/ so the installed package, not the source tree, is imported.
-step "CUDA tests" env -C tests $PY -m pytest -q -p no:cacheprovider test_ops.py test_modules.py -k "cuda and not cuda-emulated"
+step "CUDA tests" env -C tests $PY -m pytest -q -p no:cacheprovider test_ops.py test_projection.py test_modules.py \
+  -k "cuda and not cuda-emulated"
+# The fused projection kernel serves <= 16 rows by default; force it for every row count of the tests too.
+step "CUDA tests, fused projection at every row count" env -C tests ANTIPASTO_EXT_FUSED_PROJECTION_ROWS=1000000000 \
+  $PY -m pytest -q -p no:cacheprovider test_projection.py test_modules.py -k "cuda and not cuda-emulated"
+for tool in memcheck racecheck; do
+  step "compute-sanitizer $tool: fused projection" compute-sanitizer --tool "$tool" --error-exitcode 1 \
+    env -C tests ANTIPASTO_EXT_FUSED_PROJECTION_ROWS=1000000000 $PY -m pytest -q -x -p no:cacheprovider \
+    test_projection.py -k "cuda and not cuda-emulated and matches_reference and (bfloat16 or float16)"
+done
 for kernel in block_cayley gain dplr rot ablate; do
   for tool in memcheck racecheck; do
     step "compute-sanitizer $tool: $kernel" compute-sanitizer --tool "$tool" --error-exitcode 1 \
