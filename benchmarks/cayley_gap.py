@@ -99,10 +99,11 @@ def layer_section(args, device, dtype, paths):
         gap_rows.append([be, f"{rf:.2f}x", q(st_f[f"antipasto_rot/{be}"], st_f[f"antipasto/{be}"]),
                          f"{rfb:.2f}x", q(st_fb[f"antipasto_rot/{be}"], st_fb[f"antipasto/{be}"])])
         gap_csv.append(["gap", be, f"{rf:.4f}", f"{rfb:.4f}"])
-        if be == "ext":
-            TARGETS.append([f"rot/plain ext ≤ 1.10 (layer fwd+bwd, {args.d_in}->{args.d_out}, r {args.r}, "
-                            f"{args.tokens} tok, {args.dtype})", f"{rfb:.2f}x", "≤ 1.10x",
-                            C.target_status(rfb, 1.10, st_fb[f"antipasto_rot/{be}"], st_fb[f"antipasto/{be}"])])
+        if be == "ext":  # issue #5 (CPU) asks 1.10x, issue #3 (H100) 1.03x
+            lim = 1.03 if device.type == "cuda" else 1.10
+            TARGETS.append([f"rot/plain ext ≤ {lim:.2f} (layer fwd+bwd, {args.d_in}->{args.d_out}, r {args.r}, "
+                            f"{args.tokens} tok, {args.dtype})", f"{rfb:.2f}x", f"≤ {lim:.2f}x",
+                            C.target_status(rfb, lim, st_fb[f"antipasto_rot/{be}"], st_fb[f"antipasto/{be}"])])
     ext_vs_eager = []
     for v in ("antipasto", "antipasto_rot") if "ext" in args.backends else ():
         ext_vs_eager.append([v, C.fmt_ratio(st_f[f"{v}/ext"].median, st_f[f"{v}/eager"].median),
@@ -195,10 +196,11 @@ def block_section(args, device):
         # agreement of the two (a sanity check that both compute the same thing)
         with torch.no_grad():
             err = (ops.block_cayley(t0, bs) - reference.cayley_blocks(t0.double(), bs).float()).abs().max().item()
-        if (nb, bs) == (64, 4):
+        if (nb, bs) == (64, 4):  # issue #5 (CPU) asks 20x, issue #3 (H100) 50x
             sp = st["eager fwd+bwd"].median / st["ext fwd+bwd"].median
-            TARGETS.append(["block_cayley ext ≥ 20x faster than eager (fwd+bwd, 64 x 4)", f"{sp:.1f}x", "≥ 20x",
-                            C.target_status(1 / sp, 1 / 20, st["ext fwd+bwd"], st["eager fwd+bwd"])])
+            lim = 50 if device.type == "cuda" else 20
+            TARGETS.append([f"block_cayley ext ≥ {lim}x faster than eager (fwd+bwd, 64 x 4)", f"{sp:.1f}x",
+                            f"≥ {lim}x", C.target_status(1 / sp, 1 / lim, st["ext fwd+bwd"], st["eager fwd+bwd"])])
         rows.append([f"{nb} x {bs}", st["eager fwd"].fmt_us(), st["ext fwd"].fmt_us(),
                      f"**{st['eager fwd'].median / st['ext fwd'].median:.1f}x**", st["eager fwd+bwd"].fmt_us(),
                      st["ext fwd+bwd"].fmt_us(), f"**{st['eager fwd+bwd'].median / st['ext fwd+bwd'].median:.1f}x**",

@@ -560,6 +560,16 @@ def main(argv=None):
         target("RotLinear ext faster than PEFT OFT (Neumann)", "antipasto_rot/ext", f"oft_b{bsz}_neumann5/peft", 1.0)
         target("DPLRLinear ext within 1.15x of PEFT LoRA (equal rank)", "antipasto_dplr/ext",
                f"lora_r{cfg.lora_rank}/peft", 1.15)
+        if "antipasto_dplr/ext" in st_fb:  # issue #3: time overhead over nn.Linear <= 1.2x the FLOP overhead
+            n_tok, rr = N, min(cfg.r, d_in, d_out)
+            fl = lambda v: sum(o.flops for o in C.op_costs(v, n_tok, d_in, d_out, rr, k=cfg.lora_rank,  # noqa: E731
+                                                           bs=cfg.block_size))
+            flop_share = fl("antipasto_dplr") / fl("linear") - 1
+            time_share = st_fb["antipasto_dplr/ext"].median / st_fb["linear"].median - 1
+            r_ = time_share / flop_share
+            tg.append(["DPLRLinear time overhead over nn.Linear ≤ 1.2x its FLOP overhead",
+                       f"({time_share:+.1%} time) / ({flop_share:+.1%} FLOPs)", f"{r_:.2f}x", "≤ 1.20x",
+                       C.target_status(r_, 1.2, st_fb["antipasto_dplr/ext"], st_fb["linear"])])
         targets.extend([[shape_name] + t for t in tg])
         md.append("\n**Ratios** (median / median; < 1 means the left side is faster)\n")
         md.append(C.md_table(["pair", "what", "fwd", "fwd+bwd", "MAC ratio (fwd)"], pr))
