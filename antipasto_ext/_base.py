@@ -18,7 +18,7 @@ def check_int_range(name: str, value, lo: int, hi: int):
 class SVDAdapter(nn.Module):
     """Base of the variants: ``out = x W_res^T + b + core(x Vh^T) U^T``.
 
-    Subclasses define ``_make_params``, ``_project`` (the ext backend's projection + r-space core) and
+    Subclasses define ``_make_params``, ``_layer`` (the ext backend's layer op with the variant's core) and
     ``_eager`` (the reference forward). ``in_basis`` names the input-side basis buffer ("Vh", or
     "P" for CorDA).
     """
@@ -160,19 +160,14 @@ class SVDAdapter(nn.Module):
             self._calibration_update(x)
         if self.backend == "eager":
             return self._eager(x)
-        x2 = x.reshape(-1, self.in_features)
-        basis = getattr(self, self.in_basis)
-        if torch.is_autocast_enabled(x.device.type):  # F.linear casts under autocast; the projection op does not
+        frozen = (x.reshape(-1, self.in_features), self.weight, self.bias, self.U, getattr(self, self.in_basis))
+        if torch.is_autocast_enabled(x.device.type):  # as F.linear would: every GEMM operand in the autocast dtype
             dtype = torch.get_autocast_dtype(x.device.type)
-            h = self._project(x2.to(dtype), basis.to(dtype))
-        else:
-            h = self._project(x2, basis)
-        base = torch.nn.functional.linear(x2, self.weight, self.bias)
-        out = torch.addmm(base, h, self.U.t())  # beta = 1: the adapter accumulates into the frozen path
-        return out.reshape(*x.shape[:-1], self.out_features)
+            frozen = tuple(None if t is None else t.to(dtype) for t in frozen)
+        return self._layer(*frozen).reshape(*x.shape[:-1], self.out_features)
 
-    def _project(self, x2: torch.Tensor, basis: torch.Tensor) -> torch.Tensor:
-        """h = core(x2 basis^T) through the variant's projection op (one node; fused kernel where it pays)."""
+    def _layer(self, x2, W, bias, U, basis) -> torch.Tensor:
+        """x2 W^T + bias + core(x2 basis^T) U^T through the variant's layer op (one op, one autograd node)."""
         raise NotImplementedError
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:

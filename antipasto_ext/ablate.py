@@ -32,9 +32,9 @@ class AblateLinear(SVDAdapter):
         M = torch.eye(self.r, dtype=self.S.dtype, device=self.S.device) - coeff * (C_hat * self.alpha.to(self.S.dtype).clamp(0, 1)) @ C_hat.T
         return M * self.S
 
-    def _project(self, x2, basis):
-        return ops.project_ablate(x2, basis, self.S, reference.ablation_basis(self.c), self.alpha.clamp(0, 1),
-                                  self.coeff)
+    def _layer(self, x2, W, bias, U, basis):
+        return ops.layer_ablate(x2, W, bias, U, basis, self.S, reference.ablation_basis(self.c),
+                                self.alpha.clamp(0, 1), self.coeff)
 
     def _eager(self, x):
         return reference.antipasto_ablate(x, self.weight, self.bias, self.U, self.S, self.Vh, self.c, self.alpha,

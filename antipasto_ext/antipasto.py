@@ -14,8 +14,8 @@ class AntiPaSTOLinear(SVDAdapter):
         self.suppress_only = bool(suppress_only)
         self.g = nn.Parameter(torch.zeros(r, dtype=self.S.dtype, device=self.S.device))
 
-    def _project(self, x2, basis):
-        return ops.project_gain(x2, basis, self.S, self.g, self.coeff, self.suppress_only)
+    def _layer(self, x2, W, bias, U, basis):
+        return ops.layer_gain(x2, W, bias, U, basis, self.S, self.g, self.coeff, self.suppress_only)
 
     def core_matrix(self, coeff=None):
         """C = diag(S_eff) (Delta W = U C Vh)."""

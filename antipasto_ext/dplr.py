@@ -23,8 +23,8 @@ class DPLRLinear(AntiPaSTOLinear):
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.B = nn.Parameter(torch.zeros(r, lora_rank, **kw))
 
-    def _project(self, x2, basis):
-        return ops.project_dplr(x2, basis, self.S, self.g, self.A, self.B, self.coeff, self.suppress_only)
+    def _layer(self, x2, W, bias, U, basis):
+        return ops.layer_dplr(x2, W, bias, U, basis, self.S, self.g, self.A, self.B, self.coeff, self.suppress_only)
 
     def core_matrix(self, coeff=None):
         """C = diag(S_eff) + coeff B A."""

@@ -64,30 +64,32 @@ def ablate_core(p, S, C, a, coeff: float = 1.0):
     return _ops.ablate_core(p, S, C, a, float(coeff))
 
 
-# ------------------------------------------------------------------------------------------ projection
-# h = core(x Vh^T) as one op (and one autograd node): on CUDA the fused tensor-core kernel for 16-bit
-# activations and few rows (the decode path), else cuBLAS / the CPU BLAS and the core kernel; p = x Vh^T
-# is kept for backward only when autograd records the call. x is (tokens, d_in), Vh (r, d_in).
+# ------------------------------------------------------------------------------------------ layer ops
+# The whole adapter layer y = x W^T + b + core(x Vh^T) U^T as one op and one autograd node, x (tokens, d_in),
+# W (d_out, d_in), bias (d_out) or None, U (d_out, r), Vh (r, d_in), all in x's dtype. h = core(x Vh^T) runs
+# the fused tensor-core kernel on CUDA for 16-bit activations and few rows (the decode path), else the BLAS
+# GEMM and the core kernel; the output GEMM accumulates into the frozen one (beta = 1), and in backward
+# dx = dY W + dp Vh is one GEMM accumulated into the other. p = x Vh^T is kept only when autograd records.
 
 
-def project_gain(x, Vh, S, g, coeff: float = 1.0, suppress_only: bool = False):
-    """gain_core(x Vh^T, S, g, coeff, suppress_only)."""
-    return _ops.project_gain(x, Vh, S, g, float(coeff), bool(suppress_only), False)[0]
+def layer_gain(x, W, bias, U, Vh, S, g, coeff: float = 1.0, suppress_only: bool = False):
+    """antipasto / corda layer: h = gain_core(x Vh^T, S, g, coeff, suppress_only)."""
+    return _ops.layer_gain(x, W, bias, U, Vh, S, g, float(coeff), bool(suppress_only), False)[0]
 
 
-def project_rot(x, Vh, S, delta_s, R, coeff: float = 1.0, rotate_basis: str = "V"):
-    """rot_core(x Vh^T, S, delta_s, R, coeff, rotate_basis)."""
-    return _ops.project_rot(x, Vh, S, delta_s, R, float(coeff), ROT_SIDES[rotate_basis], False)[0]
+def layer_rot(x, W, bias, U, Vh, S, delta_s, R, coeff: float = 1.0, rotate_basis: str = "V"):
+    """antipasto_rot layer: h = rot_core(x Vh^T, S, delta_s, R, coeff, rotate_basis)."""
+    return _ops.layer_rot(x, W, bias, U, Vh, S, delta_s, R, float(coeff), ROT_SIDES[rotate_basis], False)[0]
 
 
-def project_dplr(x, Vh, S, g, A, B, coeff: float = 1.0, suppress_only: bool = False):
-    """dplr_core(x Vh^T, S, g, A, B, coeff, suppress_only)."""
-    return _ops.project_dplr(x, Vh, S, g, A, B, float(coeff), bool(suppress_only), False)[0]
+def layer_dplr(x, W, bias, U, Vh, S, g, A, B, coeff: float = 1.0, suppress_only: bool = False):
+    """antipasto_dplr layer: h = dplr_core(x Vh^T, S, g, A, B, coeff, suppress_only)."""
+    return _ops.layer_dplr(x, W, bias, U, Vh, S, g, A, B, float(coeff), bool(suppress_only), False)[0]
 
 
-def project_ablate(x, Vh, S, C, a, coeff: float = 1.0):
-    """ablate_core(x Vh^T, S, C, a, coeff)."""
-    return _ops.project_ablate(x, Vh, S, C, a, float(coeff), False)[0]
+def layer_ablate(x, W, bias, U, Vh, S, C, a, coeff: float = 1.0):
+    """antipasto_ablate layer: h = ablate_core(x Vh^T, S, C, a, coeff)."""
+    return _ops.layer_ablate(x, W, bias, U, Vh, S, C, a, float(coeff), False)[0]
 
 
 # ------------------------------------------------------------------------------------------ autograd
@@ -130,10 +132,10 @@ def _fake_ablate_backward(grad_h, p, S, C, a, coeff):
     return p.new_empty(p.shape), C.new_empty(C.shape), a.new_empty(a.shape)
 
 
-def _fake_project(x, Vh, *args):
+def _fake_layer(x, W, bias, U, Vh, *args):
     need_p = args[-1]
     n, r = x.shape[0], Vh.shape[0]
-    return x.new_empty(n, r), x.new_empty(n if need_p else 0, r)
+    return x.new_empty(n, W.shape[0]), x.new_empty(n if need_p else 0, r)
 
 
 def _register():
@@ -149,7 +151,7 @@ def _register():
     lib.register_fake("antipasto_ext::rot_core_backward", _fake_rot_backward)
     lib.register_fake("antipasto_ext::ablate_core_backward", _fake_ablate_backward)
     for name in ("gain", "rot", "dplr", "ablate"):
-        lib.register_fake(f"antipasto_ext::project_{name}", _fake_project)
+        lib.register_fake(f"antipasto_ext::layer_{name}", _fake_layer)
 
 
 if ext_loaded:

@@ -47,9 +47,9 @@ class RotLinear(SVDAdapter):
         R = torch.block_diag(*reference.cayley_blocks(self.rot_T.to(ct), self.block_size, self.max_rotation_angle, coeff))
         return s_eff[:, None] * R if self.rotate_basis == "V" else R.T * s_eff
 
-    def _project(self, x2, basis):
+    def _layer(self, x2, W, bias, U, basis):
         R = self.S.new_empty(0) if self.rot_T is None else self.rotation()
-        return ops.project_rot(x2, basis, self.S, self.delta_s, R, self.coeff, self.rotate_basis)
+        return ops.layer_rot(x2, W, bias, U, basis, self.S, self.delta_s, R, self.coeff, self.rotate_basis)
 
     def _eager(self, x):
         return reference.antipasto_rot(x, self.weight, self.bias, self.U, self.S, self.Vh, self.delta_s, self.rot_T,

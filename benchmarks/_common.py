@@ -558,11 +558,17 @@ def op_costs(variant: str, N: int, d_in: int, d_out: int, r: int, k: int = 8, bs
         "antipasto_rot": (N * r + 2 * N * r * bs, "N r + 2 N r bs", 3 * N * r + 4 * N * r * bs, "3 N r + 4 N r bs"),
     }[variant]
     ops.append(OpCost("core h = f(p)", "fwd", core[0], 2 * e * N * r, core[1]))
-    # the projection op runs the two rows above as one kernel where it fuses (p written only for backward)
-    ops.append(OpCost("h = core(x Vh^T) fused", "fwd (one op)", 2 * N * d_in * r + core[0],
+    # the fused projection kernel (CUDA, 16-bit, few rows) runs the two rows above as one (p written only for
+    # backward); not timed alone (it lives inside the layer op: see the "layer op" row and the dispatch section)
+    ops.append(OpCost("h = core(x Vh^T) fused", "fwd (one kernel)", 2 * N * d_in * r + core[0],
                       e * (N * d_in + r * d_in + (2 if training else 1) * N * r), f"2 N din r + {core[1]}"))
     ops.append(OpCost("out = base + h U^T", "fwd", 2 * N * r * d_out, e * (N * r + r * d_out + 2 * N * d_out),
                       "2 N r dout"))
+    # the layer op: all of the forward above in one op call (minimum bytes: x, W_res, Vh, U, y once, p if kept)
+    ops.append(OpCost("layer op (whole forward)", "fwd (one op)",
+                      2 * N * d_in * d_out + 2 * N * d_in * r + core[0] + 2 * N * r * d_out,
+                      e * (N * d_in + d_in * d_out + r * d_in + r * d_out + N * d_out + (N * r if training else 0)),
+                      f"2 N din dout + 2 N r (din + dout) + {core[1]}"))
     if variant == "antipasto_rot":
         nb = r // bs
         ops.append(OpCost("block_cayley", "per-call", nb * 2 * bs ** 3, f4 * nb * (bs * (bs - 1) // 2 + bs * bs),

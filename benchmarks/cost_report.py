@@ -165,12 +165,11 @@ def measured_op_times(lin, args, cfg, split_cache, device, dtype, N):
         "core bwd antipasto_dplr": lambda: T.dplr_core_backward(h, p, S, g, A, B, 1.0, False),
         "core bwd antipasto_rot": lambda: T.rot_core_backward(h, p, S, ds, R, 1.0, 1),
         "core bwd antipasto_ablate": lambda: T.ablate_core_backward(h, p, S, Cb, a, 1.0),
-        # the projection op as a layer calls it (with p kept, as in training); the fused kernel on CUDA at
-        # <= ANTIPASTO_EXT_FUSED_PROJECTION_ROWS rows in 16-bit, else the two rows above
-        "project antipasto": lambda: T.project_gain(x, Vh, S, g, 1.0, False, True),
-        "project antipasto_dplr": lambda: T.project_dplr(x, Vh, S, g, A, B, 1.0, False, True),
-        "project antipasto_rot": lambda: T.project_rot(x, Vh, S, ds, R, 1.0, 1, True),
-        "project antipasto_ablate": lambda: T.project_ablate(x, Vh, S, Cb, a, 1.0, True),
+        # the layer op as a module calls it in training (p kept): every forward row above in one call
+        "layer op antipasto": lambda: T.layer_gain(x, W_res, None, U, Vh, S, g, 1.0, False, True),
+        "layer op antipasto_dplr": lambda: T.layer_dplr(x, W_res, None, U, Vh, S, g, A, B, 1.0, False, True),
+        "layer op antipasto_rot": lambda: T.layer_rot(x, W_res, None, U, Vh, S, ds, R, 1.0, 1, True),
+        "layer op antipasto_ablate": lambda: T.layer_ablate(x, W_res, None, U, Vh, S, Cb, a, 1.0, True),
         "block_cayley fwd": lambda: T.block_cayley(rot_T, bs, 0.5, 1.0),
         "block_cayley bwd": lambda: T.block_cayley_backward(R, R, rot_T, bs, 0.5, 1.0),
     }
@@ -212,12 +211,12 @@ def roofline_section(args, cfg, device, dtype, rates, measured, shape_name, d_in
     Hd, Hr, Hk, HN = 4096, 256, 8, 8192
     seen, rows = set(), []
     names_map = {"core h = f(p)": "core fwd {v}", "core backward": "core bwd {v}", "block_cayley": "block_cayley fwd",
-                 "block_cayley backward": "block_cayley bwd", "h = core(x Vh^T) fused": "project {v}"}
+                 "block_cayley backward": "block_cayley bwd", "layer op (whole forward)": "layer op {v}"}
     for v in ("antipasto", "antipasto_dplr", "antipasto_ablate", "antipasto_rot", "lora", "oft", "linear"):
         here = C.op_costs(v, N, d_in, d_out, r, k=(cfg.ablate_k if v == "antipasto_ablate" else k), bs=bs, e=e)
         h100 = C.op_costs(v, HN, Hd, Hd, Hr, k=Hk, bs=bs, e=2)
         for oc, hc in zip(here, h100):
-            key = oc.op if not oc.op.startswith(("core", "block", "h = core")) else f"{oc.op} [{v}]"
+            key = oc.op if not oc.op.startswith(("core", "block", "h = core", "layer op")) else f"{oc.op} [{v}]"
             if v in ("lora", "oft", "linear"):
                 key = f"{oc.op} [{v}]"
             if key in seen or (v != "linear" and oc.op in ("x W^T", "dx = dY W")):
@@ -300,9 +299,9 @@ FUSED_ROWS_ENV = "ANTIPASTO_EXT_FUSED_PROJECTION_ROWS"
 
 
 def dispatch_section(args, cfg, device, dtype, split_cache):
-    """Times the projection op (h = core(x Vh^T), p kept as in training) on both CUDA paths per row count
-    — the fused kernel and cuBLAS + the core kernel — and reports the crossover the dispatch threshold
-    should be set to. The fused kernel exists for CUDA bf16 / f16 only."""
+    """Times the layer op (p kept, as in training) with each CUDA path of its projection h = core(x Vh^T)
+    per row count — the fused kernel, and cuBLAS + the core kernel — and reports the crossover the
+    dispatch threshold should be set to. The fused kernel exists for CUDA bf16 / f16 only."""
     title = "## Dispatch of the projection (fused kernel vs cuBLAS + core kernel)"
     if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
         return "\n".join([title, "", f"Not measured on this run ({device.type}, {str(dtype).split('.')[-1]}): the "
@@ -313,16 +312,16 @@ def dispatch_section(args, cfg, device, dtype, split_cache):
     d_in, d_out = C.SHAPES[shape_name]
     r = min(cfg.r, d_in, d_out)
     lin = C.make_linear(d_in, d_out, dtype, device)
-    Vh = C.svd_split_cached(lin, r, split_cache)[2].to(dtype).contiguous()
+    U, _, Vh, W = (t.to(dtype).contiguous() for t in C.svd_split_cached(lin, r, split_cache))
     f32 = dict(device=device, dtype=torch.float32)
     S, g = torch.rand(r, **f32) + 1, torch.randn(r, **f32) * 0.1
     A, B = torch.randn(cfg.lora_rank, r, **f32) * 0.1, torch.randn(r, cfg.lora_rank, **f32) * 0.1
     R = ops.block_cayley(torch.randn(r // cfg.block_size, cfg.block_size * (cfg.block_size - 1) // 2, **f32) * 0.1,
                          cfg.block_size)
     T = torch.ops.antipasto_ext
-    calls = {"gain": lambda x: T.project_gain(x, Vh, S, g, 1.0, False, True),
-             "rot V": lambda x: T.project_rot(x, Vh, S, g, R, 1.0, 1, True),
-             "dplr": lambda x: T.project_dplr(x, Vh, S, g, A, B, 1.0, False, True)}
+    calls = {"gain": lambda x: T.layer_gain(x, W, None, U, Vh, S, g, 1.0, False, True),
+             "rot V": lambda x: T.layer_rot(x, W, None, U, Vh, S, g, R, 1.0, 1, True),
+             "dplr": lambda x: T.layer_dplr(x, W, None, U, Vh, S, g, A, B, 1.0, False, True)}
 
     def on_path(fn, x, rows_env):
         def call():
@@ -359,7 +358,8 @@ def dispatch_section(args, cfg, device, dtype, split_cache):
         crossover[core] = DISPATCH_ROWS[k - 1] if k else 0
     hdr = ["rows", "core", "fused µs", "cuBLAS + core µs", "fused / cuBLAS", "faster"]
     text = [title + f" ({shape_name}: d_in {d_in}, r {r}, {str(dtype).split('.')[-1]})", "",
-            "One projection op call, p kept (training forward). Default dispatch: fused up to "
+            "One layer op call, p kept (training forward), with the fused projection kernel or cuBLAS + the core "
+            "kernel for h (the rest of the call is the same cuBLAS GEMMs). Default dispatch: fused up to "
             f"`{FUSED_ROWS_ENV}` = 16 rows. Measured crossover (largest row count up to which the fused kernel "
             "wins at every measured count): " + ", ".join(f"{c} {v}" for c, v in crossover.items())
             + f"; recommended setting: {min(crossover.values())}.", "", C.md_table(hdr, rows)]

@@ -5,6 +5,10 @@
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
+#include <array>
+#include <functional>
+#include <vector>
+
 namespace ax {
 namespace {
 
@@ -118,126 +122,169 @@ struct AblateCore : torch::autograd::Function<AblateCore> {
   }
 };
 
-// ---------------------------------------------------------------------------- projection ops
-// One node per layer for x -> h: forward runs the projection op with need_p (p is saved, not returned
-// to the caller's graph), backward runs the core's *_backward op on p, then dx = dp Vh (and dVh =
-// dp^T x), each only when asked for. The second output (p) is never differentiable.
+// --------------------------------------------------------------------------------- layer ops
+// One node per adapter layer. Forward runs the layer op with need_p (p = x Vh^T is saved, not handed to
+// the caller unless asked). Backward, each piece only when asked for:
+//   dh = dY U;  (dp, core parameter grads) = the core's *_backward op on p;
+//   dx = dY W + dp Vh   (one GEMM accumulated into the other: addmm_, no extra pass over dx);
+//   dW = dY^T x, dU = dY^T h (h recomputed from p), dVh = dp^T x (frozen in the modules), db = sum dY.
+// The Functions take the optional bias last: autograd numbers only the tensors that are present, so
+// every other input keeps its needs_input_grad index whether or not there is a bias.
 
-bool records(std::initializer_list<const T*> inputs) {
+using OptT = c10::optional<T>;
+
+bool records(std::initializer_list<const T*> inputs, const OptT& bias) {
   if (!at::GradMode::is_enabled()) return false;
   for (const T* t : inputs)
     if (t->defined() && t->requires_grad()) return true;
-  return false;
+  return bias.has_value() && bias->defined() && bias->requires_grad();
 }
 
-// {dx, dVh} from dp.
-std::pair<T, T> projection_input_grads(AutogradContext* ctx, const T& dp, const T& x, const T& Vh) {
-  const T dx = ctx->needs_input_grad(0) ? at::mm(dp, Vh) : T();
-  const T dVh = ctx->needs_input_grad(1) ? at::mm(dp.t(), x) : T();
-  return {dx, dVh};
-}
-
-// Calls Fn::apply(args...) when autograd records, else the op below autograd; returns (h, p).
+// Fn::apply(x, W, rest..., bias) when autograd records, else the op below autograd; returns (y, p).
 template <class Fn, class Sig, class... Args>
-T2 project_dispatch(const char* name, std::initializer_list<const T*> inputs, Args&&... args) {
-  if (records(inputs)) {
-    auto out = Fn::apply(std::forward<Args>(args)...);
+T2 layer_dispatch(const char* name, std::initializer_list<const T*> inputs, const T& x, const T& W, const OptT& bias,
+                  Args&&... rest) {
+  if (records(inputs, bias)) {
+    auto out = Fn::apply(x, W, std::forward<Args>(rest)..., bias);
     return {out[0], out[1]};
   }
   static auto fwd = op<Sig>(name);
   at::AutoDispatchBelowADInplaceOrView guard;
-  return fwd.call(std::forward<Args>(args)...);
+  return fwd.call(x, W, bias, std::forward<Args>(rest)...);
 }
 
-// Runs the op with need_p, keeps p for backward and hands the caller p only if it asked.
+// Runs the layer op with need_p = true, keeps p for backward, hands the caller p only if it asked.
 template <class Sig, class... Args>
-variable_list project_forward(AutogradContext* ctx, const char* name, bool need_p, Args&&... args) {
+variable_list layer_forward(AutogradContext* ctx, const char* name, bool need_p, const T& x, const T& W,
+                            const OptT& bias, Args&&... rest) {
   static auto fwd = op<Sig>(name);
   at::AutoDispatchBelowADInplaceOrView guard;
-  auto [h, p] = fwd.call(std::forward<Args>(args)..., true);
+  auto [y, p] = fwd.call(x, W, bias, std::forward<Args>(rest)..., true);
   ctx->saved_data["p"] = p;
   T p_out = need_p ? p : p.new_empty({0, p.size(1)});
   ctx->mark_non_differentiable({p_out});
-  return {h, p_out};
+  return {y, p_out};
 }
 
-using ProjGainSig = T2(const T&, const T&, const T&, const T&, double, bool, bool);
-using ProjRotSig = T2(const T&, const T&, const T&, const T&, const T&, double, int64_t, bool);
-using ProjDplrSig = T2(const T&, const T&, const T&, const T&, const T&, const T&, double, bool, bool);
-using ProjAblateSig = T2(const T&, const T&, const T&, const T&, const T&, double, bool);
+// Saved by every layer Function: x, W, U, Vh, S, then the core's parameters (inputs 0.. in that order).
+// Returns {dx, dW, dU, dVh} from dY, dp and (only for dU) h = core(p).
+std::array<T, 4> layer_input_grads(AutogradContext* ctx, const T& dY, const T& dp, const variable_list& s,
+                                   const std::function<T()>& h) {
+  const T &x = s[0], &W = s[1], &Vh = s[3];
+  return {ctx->needs_input_grad(0) ? at::mm(dY, W).addmm_(dp, Vh) : T(),
+          ctx->needs_input_grad(1) ? at::mm(dY.t(), x) : T(),
+          ctx->needs_input_grad(2) ? at::mm(dY.t(), h()) : T(),
+          ctx->needs_input_grad(3) ? at::mm(dp.t(), x) : T()};
+}
 
-struct ProjectGain : torch::autograd::Function<ProjectGain> {
-  static variable_list forward(AutogradContext* ctx, const T& x, const T& Vh, const T& S, const T& g, double coeff,
-                               bool suppress, bool need_p) {
-    ctx->save_for_backward({x, Vh, S, g});
+using LayerGainSig = T2(const T&, const T&, const OptT&, const T&, const T&, const T&, const T&, double, bool, bool);
+using LayerRotSig =
+    T2(const T&, const T&, const OptT&, const T&, const T&, const T&, const T&, const T&, double, int64_t, bool);
+using LayerDplrSig = T2(const T&, const T&, const OptT&, const T&, const T&, const T&, const T&, const T&, const T&,
+                        double, bool, bool);
+using LayerAblateSig =
+    T2(const T&, const T&, const OptT&, const T&, const T&, const T&, const T&, const T&, double, bool);
+
+struct LayerGain : torch::autograd::Function<LayerGain> {
+  static variable_list forward(AutogradContext* ctx, const T& x, const T& W, const T& U, const T& Vh, const T& S,
+                               const T& g, double coeff, bool suppress, bool need_p, const OptT& bias) {
+    ctx->save_for_backward({x, W, U, Vh, S, g});
     ctx->saved_data["coeff"] = coeff;
     ctx->saved_data["suppress"] = suppress;
-    return project_forward<ProjGainSig>(ctx, "antipasto_ext::project_gain", need_p, x, Vh, S, g, coeff, suppress);
+    ctx->saved_data["bias"] = bias.has_value() && bias->defined();
+    return layer_forward<LayerGainSig>(ctx, "antipasto_ext::layer_gain", need_p, x, W, bias, U, Vh, S, g, coeff,
+                                       suppress);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto fwd = op<T(const T&, const T&, const T&, double, bool)>("antipasto_ext::gain_core");
     static auto bwd = op<T2(const T&, const T&, const T&, const T&, double, bool)>("antipasto_ext::gain_core_backward");
     const auto s = ctx->get_saved_variables();
-    auto [dp, dg] = bwd.call(grads[0], ctx->saved_data.at("p").toTensor(), s[2], s[3],
-                             ctx->saved_data.at("coeff").toDouble(), ctx->saved_data.at("suppress").toBool());
-    auto [dx, dVh] = projection_input_grads(ctx, dp, s[0], s[1]);
-    return {dx, dVh, T(), dg, T(), T(), T()};
+    const T p = ctx->saved_data.at("p").toTensor(), dY = grads[0];
+    const double coeff = ctx->saved_data.at("coeff").toDouble();
+    const bool suppress = ctx->saved_data.at("suppress").toBool();
+    auto [dp, dg] = bwd.call(at::mm(dY, s[2]), p, s[4], s[5], coeff, suppress);
+    auto [dx, dW, dU, dVh] =
+        layer_input_grads(ctx, dY, dp, s, [&] { return fwd.call(p, s[4], s[5], coeff, suppress); });
+    const T db = ctx->saved_data.at("bias").toBool() && ctx->needs_input_grad(6) ? dY.sum(0) : T();
+    return {dx, dW, dU, dVh, T(), dg, T(), T(), T(), db};
   }
 };
 
-struct ProjectRot : torch::autograd::Function<ProjectRot> {
-  static variable_list forward(AutogradContext* ctx, const T& x, const T& Vh, const T& S, const T& delta_s,
-                               const T& R, double coeff, int64_t side, bool need_p) {
-    ctx->save_for_backward({x, Vh, S, delta_s, R});
+struct LayerRot : torch::autograd::Function<LayerRot> {
+  static variable_list forward(AutogradContext* ctx, const T& x, const T& W, const T& U, const T& Vh, const T& S,
+                               const T& delta_s, const T& R, double coeff, int64_t side, bool need_p,
+                               const OptT& bias) {
+    ctx->save_for_backward({x, W, U, Vh, S, delta_s, R});
     ctx->saved_data["coeff"] = coeff;
     ctx->saved_data["side"] = side;
-    return project_forward<ProjRotSig>(ctx, "antipasto_ext::project_rot", need_p, x, Vh, S, delta_s, R, coeff, side);
+    ctx->saved_data["bias"] = bias.has_value() && bias->defined();
+    return layer_forward<LayerRotSig>(ctx, "antipasto_ext::layer_rot", need_p, x, W, bias, U, Vh, S, delta_s, R,
+                                      coeff, side);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto fwd = op<T(const T&, const T&, const T&, const T&, double, int64_t)>("antipasto_ext::rot_core");
     static auto bwd = op<T3(const T&, const T&, const T&, const T&, const T&, double, int64_t)>(
         "antipasto_ext::rot_core_backward");
     const auto s = ctx->get_saved_variables();
-    auto [dp, dds, dR] = bwd.call(grads[0], ctx->saved_data.at("p").toTensor(), s[2], s[3], s[4],
-                                  ctx->saved_data.at("coeff").toDouble(), ctx->saved_data.at("side").toInt());
-    auto [dx, dVh] = projection_input_grads(ctx, dp, s[0], s[1]);
-    return {dx, dVh, T(), dds, ctx->needs_input_grad(4) ? dR : T(), T(), T(), T()};
+    const T p = ctx->saved_data.at("p").toTensor(), dY = grads[0];
+    const double coeff = ctx->saved_data.at("coeff").toDouble();
+    const int64_t side = ctx->saved_data.at("side").toInt();
+    auto [dp, dds, dR] = bwd.call(at::mm(dY, s[2]), p, s[4], s[5], s[6], coeff, side);
+    auto [dx, dW, dU, dVh] =
+        layer_input_grads(ctx, dY, dp, s, [&] { return fwd.call(p, s[4], s[5], s[6], coeff, side); });
+    const T db = ctx->saved_data.at("bias").toBool() && ctx->needs_input_grad(7) ? dY.sum(0) : T();
+    return {dx, dW, dU, dVh, T(), dds, ctx->needs_input_grad(6) ? dR : T(), T(), T(), T(), db};
   }
 };
 
-struct ProjectDplr : torch::autograd::Function<ProjectDplr> {
-  static variable_list forward(AutogradContext* ctx, const T& x, const T& Vh, const T& S, const T& g, const T& A,
-                               const T& B, double coeff, bool suppress, bool need_p) {
-    ctx->save_for_backward({x, Vh, S, g, A, B});
+struct LayerDplr : torch::autograd::Function<LayerDplr> {
+  static variable_list forward(AutogradContext* ctx, const T& x, const T& W, const T& U, const T& Vh, const T& S,
+                               const T& g, const T& A, const T& B, double coeff, bool suppress, bool need_p,
+                               const OptT& bias) {
+    ctx->save_for_backward({x, W, U, Vh, S, g, A, B});
     ctx->saved_data["coeff"] = coeff;
     ctx->saved_data["suppress"] = suppress;
-    return project_forward<ProjDplrSig>(ctx, "antipasto_ext::project_dplr", need_p, x, Vh, S, g, A, B, coeff,
-                                        suppress);
+    ctx->saved_data["bias"] = bias.has_value() && bias->defined();
+    return layer_forward<LayerDplrSig>(ctx, "antipasto_ext::layer_dplr", need_p, x, W, bias, U, Vh, S, g, A, B, coeff,
+                                       suppress);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto fwd =
+        op<T(const T&, const T&, const T&, const T&, const T&, double, bool)>("antipasto_ext::dplr_core");
     static auto bwd = op<T4(const T&, const T&, const T&, const T&, const T&, const T&, double, bool)>(
         "antipasto_ext::dplr_core_backward");
     const auto s = ctx->get_saved_variables();
-    auto [dp, dg, dA, dB] = bwd.call(grads[0], ctx->saved_data.at("p").toTensor(), s[2], s[3], s[4], s[5],
-                                     ctx->saved_data.at("coeff").toDouble(), ctx->saved_data.at("suppress").toBool());
-    auto [dx, dVh] = projection_input_grads(ctx, dp, s[0], s[1]);
-    return {dx, dVh, T(), dg, dA, dB, T(), T(), T()};
+    const T p = ctx->saved_data.at("p").toTensor(), dY = grads[0];
+    const double coeff = ctx->saved_data.at("coeff").toDouble();
+    const bool suppress = ctx->saved_data.at("suppress").toBool();
+    auto [dp, dg, dA, dB] = bwd.call(at::mm(dY, s[2]), p, s[4], s[5], s[6], s[7], coeff, suppress);
+    auto [dx, dW, dU, dVh] =
+        layer_input_grads(ctx, dY, dp, s, [&] { return fwd.call(p, s[4], s[5], s[6], s[7], coeff, suppress); });
+    const T db = ctx->saved_data.at("bias").toBool() && ctx->needs_input_grad(8) ? dY.sum(0) : T();
+    return {dx, dW, dU, dVh, T(), dg, dA, dB, T(), T(), T(), db};
   }
 };
 
-struct ProjectAblate : torch::autograd::Function<ProjectAblate> {
-  static variable_list forward(AutogradContext* ctx, const T& x, const T& Vh, const T& S, const T& C, const T& a,
-                               double coeff, bool need_p) {
-    ctx->save_for_backward({x, Vh, S, C, a});
+struct LayerAblate : torch::autograd::Function<LayerAblate> {
+  static variable_list forward(AutogradContext* ctx, const T& x, const T& W, const T& U, const T& Vh, const T& S,
+                               const T& C, const T& a, double coeff, bool need_p, const OptT& bias) {
+    ctx->save_for_backward({x, W, U, Vh, S, C, a});
     ctx->saved_data["coeff"] = coeff;
-    return project_forward<ProjAblateSig>(ctx, "antipasto_ext::project_ablate", need_p, x, Vh, S, C, a, coeff);
+    ctx->saved_data["bias"] = bias.has_value() && bias->defined();
+    return layer_forward<LayerAblateSig>(ctx, "antipasto_ext::layer_ablate", need_p, x, W, bias, U, Vh, S, C, a,
+                                         coeff);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static auto fwd = op<T(const T&, const T&, const T&, const T&, double)>("antipasto_ext::ablate_core");
     static auto bwd = op<T3(const T&, const T&, const T&, const T&, const T&, double)>(
         "antipasto_ext::ablate_core_backward");
     const auto s = ctx->get_saved_variables();
-    auto [dp, dC, da] = bwd.call(grads[0], ctx->saved_data.at("p").toTensor(), s[2], s[3], s[4],
-                                 ctx->saved_data.at("coeff").toDouble());
-    auto [dx, dVh] = projection_input_grads(ctx, dp, s[0], s[1]);
-    return {dx, dVh, T(), dC, da, T(), T()};
+    const T p = ctx->saved_data.at("p").toTensor(), dY = grads[0];
+    const double coeff = ctx->saved_data.at("coeff").toDouble();
+    auto [dp, dC, da] = bwd.call(at::mm(dY, s[2]), p, s[4], s[5], s[6], coeff);
+    auto [dx, dW, dU, dVh] = layer_input_grads(ctx, dY, dp, s, [&] { return fwd.call(p, s[4], s[5], s[6], coeff); });
+    const T db = ctx->saved_data.at("bias").toBool() && ctx->needs_input_grad(7) ? dY.sum(0) : T();
+    return {dx, dW, dU, dVh, T(), dC, da, T(), T(), db};
   }
 };
 
@@ -255,23 +302,25 @@ TORCH_LIBRARY_IMPL(antipasto_ext, Autograd, m) {
   m.impl("ablate_core", [](const T& p, const T& S, const T& C, const T& a, double c) {
     return AblateCore::apply(p, S, C, a, c);
   });
-  m.impl("project_gain", [](const T& x, const T& Vh, const T& S, const T& g, double c, bool s, bool need_p) {
-    return project_dispatch<ProjectGain, ProjGainSig>("antipasto_ext::project_gain", {&x, &Vh, &g}, x, Vh, S, g, c, s,
-                                                      need_p);
+  m.impl("layer_gain", [](const T& x, const T& W, const OptT& b, const T& U, const T& Vh, const T& S, const T& g,
+                          double c, bool s, bool need_p) {
+    return layer_dispatch<LayerGain, LayerGainSig>("antipasto_ext::layer_gain", {&x, &W, &U, &Vh, &g}, x, W, b, U, Vh,
+                                                   S, g, c, s, need_p);
   });
-  m.impl("project_rot", [](const T& x, const T& Vh, const T& S, const T& d, const T& R, double c, int64_t side,
-                           bool need_p) {
-    return project_dispatch<ProjectRot, ProjRotSig>("antipasto_ext::project_rot", {&x, &Vh, &d, &R}, x, Vh, S, d, R,
-                                                    c, side, need_p);
+  m.impl("layer_rot", [](const T& x, const T& W, const OptT& b, const T& U, const T& Vh, const T& S, const T& d,
+                         const T& R, double c, int64_t side, bool need_p) {
+    return layer_dispatch<LayerRot, LayerRotSig>("antipasto_ext::layer_rot", {&x, &W, &U, &Vh, &d, &R}, x, W, b, U, Vh,
+                                                 S, d, R, c, side, need_p);
   });
-  m.impl("project_dplr", [](const T& x, const T& Vh, const T& S, const T& g, const T& A, const T& B, double c, bool s,
-                            bool need_p) {
-    return project_dispatch<ProjectDplr, ProjDplrSig>("antipasto_ext::project_dplr", {&x, &Vh, &g, &A, &B}, x, Vh, S,
-                                                      g, A, B, c, s, need_p);
+  m.impl("layer_dplr", [](const T& x, const T& W, const OptT& b, const T& U, const T& Vh, const T& S, const T& g,
+                          const T& A, const T& B, double c, bool s, bool need_p) {
+    return layer_dispatch<LayerDplr, LayerDplrSig>("antipasto_ext::layer_dplr", {&x, &W, &U, &Vh, &g, &A, &B}, x, W, b,
+                                                   U, Vh, S, g, A, B, c, s, need_p);
   });
-  m.impl("project_ablate", [](const T& x, const T& Vh, const T& S, const T& C, const T& a, double c, bool need_p) {
-    return project_dispatch<ProjectAblate, ProjAblateSig>("antipasto_ext::project_ablate", {&x, &Vh, &C, &a}, x, Vh,
-                                                          S, C, a, c, need_p);
+  m.impl("layer_ablate", [](const T& x, const T& W, const OptT& b, const T& U, const T& Vh, const T& S, const T& C,
+                            const T& a, double c, bool need_p) {
+    return layer_dispatch<LayerAblate, LayerAblateSig>("antipasto_ext::layer_ablate", {&x, &W, &U, &Vh, &C, &a}, x, W,
+                                                       b, U, Vh, S, C, a, c, need_p);
   });
 }
 

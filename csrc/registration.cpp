@@ -36,15 +36,16 @@ TORCH_LIBRARY(antipasto_ext, m) {
   m.def("ablate_core(Tensor p, Tensor S, Tensor C, Tensor a, float coeff) -> Tensor");
   m.def("ablate_core_backward(Tensor grad_h, Tensor p, Tensor S, Tensor C, Tensor a, float coeff) "
         "-> (Tensor, Tensor, Tensor)");
-  // h = core(x Vh^T) and p = x Vh^T (an empty (0, r) tensor unless need_p); csrc/project_ops.h.
-  m.def("project_gain(Tensor x, Tensor Vh, Tensor S, Tensor g, float coeff, bool suppress_only, bool need_p) "
-        "-> (Tensor, Tensor)");
-  m.def("project_rot(Tensor x, Tensor Vh, Tensor S, Tensor delta_s, Tensor R, float coeff, int side, bool need_p) "
-        "-> (Tensor, Tensor)");
-  m.def("project_dplr(Tensor x, Tensor Vh, Tensor S, Tensor g, Tensor A, Tensor B, float coeff, bool suppress_only, "
-        "bool need_p) -> (Tensor, Tensor)");
-  m.def("project_ablate(Tensor x, Tensor Vh, Tensor S, Tensor C, Tensor a, float coeff, bool need_p) "
-        "-> (Tensor, Tensor)");
+  // The whole layer y = x W^T + b + core(x Vh^T) U^T, and p = x Vh^T (an empty (0, r) tensor unless
+  // need_p); csrc/layer_ops.h.
+  m.def("layer_gain(Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor g, float coeff, "
+        "bool suppress_only, bool need_p) -> (Tensor, Tensor)");
+  m.def("layer_rot(Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor delta_s, Tensor R, "
+        "float coeff, int side, bool need_p) -> (Tensor, Tensor)");
+  m.def("layer_dplr(Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor g, Tensor A, Tensor B, "
+        "float coeff, bool suppress_only, bool need_p) -> (Tensor, Tensor)");
+  m.def("layer_ablate(Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor C, Tensor a, "
+        "float coeff, bool need_p) -> (Tensor, Tensor)");
 }
 
 static PyObject* build_info(PyObject*, PyObject*) {

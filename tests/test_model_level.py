@@ -323,7 +323,7 @@ def test_merge_matches_unmerged(variant, dtype, monkeypatch):
     assert len(ax.merge(model)) == 9
     for m in ax.adapters(model).values():  # the merged forward is one F.linear: the core is never run
         assert m.merged and "merged" in repr(m)
-        monkeypatch.setattr(m, "_project", None)
+        monkeypatch.setattr(m, "_layer", None)
         monkeypatch.setattr(m, "_eager", None)
     torch.testing.assert_close(model(x), ref[0.7], **tol)
     with ax.steer(model, -1.0):  # coeff on a merged model re-merges, never stale

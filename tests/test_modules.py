@@ -199,7 +199,9 @@ def test_calibrate_selects_high_energy_directions(variant):
     torch.testing.assert_close((m.Vh @ weak.T).abs().sum(0), torch.ones(4), atol=1e-4, rtol=0)  # same subspace
     torch.testing.assert_close(m.weight + (m.U * m.S) @ m.Vh, lin.weight, atol=1e-5, rtol=0)
     if variant != "rot_V":  # rot is not the identity at init (delta_s)
-        torch.testing.assert_close(m(x), lin(x), atol=1e-3, rtol=1e-4)
+        # x W^T cancels heavily here (x lives on W's weakest directions): fp32 rounding scales with sum |W| |x|
+        cancel_scale = (x.abs() @ lin.weight.detach().abs().T).max().item()
+        torch.testing.assert_close(m(x), lin(x), atol=1e-5 * cancel_scale, rtol=1e-4)
 
 
 def test_corda_calibration_builds_covariance_basis():

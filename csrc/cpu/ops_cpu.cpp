@@ -13,7 +13,7 @@
 
 #include "csrc/kernels/rowcore.h"
 #include "csrc/ops.h"
-#include "csrc/project_ops.h"
+#include "csrc/layer_ops.h"
 
 namespace ax {
 namespace {
@@ -441,34 +441,27 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward_cpu(const at
 
 }  // namespace
 
-// ------------------------------------------------------------------------------- projection ops
-// Native engine: the CPU BLAS for p = x Vh^T, then the core above (csrc/project_ops.h, path "unfused").
+// ------------------------------------------------------------------------------------ layer ops
+// Native engine: the CPU BLAS for the GEMMs, the cores above for h (csrc/layer_ops.h, path "unfused").
 
-std::tuple<at::Tensor, at::Tensor> project_gain_cpu(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
-                                                    const at::Tensor& g, double coeff, bool suppress_only, bool need_p) {
-  if (use_emulated_engine()) return emulated::project_gain(x, Vh, S, g, coeff, suppress_only, need_p);
-  return project::project_gain<project::Unfused>(x, Vh, S, g, coeff, suppress_only, need_p);
+std::tuple<at::Tensor, at::Tensor> layer_gain_cpu(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g, double coeff, bool suppress_only, bool need_p) {
+  if (use_emulated_engine()) return emulated::layer_gain(x, W, bias, U, Vh, S, g, coeff, suppress_only, need_p);
+  return project::layer_gain<project::Unfused>(x, W, bias, U, Vh, S, g, coeff, suppress_only, need_p);
 }
 
-std::tuple<at::Tensor, at::Tensor> project_rot_cpu(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
-                                                   const at::Tensor& delta_s, const at::Tensor& R, double coeff,
-                                                   int64_t side, bool need_p) {
-  if (use_emulated_engine()) return emulated::project_rot(x, Vh, S, delta_s, R, coeff, side, need_p);
-  return project::project_rot<project::Unfused>(x, Vh, S, delta_s, R, coeff, side, need_p);
+std::tuple<at::Tensor, at::Tensor> layer_rot_cpu(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R, double coeff, int64_t side, bool need_p) {
+  if (use_emulated_engine()) return emulated::layer_rot(x, W, bias, U, Vh, S, delta_s, R, coeff, side, need_p);
+  return project::layer_rot<project::Unfused>(x, W, bias, U, Vh, S, delta_s, R, coeff, side, need_p);
 }
 
-std::tuple<at::Tensor, at::Tensor> project_dplr_cpu(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
-                                                    const at::Tensor& g, const at::Tensor& A, const at::Tensor& B,
-                                                    double coeff, bool suppress_only, bool need_p) {
-  if (use_emulated_engine()) return emulated::project_dplr(x, Vh, S, g, A, B, coeff, suppress_only, need_p);
-  return project::project_dplr<project::Unfused>(x, Vh, S, g, A, B, coeff, suppress_only, need_p);
+std::tuple<at::Tensor, at::Tensor> layer_dplr_cpu(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A, const at::Tensor& B, double coeff, bool suppress_only, bool need_p) {
+  if (use_emulated_engine()) return emulated::layer_dplr(x, W, bias, U, Vh, S, g, A, B, coeff, suppress_only, need_p);
+  return project::layer_dplr<project::Unfused>(x, W, bias, U, Vh, S, g, A, B, coeff, suppress_only, need_p);
 }
 
-std::tuple<at::Tensor, at::Tensor> project_ablate_cpu(const at::Tensor& x, const at::Tensor& Vh, const at::Tensor& S,
-                                                      const at::Tensor& C, const at::Tensor& a, double coeff,
-                                                      bool need_p) {
-  if (use_emulated_engine()) return emulated::project_ablate(x, Vh, S, C, a, coeff, need_p);
-  return project::project_ablate<project::Unfused>(x, Vh, S, C, a, coeff, need_p);
+std::tuple<at::Tensor, at::Tensor> layer_ablate_cpu(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& C, const at::Tensor& a, double coeff, bool need_p) {
+  if (use_emulated_engine()) return emulated::layer_ablate(x, W, bias, U, Vh, S, C, a, coeff, need_p);
+  return project::layer_ablate<project::Unfused>(x, W, bias, U, Vh, S, C, a, coeff, need_p);
 }
 
 TORCH_LIBRARY_IMPL(antipasto_ext, CPU, m) {
@@ -482,10 +475,10 @@ TORCH_LIBRARY_IMPL(antipasto_ext, CPU, m) {
   m.impl("rot_core_backward", &rot_core_backward_cpu);
   m.impl("ablate_core", &ablate_core_cpu);
   m.impl("ablate_core_backward", &ablate_core_backward_cpu);
-  m.impl("project_gain", &project_gain_cpu);
-  m.impl("project_rot", &project_rot_cpu);
-  m.impl("project_dplr", &project_dplr_cpu);
-  m.impl("project_ablate", &project_ablate_cpu);
+  m.impl("layer_gain", &layer_gain_cpu);
+  m.impl("layer_rot", &layer_rot_cpu);
+  m.impl("layer_dplr", &layer_dplr_cpu);
+  m.impl("layer_ablate", &layer_ablate_cpu);
 }
 
 }  // namespace ax

@@ -9,7 +9,7 @@
 #include <string>
 
 #include "csrc/kernel_ops.h"
-#include "csrc/project_ops.h"
+#include "csrc/layer_ops.h"
 
 namespace ax {
 namespace {
@@ -47,10 +47,10 @@ TORCH_LIBRARY_IMPL(antipasto_ext, CUDA, m) {
   m.impl("rot_core_backward", &glue::rot_core_backward<K>);
   m.impl("ablate_core", &glue::ablate_core<K>);
   m.impl("ablate_core_backward", &glue::ablate_core_backward<K>);
-  m.impl("project_gain", &project::project_gain<K>);
-  m.impl("project_rot", &project::project_rot<K>);
-  m.impl("project_dplr", &project::project_dplr<K>);
-  m.impl("project_ablate", &project::project_ablate<K>);
+  m.impl("layer_gain", &project::layer_gain<K>);
+  m.impl("layer_rot", &project::layer_rot<K>);
+  m.impl("layer_dplr", &project::layer_dplr<K>);
+  m.impl("layer_ablate", &project::layer_ablate<K>);
 }
 
 }  // namespace ax

@@ -1,7 +1,10 @@
-// Torch glue of the projection ops (schemas in csrc/registration.cpp): h = core(x Vh^T) for each core,
-// returning (h, p) with p = x Vh^T only when need_p (autograd sets it; else p is an empty (0, r) tensor).
+// Torch glue of the layer ops (schemas in csrc/registration.cpp): the whole adapter layer for each core,
+//   y = x W^T + b + h U^T,   h = core(x Vh^T),
+// returning (y, p) with p = x Vh^T only when need_p (autograd sets it; else p is an empty (0, r) tensor).
+// The frozen GEMM runs first (cuBLAS / the CPU BLAS, bias in its epilogue) and the adapter's output GEMM
+// accumulates into it (addmm_, beta = 1: no extra pass over y).
 //
-// Two paths, one result contract:
+// The projection h = core(x Vh^T) has two paths, one result contract:
 //   fused     the hand-written kernel of csrc/kernels/project.cuh (tensor-core projection, core in the
 //             epilogue, split-K for decode), on a backend B that has one and for the shapes it takes;
 //   unfused   p = at::mm(x, Vh^T) (cuBLAS / the CPU BLAS) and the registered core op on p.
@@ -70,6 +73,35 @@ std::tuple<T, T> fused(const T& x, const T& Vh, ProjectCore c, bool need_p, cons
   return {h, p};
 }
 
+// W (d_out, d_in), bias (d_out) or none, U (d_out, r): x's dtype and device.
+inline void check_layer_args(const T& x, const T& W, const c10::optional<T>& bias, const T& U, const T& Vh,
+                             const T& S) {
+  check_project_args(x, Vh, S);
+  auto same = [&](const T& t, const char* name) {
+    TORCH_CHECK(t.scalar_type() == x.scalar_type(), "antipasto_ext: ", name, " has dtype ", t.scalar_type(),
+                " but x has ", x.scalar_type());
+    TORCH_CHECK(t.device() == x.device(), "antipasto_ext: ", name, " is on ", t.device(), " but x is on ", x.device());
+  };
+  TORCH_CHECK(W.dim() == 2 && W.size(1) == x.size(1), "antipasto_ext: W must have shape (d_out, d_in) with d_in = ",
+              x.size(1), ", got ", W.sizes());
+  same(W, "W");
+  const int64_t d_out = W.size(0);
+  TORCH_CHECK(U.dim() == 2 && U.size(0) == d_out && U.size(1) == Vh.size(0),
+              "antipasto_ext: U must have shape (d_out, r) = (", d_out, ", ", Vh.size(0), "), got ", U.sizes());
+  same(U, "U");
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == d_out, "antipasto_ext: bias must have shape (", d_out,
+                "), got ", bias->sizes());
+    same(*bias, "bias");
+  }
+}
+
+// y = x W^T + b + h U^T: the frozen GEMM (bias in its epilogue), then the adapter's GEMM accumulated into it.
+inline T layer_output(const T& x, const T& W, const c10::optional<T>& bias, const T& U, const T& h) {
+  T y = bias.has_value() && bias->defined() ? at::addmm(*bias, x, W.t()) : at::mm(x, W.t());
+  return y.addmm_(h, U.t());
+}
+
 inline std::tuple<T, T> unfused_result(const T& h, const T& p, bool need_p) {
   return {h, need_p ? p : no_p(p, p.size(1))};
 }
@@ -135,6 +167,40 @@ std::tuple<T, T> project_ablate(const T& x, const T& Vh, const T& S, const T& C,
   static auto core = op<T(const T&, const T&, const T&, const T&, double)>("antipasto_ext::ablate_core");
   const T p = at::mm(x, Vh.t());
   return unfused_result(core.call(p, S, C, a, coeff), p, need_p);
+}
+
+// ------------------------------------------------------------------------------------ layer ops
+
+template <class B>
+std::tuple<T, T> layer_gain(const T& x, const T& W, const c10::optional<T>& bias, const T& U, const T& Vh, const T& S,
+                            const T& g, double coeff, bool suppress_only, bool need_p) {
+  check_layer_args(x, W, bias, U, Vh, S);
+  auto [h, p] = project_gain<B>(x, Vh, S, g, coeff, suppress_only, need_p);
+  return {layer_output(x, W, bias, U, h), p};
+}
+
+template <class B>
+std::tuple<T, T> layer_rot(const T& x, const T& W, const c10::optional<T>& bias, const T& U, const T& Vh, const T& S,
+                           const T& delta_s, const T& R, double coeff, int64_t side, bool need_p) {
+  check_layer_args(x, W, bias, U, Vh, S);
+  auto [h, p] = project_rot<B>(x, Vh, S, delta_s, R, coeff, side, need_p);
+  return {layer_output(x, W, bias, U, h), p};
+}
+
+template <class B>
+std::tuple<T, T> layer_dplr(const T& x, const T& W, const c10::optional<T>& bias, const T& U, const T& Vh, const T& S,
+                            const T& g, const T& A, const T& B_, double coeff, bool suppress_only, bool need_p) {
+  check_layer_args(x, W, bias, U, Vh, S);
+  auto [h, p] = project_dplr<B>(x, Vh, S, g, A, B_, coeff, suppress_only, need_p);
+  return {layer_output(x, W, bias, U, h), p};
+}
+
+template <class B>
+std::tuple<T, T> layer_ablate(const T& x, const T& W, const c10::optional<T>& bias, const T& U, const T& Vh,
+                              const T& S, const T& C, const T& a, double coeff, bool need_p) {
+  check_layer_args(x, W, bias, U, Vh, S);
+  auto [h, p] = project_ablate<B>(x, Vh, S, C, a, coeff, need_p);
+  return {layer_output(x, W, bias, U, h), p};
 }
 
 }  // namespace project
