@@ -15,6 +15,7 @@
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <array>
 #include <tuple>
 
 #include "csrc/kernels/api.h"
@@ -32,36 +33,34 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
 
 // The CPU ops' native engine: no fused kernel, the unfused path on the C++ CPU cores.
 struct Unfused {
-  struct Guard {
-    explicit Guard(const at::Device&) {}
-  };
-  static bool fuse_rows(int64_t) { return false; }
-  static void project_core_forward(DType, const void*, const void*, int64_t, int64_t, int64_t, const ProjectCore&,
-                                   void*, void*, void*, void*) {}
-  static void* stream(const T&) { return nullptr; }
+  static constexpr bool has_fused_kernel = false;
 };
 
 inline bool aligned16(const T& t) { return reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0; }
 
 template <class B>
-bool fused_fits(const T& x, const T& Vh, int64_t k) {
+bool fused_fits(const T& x, const T& Vh, const ProjectCore& c) {
   const auto dt = x.scalar_type();
   const int64_t r = Vh.size(0), d_in = x.size(1);
+  const bool lowrank = c.kind == kProjectDplr || c.kind == kProjectAblate;
   return (dt == at::kBFloat16 || dt == at::kHalf) && x.is_contiguous() && Vh.is_contiguous() && aligned16(x) &&
-         aligned16(Vh) && d_in % 8 == 0 && r <= kProjectMaxR && k <= kProjectMaxLowRank && B::fuse_rows(x.size(0));
+         aligned16(Vh) && d_in % 8 == 0 && r <= kProjectMaxR && (!lowrank || (c.k >= 1 && c.k <= kProjectMaxLowRank)) &&
+         B::fuse_rows(x.size(0));
 }
 
 inline T no_p(const T& x, int64_t r) { return at::empty({0, r}, x.options()); }
 
+// The core's parameters in the ProjectCore slots S, g, R, A, B, a (undefined where the core has none).
+using CoreParams = std::array<T, 6>;
+
 // The fused kernel on float copies of the core's parameters (c's pointers are filled from them).
 template <class B>
-std::tuple<T, T> fused(const T& x, const T& Vh, ProjectCore c, bool need_p, const T& S, const T& g, const T& R,
-                       const T& A, const T& B_, const T& a) {
+std::tuple<T, T> fused(const T& x, const T& Vh, ProjectCore c, bool need_p, const CoreParams& params) {
   typename B::Guard guard(x.device());
-  auto f32 = [](const T& t) { return t.defined() ? t.to(at::kFloat).contiguous() : t; };
-  const T Sf = f32(S), gf = f32(g), Rf = f32(R), Af = f32(A), Bf = f32(B_), af = f32(a);
+  CoreParams f;
+  for (size_t i = 0; i < f.size(); ++i) f[i] = params[i].defined() ? params[i].to(at::kFloat).contiguous() : T();
   auto ptr = [](const T& t) -> const void* { return t.defined() ? t.data_ptr() : nullptr; };
-  c.S = ptr(Sf), c.g = ptr(gf), c.R = ptr(Rf), c.A = ptr(Af), c.B = ptr(Bf), c.a = ptr(af);
+  c.S = ptr(f[0]), c.g = ptr(f[1]), c.R = ptr(f[2]), c.A = ptr(f[3]), c.B = ptr(f[4]), c.a = ptr(f[5]);
   const int64_t n = x.size(0), d_in = x.size(1), r = Vh.size(0);
   T h = at::empty({n, r}, x.options());
   T p = need_p ? at::empty({n, r}, x.options()) : no_p(x, r);
@@ -71,6 +70,17 @@ std::tuple<T, T> fused(const T& x, const T& Vh, ProjectCore c, bool need_p, cons
                           d_in, r, c, h.data_ptr(), need_p ? p.data_ptr() : nullptr,
                           ws.defined() ? ws.data_ptr() : nullptr, B::stream(x));
   return {h, p};
+}
+
+// (h, p): the fused kernel where B has it and it fits, else p = x Vh^T by the BLAS and h = core_on_p(p).
+template <class B, class CoreOnP>
+std::tuple<T, T> project(const T& x, const T& Vh, const ProjectCore& c, bool need_p, const CoreParams& params,
+                         const CoreOnP& core_on_p) {
+  if constexpr (B::has_fused_kernel) {
+    if (fused_fits<B>(x, Vh, c)) return fused<B>(x, Vh, c, need_p, params);
+  }
+  const T p = at::mm(x, Vh.t());
+  return {core_on_p(p), need_p ? p : no_p(p, p.size(1))};
 }
 
 // W (d_out, d_in), bias (d_out) or none, U (d_out, r): x's dtype and device.
@@ -102,23 +112,16 @@ inline T layer_output(const T& x, const T& W, const c10::optional<T>& bias, cons
   return y.addmm_(h, U.t());
 }
 
-inline std::tuple<T, T> unfused_result(const T& h, const T& p, bool need_p) {
-  return {h, need_p ? p : no_p(p, p.size(1))};
-}
-
 template <class B>
 std::tuple<T, T> project_gain(const T& x, const T& Vh, const T& S, const T& g, double coeff, bool suppress_only,
                               bool need_p) {
   check_project_args(x, Vh, S);
   check_params(S, x.device(), {{"g", g, {S.size(0)}}});
-  if (fused_fits<B>(x, Vh, 0)) {
-    ProjectCore c;
-    c.kind = kProjectGain, c.coeff = coeff, c.suppress_only = suppress_only;
-    return fused<B>(x, Vh, c, need_p, S, g, T(), T(), T(), T());
-  }
   static auto core = op<T(const T&, const T&, const T&, double, bool)>("antipasto_ext::gain_core");
-  const T p = at::mm(x, Vh.t());
-  return unfused_result(core.call(p, S, g, coeff, suppress_only), p, need_p);
+  ProjectCore c;
+  c.kind = kProjectGain, c.coeff = coeff, c.suppress_only = suppress_only;
+  return project<B>(x, Vh, c, need_p, {S, g, T(), T(), T(), T()},
+                    [&](const T& p) { return core.call(p, S, g, coeff, suppress_only); });
 }
 
 template <class B>
@@ -126,14 +129,11 @@ std::tuple<T, T> project_rot(const T& x, const T& Vh, const T& S, const T& delta
                              int64_t side, bool need_p) {
   check_project_args(x, Vh, S);
   check_rot_params(S, delta_s, R, side, x.device());
-  if (fused_fits<B>(x, Vh, 0)) {
-    ProjectCore c;
-    c.kind = kProjectRot, c.side = side, c.bs = side == kRotNone ? 1 : R.size(1), c.coeff = coeff;
-    return fused<B>(x, Vh, c, need_p, S, delta_s, side == kRotNone ? T() : R, T(), T(), T());
-  }
   static auto core = op<T(const T&, const T&, const T&, const T&, double, int64_t)>("antipasto_ext::rot_core");
-  const T p = at::mm(x, Vh.t());
-  return unfused_result(core.call(p, S, delta_s, R, coeff, side), p, need_p);
+  ProjectCore c;
+  c.kind = kProjectRot, c.side = side, c.bs = side == kRotNone ? 1 : R.size(1), c.coeff = coeff;
+  return project<B>(x, Vh, c, need_p, {S, delta_s, side == kRotNone ? T() : R, T(), T(), T()},
+                    [&](const T& p) { return core.call(p, S, delta_s, R, coeff, side); });
 }
 
 template <class B>
@@ -142,15 +142,12 @@ std::tuple<T, T> project_dplr(const T& x, const T& Vh, const T& S, const T& g, c
   check_project_args(x, Vh, S);
   const int64_t r = S.size(0), k = A.dim() == 2 ? A.size(0) : 0;
   check_params(S, x.device(), {{"g", g, {r}}, {"A", A, {k, r}}, {"B", B_, {r, k}}});
-  if (k >= 1 && fused_fits<B>(x, Vh, k)) {
-    ProjectCore c;
-    c.kind = kProjectDplr, c.k = k, c.coeff = coeff, c.suppress_only = suppress_only;
-    return fused<B>(x, Vh, c, need_p, S, g, T(), A, B_, T());
-  }
   static auto core =
       op<T(const T&, const T&, const T&, const T&, const T&, double, bool)>("antipasto_ext::dplr_core");
-  const T p = at::mm(x, Vh.t());
-  return unfused_result(core.call(p, S, g, A, B_, coeff, suppress_only), p, need_p);
+  ProjectCore c;
+  c.kind = kProjectDplr, c.k = k, c.coeff = coeff, c.suppress_only = suppress_only;
+  return project<B>(x, Vh, c, need_p, {S, g, T(), A, B_, T()},
+                    [&](const T& p) { return core.call(p, S, g, A, B_, coeff, suppress_only); });
 }
 
 template <class B>
@@ -159,14 +156,11 @@ std::tuple<T, T> project_ablate(const T& x, const T& Vh, const T& S, const T& C,
   check_project_args(x, Vh, S);
   const int64_t r = S.size(0), k = C.dim() == 2 ? C.size(1) : 0;
   check_params(S, x.device(), {{"C", C, {r, k}}, {"a", a, {k}}});
-  if (k >= 1 && fused_fits<B>(x, Vh, k)) {
-    ProjectCore c;
-    c.kind = kProjectAblate, c.k = k, c.coeff = coeff;
-    return fused<B>(x, Vh, c, need_p, S, T(), T(), C, C, a);
-  }
   static auto core = op<T(const T&, const T&, const T&, const T&, double)>("antipasto_ext::ablate_core");
-  const T p = at::mm(x, Vh.t());
-  return unfused_result(core.call(p, S, C, a, coeff), p, need_p);
+  ProjectCore c;
+  c.kind = kProjectAblate, c.k = k, c.coeff = coeff;
+  return project<B>(x, Vh, c, need_p, {S, T(), T(), C, C, a},
+                    [&](const T& p) { return core.call(p, S, C, a, coeff); });
 }
 
 // ------------------------------------------------------------------------------------ layer ops

@@ -167,10 +167,23 @@ at::Tensor ablate_core(const at::Tensor& p, const at::Tensor& S, const at::Tenso
 std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward(const at::Tensor& grad_h, const at::Tensor& p,
                                                                     const at::Tensor& S, const at::Tensor& C,
                                                                     const at::Tensor& a, double coeff);
-std::tuple<at::Tensor, at::Tensor> layer_gain(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g, double coeff, bool suppress_only, bool need_p);
-std::tuple<at::Tensor, at::Tensor> layer_rot(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R, double coeff, int64_t side, bool need_p);
-std::tuple<at::Tensor, at::Tensor> layer_dplr(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A, const at::Tensor& B, double coeff, bool suppress_only, bool need_p);
-std::tuple<at::Tensor, at::Tensor> layer_ablate(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& C, const at::Tensor& a, double coeff, bool need_p);
+std::tuple<at::Tensor, at::Tensor> layer_gain(const at::Tensor& x, const at::Tensor& W,
+                                              const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                              const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g,
+                                              double coeff, bool suppress_only, bool need_p);
+std::tuple<at::Tensor, at::Tensor> layer_rot(const at::Tensor& x, const at::Tensor& W,
+                                             const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                             const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& delta_s,
+                                             const at::Tensor& R, double coeff, int64_t side, bool need_p);
+std::tuple<at::Tensor, at::Tensor> layer_dplr(const at::Tensor& x, const at::Tensor& W,
+                                              const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                              const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g,
+                                              const at::Tensor& A, const at::Tensor& B, double coeff,
+                                              bool suppress_only, bool need_p);
+std::tuple<at::Tensor, at::Tensor> layer_ablate(const at::Tensor& x, const at::Tensor& W,
+                                                const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                                const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& C,
+                                                const at::Tensor& a, double coeff, bool need_p);
 }  // namespace emulated
 
 }  // namespace ax

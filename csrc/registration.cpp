@@ -63,7 +63,8 @@ static PyObject* emulator_launch_log(PyObject*, PyObject* start) {
   }
   const std::vector<std::string> names = ax::emu_impl::stop_launch_log();
   PyObject* out = PyList_New(static_cast<Py_ssize_t>(names.size()));
-  for (size_t i = 0; i < names.size(); ++i) PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), PyUnicode_FromString(names[i].c_str()));
+  for (size_t i = 0; i < names.size(); ++i)
+    PyList_SET_ITEM(out, static_cast<Py_ssize_t>(i), PyUnicode_FromString(names[i].c_str()));
   return out;
 #else
   (void)start;

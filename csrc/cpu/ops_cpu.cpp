@@ -444,22 +444,35 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward_cpu(const at
 // ------------------------------------------------------------------------------------ layer ops
 // Native engine: the CPU BLAS for the GEMMs, the cores above for h (csrc/layer_ops.h, path "unfused").
 
-std::tuple<at::Tensor, at::Tensor> layer_gain_cpu(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g, double coeff, bool suppress_only, bool need_p) {
+std::tuple<at::Tensor, at::Tensor> layer_gain_cpu(const at::Tensor& x, const at::Tensor& W,
+                                                  const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                                  const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g,
+                                                  double coeff, bool suppress_only, bool need_p) {
   if (use_emulated_engine()) return emulated::layer_gain(x, W, bias, U, Vh, S, g, coeff, suppress_only, need_p);
   return project::layer_gain<project::Unfused>(x, W, bias, U, Vh, S, g, coeff, suppress_only, need_p);
 }
 
-std::tuple<at::Tensor, at::Tensor> layer_rot_cpu(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R, double coeff, int64_t side, bool need_p) {
+std::tuple<at::Tensor, at::Tensor> layer_rot_cpu(const at::Tensor& x, const at::Tensor& W,
+                                                 const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                                 const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& delta_s,
+                                                 const at::Tensor& R, double coeff, int64_t side, bool need_p) {
   if (use_emulated_engine()) return emulated::layer_rot(x, W, bias, U, Vh, S, delta_s, R, coeff, side, need_p);
   return project::layer_rot<project::Unfused>(x, W, bias, U, Vh, S, delta_s, R, coeff, side, need_p);
 }
 
-std::tuple<at::Tensor, at::Tensor> layer_dplr_cpu(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A, const at::Tensor& B, double coeff, bool suppress_only, bool need_p) {
+std::tuple<at::Tensor, at::Tensor> layer_dplr_cpu(const at::Tensor& x, const at::Tensor& W,
+                                                  const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                                  const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g,
+                                                  const at::Tensor& A, const at::Tensor& B, double coeff,
+                                                  bool suppress_only, bool need_p) {
   if (use_emulated_engine()) return emulated::layer_dplr(x, W, bias, U, Vh, S, g, A, B, coeff, suppress_only, need_p);
   return project::layer_dplr<project::Unfused>(x, W, bias, U, Vh, S, g, A, B, coeff, suppress_only, need_p);
 }
 
-std::tuple<at::Tensor, at::Tensor> layer_ablate_cpu(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& C, const at::Tensor& a, double coeff, bool need_p) {
+std::tuple<at::Tensor, at::Tensor> layer_ablate_cpu(const at::Tensor& x, const at::Tensor& W,
+                                                    const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                                    const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& C,
+                                                    const at::Tensor& a, double coeff, bool need_p) {
   if (use_emulated_engine()) return emulated::layer_ablate(x, W, bias, U, Vh, S, C, a, coeff, need_p);
   return project::layer_ablate<project::Unfused>(x, W, bias, U, Vh, S, C, a, coeff, need_p);
 }

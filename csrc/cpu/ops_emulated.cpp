@@ -25,6 +25,7 @@ struct EmulatedKernels {
   using Guard = NoGuard;
   static void* stream(const at::Tensor&) { return nullptr; }
   // The emulator exists to run the kernel source: the fused projection whenever it takes the shape.
+  static constexpr bool has_fused_kernel = true;
   static bool fuse_rows(int64_t) { return true; }
   AX_KERNEL_BACKEND_FUNCTIONS(::ax::emu_impl)
 };
@@ -73,16 +74,29 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward(const at::Te
                                                                     const at::Tensor& a, double coeff) {
   return glue::ablate_core_backward<K>(grad_h, p, S, C, a, coeff);
 }
-std::tuple<at::Tensor, at::Tensor> layer_gain(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g, double coeff, bool suppress_only, bool need_p) {
+std::tuple<at::Tensor, at::Tensor> layer_gain(const at::Tensor& x, const at::Tensor& W,
+                                              const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                              const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g,
+                                              double coeff, bool suppress_only, bool need_p) {
   return project::layer_gain<K>(x, W, bias, U, Vh, S, g, coeff, suppress_only, need_p);
 }
-std::tuple<at::Tensor, at::Tensor> layer_rot(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& delta_s, const at::Tensor& R, double coeff, int64_t side, bool need_p) {
+std::tuple<at::Tensor, at::Tensor> layer_rot(const at::Tensor& x, const at::Tensor& W,
+                                             const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                             const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& delta_s,
+                                             const at::Tensor& R, double coeff, int64_t side, bool need_p) {
   return project::layer_rot<K>(x, W, bias, U, Vh, S, delta_s, R, coeff, side, need_p);
 }
-std::tuple<at::Tensor, at::Tensor> layer_dplr(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g, const at::Tensor& A, const at::Tensor& B, double coeff, bool suppress_only, bool need_p) {
+std::tuple<at::Tensor, at::Tensor> layer_dplr(const at::Tensor& x, const at::Tensor& W,
+                                              const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                              const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& g,
+                                              const at::Tensor& A, const at::Tensor& B, double coeff,
+                                              bool suppress_only, bool need_p) {
   return project::layer_dplr<K>(x, W, bias, U, Vh, S, g, A, B, coeff, suppress_only, need_p);
 }
-std::tuple<at::Tensor, at::Tensor> layer_ablate(const at::Tensor& x, const at::Tensor& W, const c10::optional<at::Tensor>& bias, const at::Tensor& U, const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& C, const at::Tensor& a, double coeff, bool need_p) {
+std::tuple<at::Tensor, at::Tensor> layer_ablate(const at::Tensor& x, const at::Tensor& W,
+                                                const c10::optional<at::Tensor>& bias, const at::Tensor& U,
+                                                const at::Tensor& Vh, const at::Tensor& S, const at::Tensor& C,
+                                                const at::Tensor& a, double coeff, bool need_p) {
   return project::layer_ablate<K>(x, W, bias, U, Vh, S, C, a, coeff, need_p);
 }
 
@@ -130,16 +144,26 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward(const at::Te
   unavailable();
 }
 
-std::tuple<at::Tensor, at::Tensor> layer_gain(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool, bool) {
+std::tuple<at::Tensor, at::Tensor> layer_gain(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, double, bool, bool) {
   unavailable();
 }
-std::tuple<at::Tensor, at::Tensor> layer_rot(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, int64_t, bool) {
+std::tuple<at::Tensor, at::Tensor> layer_rot(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                                             const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                             const at::Tensor&, const at::Tensor&, double, int64_t, bool) {
   unavailable();
 }
-std::tuple<at::Tensor, at::Tensor> layer_dplr(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool, bool) {
+std::tuple<at::Tensor, at::Tensor> layer_dplr(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                                              const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                              const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool,
+                                              bool) {
   unavailable();
 }
-std::tuple<at::Tensor, at::Tensor> layer_ablate(const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double, bool) {
+std::tuple<at::Tensor, at::Tensor> layer_ablate(const at::Tensor&, const at::Tensor&,
+                                                const c10::optional<at::Tensor>&, const at::Tensor&,
+                                                const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                                const at::Tensor&, double, bool) {
   unavailable();
 }
 
