@@ -6,37 +6,23 @@ kernels ran, need_p, gradcheck (every input), opcheck and bad input."""
 import pytest
 import torch
 
-from antipasto_ext import _C, ops, reference
+from antipasto_ext import _C, ops
 from conftest import DEVICES, assert_close
+from test_ops import CORES, _core_cases
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 # (rows, d_in, r, block size, k): row and r off every tile, one/several row tiles, a K tail, split-K decode
 # (rows <= 16, d_in >= 1024), d_in not a multiple of 8 (the fused kernel cannot take it: unfused path)
 SHAPES = [(7, 24, 12, 3, 3), (33, 40, 20, 4, 2), (5, 1024, 16, 4, 3), (1, 64, 8, 2, 1), (18, 36, 12, 3, 3)]
-CORES = ["gain", "gain_suppress", "dplr", "rot_V", "rot_U", "rot_none", "ablate"]
+
+
+LAYER_OF_CORE = {ops.gain_core: ops.layer_gain, ops.rot_core: ops.layer_rot, ops.dplr_core: ops.layer_dplr,
+                 ops.ablate_core: ops.layer_ablate}
 
 
 def _cases(r, bs, k, device):
-    """(layer op, reference core, tensors, scalars) per core; parameters random (away from init)."""
-    kw = dict(device=device, dtype=torch.float64)
-    S = torch.rand(r, **kw) * 3 + 0.1
-    C = torch.linalg.qr(torch.randn(r, k, **kw))[0]
-    R = reference.cayley_blocks(torch.randn(r // bs, bs * (bs - 1) // 2, **kw), bs, 0.5, 1.0)
-    return {
-        "gain": (ops.layer_gain, reference.gain_core, dict(S=S, g=torch.randn(r, **kw)), dict(coeff=0.7)),
-        "gain_suppress": (ops.layer_gain, reference.gain_core, dict(S=S, g=torch.randn(r, **kw)),
-                          dict(coeff=-1.3, suppress_only=True)),
-        "dplr": (ops.layer_dplr, reference.dplr_core,
-                 dict(S=S, g=torch.randn(r, **kw), A=torch.randn(k, r, **kw) / 2, B=torch.randn(r, k, **kw) / 2),
-                 dict(coeff=0.9)),
-        "rot_V": (ops.layer_rot, reference.rot_core, dict(S=S, delta_s=torch.randn(r, **kw), R=R),
-                  dict(coeff=0.8, rotate_basis="V")),
-        "rot_U": (ops.layer_rot, reference.rot_core, dict(S=S, delta_s=torch.randn(r, **kw), R=R),
-                  dict(coeff=-0.6, rotate_basis="U")),
-        "rot_none": (ops.layer_rot, reference.rot_core, dict(S=S, delta_s=torch.randn(r, **kw), R=R.new_empty(0)),
-                     dict(coeff=1.0, rotate_basis="none")),
-        "ablate": (ops.layer_ablate, reference.ablate_core, dict(S=S, C=C, a=torch.rand(k, **kw)), dict(coeff=0.8)),
-    }
+    """(layer op, reference core, tensors, scalars) per core: test_ops' core cases with the layer op."""
+    return {name: (LAYER_OF_CORE[fn], *rest) for name, (fn, *rest) in _core_cases(r, bs, k, device).items()}
 
 
 def _inputs(n, d_in, r, dtype, device, d_out=None, bias=True):
@@ -51,9 +37,28 @@ def _inputs(n, d_in, r, dtype, device, d_out=None, bias=True):
     return x, (W, b, U, Vh)
 
 
-def _reference(x, frozen, h_of_p):
+class _RoundGrad(torch.autograd.Function):
+    """Identity whose backward rounds the incoming gradient to `dtype` (as the op's dh = dY U is)."""
+
+    @staticmethod
+    def forward(ctx, t, dtype):
+        ctx.dtype = dtype
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.to(ctx.dtype).double(), None
+
+
+def _reference(x, frozen, h_of_p, dtype):
+    """float64 layer with the two activations the op holds in `dtype` rounded to it: p = x Vh^T (kept for
+    backward, straight-through for dx) and dh = dY U, as the eager code's F.linear has them. The core's
+    parameter gradients are sums of products that may cancel; with the same rounded inputs on both sides
+    only the core's own accumulation is compared (as in test_ops)."""
     W, b, U, Vh = (None if t is None else t.double() for t in frozen)
-    y = x @ W.T + h_of_p(x @ Vh.T) @ U.T
+    p = x @ Vh.T
+    p = p + (p.to(dtype).double() - p).detach()
+    y = x @ W.T + _RoundGrad.apply(h_of_p(p), dtype) @ U.T
     return y if b is None else y + b
 
 
@@ -71,7 +76,7 @@ def test_layer_matches_reference(core, shape, dtype, device, engine):
     trainable = {name: t.to(pdt).requires_grad_() for name, t in params.items() if name != "S" and t.numel()}
     trainable_ref = {name: t.detach().double().requires_grad_() for name, t in trainable.items()}
     y = fn(x, *frozen, **{**params, "S": params["S"].to(pdt), **trainable}, **scalars)
-    y_ref = _reference(x_ref, frozen, lambda p: ref_fn(p, **{**params, **trainable_ref}, **scalars))
+    y_ref = _reference(x_ref, frozen, lambda p: ref_fn(p, **{**params, **trainable_ref}, **scalars), dtype)
     assert y.dtype == dtype and y.shape == (n, frozen[0].shape[0])
     assert_close(y, y_ref, dtype, f"{core} forward", scale=2)
     grad = torch.randn_like(y_ref).to(dtype).double()
