@@ -32,6 +32,7 @@ class RotLinear(SVDAdapter):
             self.rot_T = nn.Parameter(torch.zeros(r // block_size, block_size * (block_size - 1) // 2, **kw))
         else:
             self.register_parameter("rot_T", None)
+        self._rotation_cache = None  # (key, R) of the last forward without autograd; see _forward_rotation
 
     def rotation(self) -> torch.Tensor:
         """The per-block rotations R (n_blocks, bs, bs) at the current coeff."""
@@ -47,8 +48,21 @@ class RotLinear(SVDAdapter):
         R = torch.block_diag(*reference.cayley_blocks(self.rot_T.to(ct), self.block_size, self.max_rotation_angle, coeff))
         return s_eff[:, None] * R if self.rotate_basis == "V" else R.T * s_eff
 
+    def _forward_rotation(self) -> torch.Tensor:
+        """R for this forward. Without autograd on rot_T (decode, eval) the last R is reused until rot_T
+        (its storage or version: an optimizer step, load_state_dict, .to) or coeff changes, so a
+        generation step does not re-run the Cayley solve; with autograd, or while compiling, it is computed."""
+        t = self.rot_T
+        if (torch.is_grad_enabled() and t.requires_grad) or torch.compiler.is_compiling():
+            return self.rotation()
+        key = (t.data_ptr(), t._version, t.device, t.dtype, self.coeff)
+        if self._rotation_cache is None or self._rotation_cache[0] != key:
+            with torch.no_grad():
+                self._rotation_cache = (key, self.rotation())
+        return self._rotation_cache[1]
+
     def _layer(self, x2, W, bias, U, basis):
-        R = self.S.new_empty(0) if self.rot_T is None else self.rotation()
+        R = self.S.new_empty(0) if self.rot_T is None else self._forward_rotation()
         return ops.layer_rot(x2, W, bias, U, basis, self.S, self.delta_s, R, self.coeff, self.rotate_basis)
 
     def _eager(self, x):

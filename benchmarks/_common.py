@@ -497,6 +497,11 @@ def with_grad_input(x: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------------- roofline
 
+# Phases of the op_costs rows that one layer call executes; the other rows ("fwd (one kernel)", "fwd (one
+# op)") describe the same work fused or summed, for the roofline table only.
+EXECUTED_PHASES = ("fwd", "bwd", "per-call")
+
+
 @dataclasses.dataclass
 class OpCost:
     op: str

@@ -563,7 +563,7 @@ def main(argv=None):
         if "antipasto_dplr/ext" in st_fb:  # issue #3: time overhead over nn.Linear <= 1.2x the FLOP overhead
             n_tok, rr = N, min(cfg.r, d_in, d_out)
             fl = lambda v: sum(o.flops for o in C.op_costs(v, n_tok, d_in, d_out, rr, k=cfg.lora_rank,  # noqa: E731
-                                                           bs=cfg.block_size))
+                                                           bs=cfg.block_size) if o.phase in C.EXECUTED_PHASES)
             flop_share = fl("antipasto_dplr") / fl("linear") - 1
             time_share = st_fb["antipasto_dplr/ext"].median / st_fb["linear"].median - 1
             r_ = time_share / flop_share
