@@ -114,8 +114,15 @@ def _worker(rank, port, out_dir):
         train(model, x, y, shard=(rank, WORLD))
         results["fsdp"] = trainable_state(model)
         torch.save(results, os.path.join(out_dir, f"rank{rank}.pt"))
-    finally:
+        dist.barrier()  # both ranks are past every collective
+    except BaseException:
         dist.destroy_process_group()
+        raise
+    # Leave without the gloo / interpreter teardown. Under load a worker occasionally aborted there with
+    # "terminate called without an active exception" (SIGABRT, 2 of ~120 runs; a std::thread still joinable
+    # at destruction): the captured case aborted 50 ms after both ranks had written their results. A crash
+    # before the results are written still fails the test; the OS closes the sockets.
+    os._exit(0)
 
 
 def _free_port():
