@@ -112,10 +112,10 @@ inline T layer_output(const T& x, const T& W, const c10::optional<T>& bias, cons
   return y.addmm_(h, U.t());
 }
 
+// h = core(x Vh^T) per core; x and Vh are checked by the layer op (check_layer_args) that calls these.
 template <class B>
 std::tuple<T, T> project_gain(const T& x, const T& Vh, const T& S, const T& g, double coeff, bool suppress_only,
                               bool need_p) {
-  check_project_args(x, Vh, S);
   check_params(S, x.device(), {{"g", g, {S.size(0)}}});
   static auto core = op<T(const T&, const T&, const T&, double, bool)>("antipasto_ext::gain_core");
   ProjectCore c;
@@ -127,7 +127,6 @@ std::tuple<T, T> project_gain(const T& x, const T& Vh, const T& S, const T& g, d
 template <class B>
 std::tuple<T, T> project_rot(const T& x, const T& Vh, const T& S, const T& delta_s, const T& R, double coeff,
                              int64_t side, bool need_p) {
-  check_project_args(x, Vh, S);
   check_rot_params(S, delta_s, R, side, x.device());
   static auto core = op<T(const T&, const T&, const T&, const T&, double, int64_t)>("antipasto_ext::rot_core");
   ProjectCore c;
@@ -139,7 +138,6 @@ std::tuple<T, T> project_rot(const T& x, const T& Vh, const T& S, const T& delta
 template <class B>
 std::tuple<T, T> project_dplr(const T& x, const T& Vh, const T& S, const T& g, const T& A, const T& B_, double coeff,
                               bool suppress_only, bool need_p) {
-  check_project_args(x, Vh, S);
   const int64_t r = S.size(0), k = A.dim() == 2 ? A.size(0) : 0;
   check_params(S, x.device(), {{"g", g, {r}}, {"A", A, {k, r}}, {"B", B_, {r, k}}});
   static auto core =
@@ -153,7 +151,6 @@ std::tuple<T, T> project_dplr(const T& x, const T& Vh, const T& S, const T& g, c
 template <class B>
 std::tuple<T, T> project_ablate(const T& x, const T& Vh, const T& S, const T& C, const T& a, double coeff,
                                 bool need_p) {
-  check_project_args(x, Vh, S);
   const int64_t r = S.size(0), k = C.dim() == 2 ? C.size(1) : 0;
   check_params(S, x.device(), {{"C", C, {r, k}}, {"a", a, {k}}});
   static auto core = op<T(const T&, const T&, const T&, const T&, double)>("antipasto_ext::ablate_core");

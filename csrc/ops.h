@@ -64,11 +64,9 @@ inline void check_params(const at::Tensor& S, const at::Device& device, std::ini
 // p (..., r) and S (r,), then each named tensor against its expected shape, all on p's device.
 inline void check_core_args(const at::Tensor& p, const at::Tensor& S, std::initializer_list<NamedShape> others) {
   check_float(p, "p");
-  check_float(S, "S");
-  TORCH_CHECK(S.dim() == 1 && S.size(0) > 0, "antipasto_ext: S must be a non-empty 1-D tensor, got ", S.sizes());
+  check_params(S, p.device(), others);
   TORCH_CHECK(p.dim() >= 1 && p.size(-1) == S.size(0), "antipasto_ext: p must have last dim r = ", S.size(0),
               ", got ", p.sizes());
-  check_params(S, p.device(), others);
 }
 
 // The projection ops' activations: x (n, d_in) and the input basis Vh (r, d_in), one dtype and device.
