@@ -23,15 +23,21 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <new>
+#include <set>
 #include <stdexcept>
 #include <string>
 #include <tuple>
 #include <type_traits>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include <dlfcn.h>
+#include <elf.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -79,7 +85,16 @@ struct dim3 {
 #ifndef __align__
 #define __align__(n) __attribute__((aligned(n)))
 #endif
-#ifndef __launch_bounds__
+// __launch_bounds__(max_threads[, min_blocks]): on x86-64 GCC/Clang the bound is kept in the function
+// itself as ceil(max_threads / 32) one-byte NOPs at its entry (patchable_function_entry), which the
+// launch reads back to refuse a block larger than the bound (launch_bound_of). Elsewhere it is ignored.
+#if defined(__x86_64__) && (defined(__clang__) || (defined(__GNUC__) && __GNUC__ >= 8))
+#define AX_EMU_LAUNCH_BOUNDS_CHECKED 1
+#define AX_EMU_LB_FIRST_(n, ...) (n)
+#define __launch_bounds__(...) \
+  __attribute__((patchable_function_entry((AX_EMU_LB_FIRST_(__VA_ARGS__, 0) + 31) / 32, 0)))
+#else
+#define AX_EMU_LAUNCH_BOUNDS_CHECKED 0
 #define __launch_bounds__(...)
 #endif
 #ifndef __grid_constant__
@@ -168,6 +183,8 @@ class __attribute__((visibility("default"))) EmulationError : public std::runtim
 // extension must not interpose its emulator state with another one's).
 #pragma GCC visibility push(hidden)
 
+#include "checker.h"
+
 namespace ax_emu {
 
 namespace detail {
@@ -175,6 +192,7 @@ namespace detail {
 constexpr unsigned kMaxThreadsPerBlock = 1024;
 constexpr size_t kStaticSmemLimit = 48 * 1024;     // static __shared__ limit
 constexpr size_t kMaxSmemPerBlock = 227 * 1024;    // H100 opt-in maximum
+constexpr size_t kDefaultDynamicSmem = 48 * 1024;  // dynamic shared memory without the opt-in
 constexpr uint64_t kDefaultSeed = 0x5EEDull;
 
 struct Site {
@@ -197,6 +215,12 @@ struct Config {
   int shuffle_override = -1;  // -1: env, 0: off, 1: on
   bool log_launches = false;  // record the kernel names launched (start_launch_log)
   std::vector<std::string> launch_log;
+  const void* current_stream = nullptr;  // launches must use it (set_current_stream)
+  uint64_t block_sample = 0;             // run at most this many blocks per launch (0: all)
+  bool metrics = false;                  // record memory metrics (checked builds)
+  std::vector<MetricRow> metric_rows;
+  std::vector<uint64_t> metric_sites;                                 // site of each row
+  std::map<std::pair<std::string, uint64_t>, size_t> metric_index;  // (kernel, site) -> row
 };
 inline Config& config() {
   static thread_local Config c;
@@ -402,13 +426,14 @@ struct ThreadCtx {
   WarpRec w;
   std::vector<CpCopy> cp;
   uint64_t cp_group = 0;
+  uint32_t nsync = 0;  // sync points (barriers, warp collectives) this thread has passed in its block
 };
 
+// A region of the block's shared-memory arena: the dynamic area or one AX_SHARED variable.
 struct SharedAlloc {
-  const void* key;
-  void* ptr;
+  const void* key;  // nullptr for the dynamic area
+  char* ptr;
   size_t size;
-  size_t align;
   const char* name;
 };
 
@@ -422,10 +447,19 @@ struct LaunchState {
   unsigned nthreads = 0, nwarps = 0;
   void (*thunk)(void*) = nullptr;
   void* payload = nullptr;
+  const void* kfn = nullptr;  // the kernel function
+  uint64_t linear_block = 0;
+  // Shared memory: one arena per launch, guard | dynamic | guard | static | guard | static ...; regions[0]
+  // is the dynamic area. Guards are checked after every block (poisoned for ASan instead).
+  char* arena = nullptr;
+  size_t arena_cap = 0, arena_top = 0;
   size_t dyn_bytes = 0;
-  void* dyn = nullptr;
-  std::vector<SharedAlloc> statics;
+  char* dyn = nullptr;
+  std::vector<SharedAlloc> regions;
   size_t static_total = 0;
+#if AX_EMU_CHECKED
+  CheckState chk;
+#endif
   std::unique_ptr<ThreadCtx[]> threads;
   std::vector<uint32_t> warp_arrived, warp_done, warp_exist;
   std::vector<unsigned> ready;
@@ -439,8 +473,12 @@ struct LaunchState {
   size_t sched_stack_size = 0;
 
   ~LaunchState() {
-    for (SharedAlloc& a : statics) ::operator delete(a.ptr, std::align_val_t(a.align));
-    if (dyn) ::operator delete(dyn, std::align_val_t(16));
+    if (arena) {
+#if AX_EMU_ASAN
+      __asan_unpoison_memory_region(arena, arena_cap);
+#endif
+      ::operator delete(arena, std::align_val_t(16));
+    }
   }
   ThreadCtx& thread(unsigned w, unsigned lane) { return threads[w * 32 + lane]; }
 };
@@ -472,6 +510,11 @@ inline int warp_size() { return 32; }  // deliberately not constexpr (like CUDA'
 
 inline std::string u3str(uint3 v) {
   return "(" + std::to_string(v.x) + "," + std::to_string(v.y) + "," + std::to_string(v.z) + ")";
+}
+inline std::string hex_ptr(const void* p) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%p", p);
+  return p ? b : "0 (the default stream)";
 }
 inline std::string hex32(uint32_t v) {
   char b[16];
@@ -590,20 +633,46 @@ inline void fiber_entry(void* arg) { fiber_main(arg); }
 // ---------------------------------------------------------------------------
 // Shared memory
 // ---------------------------------------------------------------------------
-inline bool in_shared(const LaunchState& L, const void* p, size_t n) {
+// The region that holds [p, p + n), or nullptr.
+inline const SharedAlloc* shared_region(const LaunchState& L, const void* p, size_t n) {
   auto a = reinterpret_cast<uintptr_t>(p);
-  if (L.dyn && a >= reinterpret_cast<uintptr_t>(L.dyn) && a + n <= reinterpret_cast<uintptr_t>(L.dyn) + L.dyn_bytes)
-    return true;
-  for (const SharedAlloc& s : L.statics) {
+  for (const SharedAlloc& s : L.regions) {
     auto b = reinterpret_cast<uintptr_t>(s.ptr);
-    if (a >= b && a + n <= b + s.size) return true;
+    if (a >= b && a + n <= b + s.size) return &s;
   }
-  return false;
+  return nullptr;
+}
+inline bool in_shared(const LaunchState& L, const void* p, size_t n) { return shared_region(L, p, n) != nullptr; }
+
+// Guard bytes of the shared-memory arena: before the dynamic area and after every region.
+constexpr size_t kSmemGuard = 64;
+constexpr size_t kMaxSharedVars = 64;
+
+inline void guard_fill(char* p, size_t n) {
+  std::memset(p, kGuardByte, n);
+#if AX_EMU_ASAN
+  __asan_poison_memory_region(p, n);
+#endif
 }
 
-inline void* shared_static(const void* key, size_t bytes, size_t align, const char* name, Site site) {
+// Reserves the arena of a launch: the dynamic area now, AX_SHARED variables as the kernel declares them.
+inline void shared_arena_init(LaunchState& L, size_t dyn) {
+  L.arena_cap = kSmemGuard + (dyn + 15) / 16 * 16 + kSmemGuard + kStaticSmemLimit + kMaxSharedVars * (kSmemGuard + 16);
+  L.arena = static_cast<char*>(::operator new(L.arena_cap, std::align_val_t(16)));
+  std::memset(L.arena, kGuardByte, L.arena_cap);
+  L.dyn = L.arena + kSmemGuard;
+  L.dyn_bytes = dyn;
+  L.regions.push_back(SharedAlloc{nullptr, L.dyn, dyn, "dynamic shared memory"});
+  L.arena_top = kSmemGuard + dyn;
+#if AX_EMU_ASAN
+  __asan_poison_memory_region(L.arena, L.arena_cap);
+  __asan_unpoison_memory_region(L.dyn, dyn);
+#endif
+}
+
+AX_EMU_NOINSTR inline void* shared_static(const void* key, size_t bytes, size_t align, const char* name, Site site) {
   LaunchState& L = cur_launch("AX_SHARED");
-  for (const SharedAlloc& a : L.statics)
+  for (const SharedAlloc& a : L.regions)
     if (a.key == key) return a.ptr;
   size_t al = std::max<size_t>(align, 16);
   size_t total = (L.static_total + al - 1) / al * al + bytes;
@@ -613,14 +682,61 @@ inline void* shared_static(const void* key, size_t bytes, size_t align, const ch
   if (total + L.dyn_bytes > kMaxSmemPerBlock)
     fail("static (" + std::to_string(total) + ") + dynamic (" + std::to_string(L.dyn_bytes) +
          ") shared memory exceeds the per-block maximum of " + std::to_string(kMaxSmemPerBlock) + " bytes");
-  void* p = ::operator new(bytes ? bytes : 1, std::align_val_t(al));
-  std::memset(p, 0xFF, bytes);
-  L.statics.push_back(SharedAlloc{key, p, bytes, al, name});
+  if (L.regions.size() > kMaxSharedVars)
+    fail("more than " + std::to_string(kMaxSharedVars) + " AX_SHARED variables in one kernel");
+  const size_t off = (L.arena_top + kSmemGuard + al - 1) / al * al;
+  char* p = L.arena + off;
+#if AX_EMU_ASAN
+  __asan_unpoison_memory_region(p, bytes);
+#endif
+  std::memset(p, kPoisonByte, bytes);
+  L.regions.push_back(SharedAlloc{key, p, bytes, name});
+  L.arena_top = off + bytes;
   L.static_total = total;
   return p;
 }
 
+// Poisons every region for the next block.
+inline void shared_poison(LaunchState& L) {
+  for (const SharedAlloc& a : L.regions) std::memset(a.ptr, kPoisonByte, a.size);
+}
+// Outside ASan: the first guard byte of the arena a block overwrote, described, or "" (regions are in
+// address order; every byte between them, and kSmemGuard bytes around them, is guard pattern).
+inline std::string shared_guard_damage(const LaunchState& L) {
+#if AX_EMU_ASAN
+  (void)L;
+  return {};
+#else
+  const char* prev_end = L.arena;
+  const SharedAlloc* prev = nullptr;
+  auto scan = [&](const char* lo, const char* hi) -> std::string {
+    for (const char* p = lo; p < hi; ++p)
+      if (static_cast<unsigned char>(*p) != kGuardByte)
+        return prev ? "byte " + std::to_string(p - prev_end) + " past the end of " +
+                          (prev->key ? "AX_SHARED '" + std::string(prev->name) + "'" : std::string(prev->name)) +
+                          " (" + std::to_string(prev->size) + " bytes)"
+                    : "byte " + std::to_string(L.dyn - p) + " before the dynamic shared memory";
+    return {};
+  };
+  for (const SharedAlloc& a : L.regions) {
+    std::string d = scan(prev_end, a.ptr);
+    if (!d.empty()) return d;
+    prev = &a;
+    prev_end = a.ptr + a.size;
+  }
+  return scan(prev_end, std::min<const char*>(prev_end + kSmemGuard, L.arena + L.arena_cap));
+#endif
+}
+
 inline void* dynamic_shared() { return cur_launch("AX_DYNAMIC_SHARED").dyn; }
+
+}  // namespace detail
+}  // namespace ax_emu
+
+#include "checker_hooks.h"
+
+namespace ax_emu {
+namespace detail {
 
 // ---------------------------------------------------------------------------
 // Barriers
@@ -633,6 +749,7 @@ inline int barrier_at(Site s, BarKind kind, int pred) {
   t.bar_pred = pred;
   t.state = TState::Barrier;
   suspend(L, t);
+  after_sync(L, t);
   return t.bar_result;
 }
 inline void syncthreads_at(Site s) { barrier_at(s, BarKind::Plain, 0); }
@@ -721,7 +838,7 @@ inline void complete_mma(LaunchState& L, unsigned w, bool bf16) {
   }
 }
 
-inline void complete_ldmatrix(LaunchState& L, unsigned w, bool trans) {
+AX_EMU_NOINSTR inline void complete_ldmatrix(LaunchState& L, unsigned w, bool trans) {
   uint32_t res[32][4];
   for (unsigned j = 0; j < 32; ++j) {
     for (unsigned i = 0; i < 4; ++i) {
@@ -827,16 +944,19 @@ inline void warp_collective(const char* what) {
   if (joined == eff) {
     L.warp_arrived[w] = arrived & ~eff;
     complete_warp_op(L, w, eff, rec.op);
+    collective_done(L, w, eff);
     for (uint32_t m = eff & ~bit; m; m &= m - 1) {
       unsigned j = __builtin_ctz(m);
       L.thread(w, j).state = TState::Ready;
       L.ready.push_back(w * 32 + j);
     }
+    after_sync(L, t);
     return;
   }
   L.warp_arrived[w] = arrived;
   t.state = TState::Warp;
   suspend(L, t);
+  after_sync(L, t);
 }
 
 inline void check_width(int width, const char* what, Site s) {
@@ -910,13 +1030,14 @@ struct SyncwarpCall {
 // cp.async emulation: copies are deferred until the matching wait, so reading
 // the destination before cp_async_wait shows stale/poisoned data.
 // ---------------------------------------------------------------------------
-inline void cp_async_16_at(Site s, void* dst, const void* src, bool valid) {
+AX_EMU_NOINSTR inline void cp_async_16_at(Site s, void* dst, const void* src, bool valid) {
   ThreadCtx& t = cur_thread("ax::cp_async_16");
   LaunchState& L = *g_tls.L;
   if ((reinterpret_cast<uintptr_t>(dst) & 15) || (valid && (reinterpret_cast<uintptr_t>(src) & 15)))
     fail("ax::cp_async_16 at " + site_str(s) + ": misaligned address (both must be 16-byte aligned)");
   if (!in_shared(L, dst, 16))
     fail("ax::cp_async_16 at " + site_str(s) + ": destination is not inside this block's shared memory");
+  cp_async_issued(L, t, s, dst, valid ? src : nullptr);
   CpCopy c;
   c.dst = dst;
   c.group = t.cp_group;
@@ -931,12 +1052,12 @@ inline void cp_async_commit_impl() {
   ++t.cp_group;
 }
 // Complete every copy whose group id < limit.
-inline void cp_async_complete(uint64_t limit) {
+AX_EMU_NOINSTR inline void cp_async_complete(uint64_t limit) {
   ThreadCtx& t = cur_thread("ax::cp_async_wait");
   size_t keep = 0;
   for (size_t i = 0; i < t.cp.size(); ++i) {
     if (t.cp[i].group < limit)
-      std::memcpy(t.cp[i].dst, t.cp[i].bytes, 16);
+      cp_async_land(*g_tls.L, t.cp[i]);
     else
       t.cp[keep++] = t.cp[i];
   }
@@ -975,6 +1096,7 @@ inline void ldmatrix_at(Site s, bool trans, uint32_t r4[4], const void* row_ptr)
     fail(std::string(wop_name(op)) + " at " + site_str(s) + ": row address is not 16-byte aligned");
   if (!in_shared(L, row_ptr, 16))
     fail(std::string(wop_name(op)) + " at " + site_str(s) + ": row address is not inside this block's shared memory");
+  ldmatrix_read(L, t, s, row_ptr);
   WarpRec& r = t.w;
   r = WarpRec{};
   r.op = op;
@@ -1095,6 +1217,7 @@ inline bool resolve_stall(LaunchState& L) {
     case BarKind::And: result = count == static_cast<int>(L.nthreads); break;
     case BarKind::Or: result = count > 0; break;
   }
+  barrier_done(L);
   for (unsigned i = 0; i < L.nthreads; ++i) {
     L.threads[i].bar_result = result;
     L.threads[i].state = TState::Ready;
@@ -1105,11 +1228,12 @@ inline bool resolve_stall(LaunchState& L) {
 
 inline void run_block(LaunchState& L, uint64_t seed, uint64_t linear_block) {
   L.rng.seed(seed ^ splitmix64(linear_block + 0x1234567ull));
+  L.linear_block = linear_block;
   std::fill(L.warp_arrived.begin(), L.warp_arrived.end(), 0u);
   std::fill(L.warp_done.begin(), L.warp_done.end(), 0u);
   // Poison shared memory for this block: 0xFF bytes = NaN for float/double, -1 for ints.
-  for (SharedAlloc& a : L.statics) std::memset(a.ptr, 0xFF, a.size);
-  if (L.dyn_bytes) std::memset(L.dyn, 0xFF, L.dyn_bytes);
+  shared_poison(L);
+  block_started(L);
   StackPool& pool = stack_pool();
   L.ready.clear();
   for (unsigned i = 0; i < L.nthreads; ++i) {
@@ -1118,6 +1242,7 @@ inline void run_block(LaunchState& L, uint64_t seed, uint64_t linear_block) {
     t.started = t.kill = false;
     t.cp.clear();
     t.cp_group = 0;
+    t.nsync = 0;
     t.stack = pool.get(i);
     ctx_init(t.ctx, t.stack, &fiber_entry, &t);
     L.ready.push_back(i);
@@ -1144,6 +1269,11 @@ inline void run_block(LaunchState& L, uint64_t seed, uint64_t linear_block) {
     kill_all(L);
     throw EmulationError(L.error);
   }
+  const std::string damage = shared_guard_damage(L);
+  if (!damage.empty())
+    throw EmulationError(context_prefix(L) + "out-of-bounds shared-memory write: " + damage +
+                         " was overwritten (the guard zone around each shared region)");
+  block_finished(L);
 }
 
 struct TlsLaunchGuard {
@@ -1155,8 +1285,39 @@ struct TlsLaunchGuard {
   ~TlsLaunchGuard() { g_tls = saved; }
 };
 
-inline void run_launch(const char* kname, Site site, dim3 grid, dim3 block, size_t smem, void (*thunk)(void*),
-                       void* payload) {
+// Opt-ins of dynamic shared memory above 48 KiB (ax::set_max_dynamic_smem), per kernel function.
+struct SmemOptIns {
+  std::mutex mu;
+  std::map<const void*, size_t> bytes;
+};
+inline SmemOptIns& smem_opt_ins() {
+  static SmemOptIns o;
+  return o;
+}
+inline size_t smem_opt_in(const void* kfn) {
+  SmemOptIns& o = smem_opt_ins();
+  std::lock_guard<std::mutex> g(o.mu);
+  auto it = o.bytes.find(kfn);
+  return it == o.bytes.end() ? kDefaultDynamicSmem : it->second;
+}
+
+// The kernel's __launch_bounds__ maximum of threads per block, read back from its entry (see the
+// __launch_bounds__ macro above): 32 per leading one-byte NOP, after an optional endbr64. 0: none.
+inline unsigned launch_bound_of(const void* kfn) {
+#if AX_EMU_LAUNCH_BOUNDS_CHECKED
+  const auto* c = static_cast<const unsigned char*>(kfn);
+  if (c[0] == 0xf3 && c[1] == 0x0f && c[2] == 0x1e && c[3] == 0xfa) c += 4;
+  unsigned n = 0;
+  while (n < 33 && c[n] == 0x90) ++n;
+  return n * 32;
+#else
+  (void)kfn;
+  return 0;
+#endif
+}
+
+inline void run_launch(const char* kname, Site site, const void* kfn, dim3 grid, dim3 block, size_t smem,
+                       const void* stream, void (*thunk)(void*), void* payload) {
   std::string who = "ax_emu: kernel '" + std::string(kname) + "' launched at " + site_str(site) + ": ";
   if (g_tls.L)
     throw EmulationError(who + "nested kernel launch (from device code or a running launch) is not supported");
@@ -1174,20 +1335,34 @@ inline void run_launch(const char* kname, Site site, dim3 grid, dim3 block, size
   if (smem > kMaxSmemPerBlock)
     bad("dynamic shared memory of " + std::to_string(smem) + " bytes exceeds the per-block maximum of " +
         std::to_string(kMaxSmemPerBlock));
+  const unsigned bound = launch_bound_of(kfn);
+  if (bound && nthreads > bound)
+    throw EmulationError(who + "too many resources requested for launch (cudaErrorLaunchOutOfResources): a block of " +
+                         std::to_string(nthreads) + " threads exceeds the kernel's __launch_bounds__ of " +
+                         std::to_string(bound));
+  if (smem > kDefaultDynamicSmem && smem > smem_opt_in(kfn))
+    throw EmulationError(who + "dynamic shared memory of " + std::to_string(smem) + " bytes exceeds " +
+                         std::to_string(kDefaultDynamicSmem) +
+                         " bytes without the opt-in (the launcher must call ax::set_max_dynamic_smem(kernel, bytes), "
+                         "cudaFuncAttributeMaxDynamicSharedMemorySize, for this kernel first)");
+  const Config& cfg = config();
+  if (stream != cfg.current_stream)
+    throw EmulationError(who + "launched on stream " + hex_ptr(stream) + ", not the current stream " +
+                         hex_ptr(cfg.current_stream) +
+                         " (an op's kernels must all run on the stream it was given: ax_emu::set_current_stream)");
 
   if (config().log_launches) config().launch_log.emplace_back(kname);
   LaunchState L;
   L.kname = kname;
   L.launch_site = site;
+  L.kfn = kfn;
   L.grid = grid;
   L.block = block;
   L.thunk = thunk;
   L.payload = payload;
   L.nthreads = static_cast<unsigned>(nthreads);
   L.nwarps = (L.nthreads + 31) / 32;
-  L.dyn_bytes = smem;
-  L.dyn = ::operator new(smem, std::align_val_t(16));  // exactly sized: ASan catches overflows
-  const Config& cfg = config();
+  shared_arena_init(L, smem);
   const uint64_t seed = cfg.seed_override ? cfg.seed : env_seed();
   L.shuffle = cfg.shuffle_override >= 0 ? cfg.shuffle_override != 0 : env_shuffle();
   L.threads.reset(new ThreadCtx[L.nthreads]);
@@ -1207,23 +1382,33 @@ inline void run_launch(const char* kname, Site site, dim3 grid, dim3 block, size
       }
 
   TlsLaunchGuard guard(&L);
+  launch_started(L);
   const uint64_t nblocks = static_cast<uint64_t>(grid.x) * grid.y * grid.z;
-  // Blocks run one at a time in a seeded random order (CUDA guarantees no order).
+  // Blocks run one at a time in a seeded random order (CUDA guarantees no order). With a block sample
+  // (metrics of large grids), an evenly spaced subset of them.
   std::vector<uint64_t> order;
-  const bool permute = L.shuffle && nblocks <= (1ull << 22);
-  if (permute) {
+  const uint64_t sample = cfg.block_sample;
+  if (sample && nblocks > sample) {
+    for (uint64_t i = 0; i < sample; ++i) order.push_back(sample > 1 ? i * (nblocks - 1) / (sample - 1) : 0);
+  } else if (L.shuffle && nblocks <= (1ull << 22)) {
     order.resize(nblocks);
     for (uint64_t i = 0; i < nblocks; ++i) order[i] = i;
     Rng r;
     r.seed(seed ^ 0xB10C5ull);
     for (uint64_t i = nblocks; i > 1; --i) std::swap(order[i - 1], order[r.below(i)]);
   }
-  for (uint64_t k = 0; k < nblocks; ++k) {
-    uint64_t b = permute ? order[k] : k;
+  const uint64_t nrun = order.empty() ? nblocks : order.size();
+  for (uint64_t k = 0; k < nrun; ++k) {
+    uint64_t b = order.empty() ? k : order[k];
     L.block_idx = uint3{static_cast<unsigned>(b % grid.x), static_cast<unsigned>((b / grid.x) % grid.y),
                         static_cast<unsigned>(b / (static_cast<uint64_t>(grid.x) * grid.y))};
     run_block(L, seed, b);
   }
+  launch_finished(L);
+  const std::string damage = damaged_guard();
+  if (!damage.empty())
+    throw EmulationError(who + "out-of-bounds global write: " + damage +
+                         " was overwritten (the guard zone around each ax_emu::device_malloc buffer)");
 }
 
 template <class... P>
@@ -1239,11 +1424,12 @@ struct KernelPayload {
 
 template <class... P, class... A>
 inline void launch_named(const char* kname, const char* file, int line, void (*kernel)(P...), dim3 grid, dim3 block,
-                         size_t smem, A&&... args) {
+                         size_t smem, const void* stream, A&&... args) {
   static_assert(sizeof...(P) == sizeof...(A), "AX_LAUNCH: wrong number of kernel arguments");
   static_assert(!(std::is_reference<P>::value || ...), "__global__ kernel parameters must be passed by value");
   KernelPayload<P...> payload{kernel, std::tuple<std::decay_t<P>...>(static_cast<std::decay_t<P>>(std::forward<A>(args))...)};
-  run_launch(kname, Site{file, line}, grid, block, smem, &KernelPayload<P...>::run, &payload);
+  run_launch(kname, Site{file, line}, reinterpret_cast<const void*>(kernel), grid, block, smem, stream,
+             &KernelPayload<P...>::run, &payload);
 }
 
 // AX_LAUNCH helper: make_launch(...)(args...) so that zero kernel arguments
@@ -1255,15 +1441,16 @@ struct PendingLaunch {
   void (*kernel)(P...);
   dim3 grid, block;
   size_t smem;
+  const void* stream;
   template <class... A>
   void operator()(A&&... args) const {
-    launch_named(kname, site.file, site.line, kernel, grid, block, smem, std::forward<A>(args)...);
+    launch_named(kname, site.file, site.line, kernel, grid, block, smem, stream, std::forward<A>(args)...);
   }
 };
 template <class... P>
 inline PendingLaunch<P...> make_launch(const char* kname, const char* file, int line, void (*kernel)(P...), dim3 grid,
-                                       dim3 block, size_t smem) {
-  return PendingLaunch<P...>{kname, Site{file, line}, kernel, grid, block, smem};
+                                       dim3 block, size_t smem, const void* stream) {
+  return PendingLaunch<P...>{kname, Site{file, line}, kernel, grid, block, smem, stream};
 }
 
 }  // namespace detail
@@ -1273,7 +1460,8 @@ inline PendingLaunch<P...> make_launch(const char* kname, const char* file, int 
 // Launch `kernel` over grid x block with `smem` bytes of dynamic shared memory.
 template <class... P, class... A>
 inline void launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, A&&... args) {
-  detail::launch_named("<kernel>", "<ax_emu::launch>", 0, kernel, grid, block, smem, std::forward<A>(args)...);
+  detail::launch_named("<kernel>", "<ax_emu::launch>", 0, kernel, grid, block, smem, detail::config().current_stream,
+                       std::forward<A>(args)...);
 }
 
 // Seed of the thread-order / block-order shuffling for launches issued by the
@@ -1299,6 +1487,122 @@ inline std::vector<std::string> stop_launch_log() {
   detail::config().log_launches = false;
   return std::move(detail::config().launch_log);
 }
+
+// The calling host thread's current stream (default 0, the default stream). A launch on any other stream
+// is an error: the kernels of one op must run on the stream the op was given.
+inline void set_current_stream(const void* s) { detail::config().current_stream = s; }
+inline const void* current_stream() { return detail::config().current_stream; }
+
+// Dynamic shared memory above 48 KiB for `kernel` (cudaFuncAttributeMaxDynamicSharedMemorySize); a launch
+// above 48 KiB without it is an error, as on a GPU. Use ax::set_max_dynamic_smem in kernel code.
+template <class... P>
+inline void set_max_dynamic_smem(void (*kernel)(P...), size_t bytes) {
+  detail::SmemOptIns& o = detail::smem_opt_ins();
+  std::lock_guard<std::mutex> g(o.mu);
+  o.bytes[reinterpret_cast<const void*>(kernel)] = bytes;
+}
+
+// Runs at most n evenly spaced blocks of every launch of the calling host thread (0: all). For the memory
+// metrics of large grids only: the blocks not run write nothing.
+inline void set_block_sample(uint64_t n) { detail::config().block_sample = n; }
+
+// Device memory (cudaMalloc): a buffer between guard zones, its bytes poisoned (0xFF) and, in checked
+// builds, uninitialised until the host marks them (mark_initialized) or a kernel writes them. Belongs to
+// the calling host thread.
+inline void* device_malloc(size_t bytes, const char* name = "buffer") { return detail::device_malloc_impl(bytes, name); }
+inline void device_free(void* p) { detail::device_free_impl(p); }
+// The host wrote [p, p + bytes) (cudaMemcpy host to device): initialised.
+inline void mark_initialized(const void* p, size_t bytes) { detail::set_initialized(p, bytes, true); }
+// Fills [p, p + bytes) with 0xFF (NaN / -1) and marks device memory uninitialised: a launch output the
+// kernels must write before anything reads it.
+inline void poison(void* p, size_t bytes) {
+  if (p && bytes) std::memset(p, detail::kPoisonByte, bytes);
+  detail::set_initialized(p, bytes, false);
+}
+
+// A device array of T (the std::vector of the emulated device): uninitialised, or a copy of host data.
+template <class T>
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t n, const char* name = "buffer")
+      : n_(n), p_(static_cast<T*>(device_malloc(n * sizeof(T), name))) {}
+  DeviceBuffer(const std::vector<T>& host, const char* name = "buffer") : DeviceBuffer(host.size(), name) {
+    if (n_) std::memcpy(static_cast<void*>(p_), host.data(), n_ * sizeof(T));
+    mark_initialized(p_, n_ * sizeof(T));
+  }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+  ~DeviceBuffer() { device_free(p_); }
+  T* data() { return p_; }
+  const T* data() const { return p_; }
+  size_t size() const { return n_; }
+  std::vector<T> to_host() const {
+    std::vector<T> v(n_);
+    if (n_) std::memcpy(static_cast<void*>(v.data()), p_, n_ * sizeof(T));
+    return v;
+  }
+
+ private:
+  size_t n_;
+  T* p_;
+};
+
+// Memory metrics of the launches of the calling host thread (checked builds; see checker.h): start,
+// launch, stop returns one row per (kernel, source line, space, direction).
+inline void start_metrics() {
+  detail::Config& c = detail::config();
+  c.metrics = true;
+  c.metric_rows.clear();
+  c.metric_sites.clear();
+  c.metric_index.clear();
+}
+// Rows of the same kernel, source line, space and direction (several instructions of one line) merge.
+inline std::vector<MetricRow> stop_metrics() {
+  detail::Config& c = detail::config();
+  c.metrics = false;
+  std::vector<uint64_t> pcs;
+  for (uint64_t s : c.metric_sites)
+    if (!(s & detail::kExplicitSite)) pcs.push_back(s);
+  const std::vector<std::string> names = detail::resolve_pcs(pcs);
+  std::map<uint64_t, std::string> name_of;
+  for (size_t i = 0; i < pcs.size(); ++i) name_of[pcs[i]] = names[i];
+  std::vector<MetricRow> out;
+  std::map<std::tuple<std::string, std::string, bool, bool>, size_t> index;
+  for (size_t i = 0; i < c.metric_rows.size(); ++i) {
+    MetricRow row = c.metric_rows[i];
+    const uint64_t s = c.metric_sites[i];
+    row.site = (s & detail::kExplicitSite) ? detail::site_name(s) : name_of[s];
+    auto key = std::make_tuple(row.kernel, row.site, row.shared, row.write);
+    auto it = index.find(key);
+    if (it == index.end()) {
+      index.emplace(key, out.size());
+      out.push_back(row);
+      continue;
+    }
+    MetricRow& m = out[it->second];
+    const double n = double(m.accesses + row.accesses);
+    m.bytes_per_lane = n ? (m.bytes_per_lane * double(m.accesses) + row.bytes_per_lane * double(row.accesses)) / n : 0;
+    m.accesses += row.accesses;
+    m.wavefronts += row.wavefronts;
+    m.ideal_wavefronts += row.ideal_wavefronts;
+    m.sectors += row.sectors;
+    m.min_sectors += row.min_sectors;
+  }
+  c.metric_rows.clear();
+  c.metric_sites.clear();
+  c.metric_index.clear();
+  return out;
+}
+// Race, initialisation and cp.async checks of checked builds on (default) or off (metrics only).
+inline void set_checks(bool on) {
+#if AX_EMU_CHECKED
+  detail::checks_enabled() = on;
+#else
+  (void)on;
+#endif
+}
+// Whether this build sees every memory access of kernel code (AX_EMU_CHECKED, see checker.h).
+constexpr bool checked_build() { return AX_EMU_CHECKED != 0; }
 
 }  // namespace ax_emu
 
@@ -1349,109 +1653,129 @@ inline T __ldg(const T* p) {
 [[noreturn]] inline void __trap() { ::ax_emu::detail::fail("__trap() called"); }
 
 // Atomics: fibers are cooperative on one host thread, so plain read-modify-write is atomic.
-inline int atomicAdd(int* a, int v) {
+AX_EMU_NOINSTR inline int atomicAdd(int* a, int v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   int o = *a;
   *a = static_cast<int>(static_cast<unsigned>(o) + static_cast<unsigned>(v));
   return o;
 }
-inline unsigned atomicAdd(unsigned* a, unsigned v) {
+AX_EMU_NOINSTR inline unsigned atomicAdd(unsigned* a, unsigned v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   unsigned o = *a;
   *a = o + v;
   return o;
 }
-inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
+AX_EMU_NOINSTR inline unsigned long long atomicAdd(unsigned long long* a, unsigned long long v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   unsigned long long o = *a;
   *a = o + v;
   return o;
 }
-inline float atomicAdd(float* a, float v) {
+AX_EMU_NOINSTR inline float atomicAdd(float* a, float v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   float o = *a;
   *a = o + v;
   return o;
 }
-inline double atomicAdd(double* a, double v) {
+AX_EMU_NOINSTR inline double atomicAdd(double* a, double v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   double o = *a;
   *a = o + v;
   return o;
 }
-inline int atomicSub(int* a, int v) {
+AX_EMU_NOINSTR inline int atomicSub(int* a, int v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   int o = *a;
   *a = static_cast<int>(static_cast<unsigned>(o) - static_cast<unsigned>(v));
   return o;
 }
-inline unsigned atomicSub(unsigned* a, unsigned v) {
+AX_EMU_NOINSTR inline unsigned atomicSub(unsigned* a, unsigned v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   unsigned o = *a;
   *a = o - v;
   return o;
 }
 template <class T>
-inline T ax_emu_atomic_exch(T* a, T v) {
+AX_EMU_NOINSTR inline T ax_emu_atomic_exch(T* a, T v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   T o = *a;
   *a = v;
   return o;
 }
-inline int atomicExch(int* a, int v) { return ax_emu_atomic_exch(a, v); }
-inline unsigned atomicExch(unsigned* a, unsigned v) { return ax_emu_atomic_exch(a, v); }
-inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) { return ax_emu_atomic_exch(a, v); }
-inline float atomicExch(float* a, float v) { return ax_emu_atomic_exch(a, v); }
-#define AX_EMU_ATOMIC_MINMAX(T)        \
-  inline T atomicMax(T* a, T v) {      \
-    T o = *a;                          \
-    *a = o < v ? v : o;                \
-    return o;                          \
-  }                                    \
-  inline T atomicMin(T* a, T v) {      \
-    T o = *a;                          \
-    *a = v < o ? v : o;                \
-    return o;                          \
+AX_EMU_NOINSTR inline int atomicExch(int* a, int v) { return ax_emu_atomic_exch(a, v); }
+AX_EMU_NOINSTR inline unsigned atomicExch(unsigned* a, unsigned v) { return ax_emu_atomic_exch(a, v); }
+AX_EMU_NOINSTR inline unsigned long long atomicExch(unsigned long long* a, unsigned long long v) {
+  return ax_emu_atomic_exch(a, v);
+}
+AX_EMU_NOINSTR inline float atomicExch(float* a, float v) { return ax_emu_atomic_exch(a, v); }
+#define AX_EMU_ATOMIC_MINMAX(T)                   \
+  AX_EMU_NOINSTR inline T atomicMax(T* a, T v) {  \
+    ::ax_emu::detail::atomic_touch(a, sizeof *a); \
+    T o = *a;                                     \
+    *a = o < v ? v : o;                           \
+    return o;                                     \
+  }                                               \
+  AX_EMU_NOINSTR inline T atomicMin(T* a, T v) {  \
+    ::ax_emu::detail::atomic_touch(a, sizeof *a); \
+    T o = *a;                                     \
+    *a = v < o ? v : o;                           \
+    return o;                                     \
   }
 AX_EMU_ATOMIC_MINMAX(int)
 AX_EMU_ATOMIC_MINMAX(unsigned)
 AX_EMU_ATOMIC_MINMAX(long long)
 AX_EMU_ATOMIC_MINMAX(unsigned long long)
 #undef AX_EMU_ATOMIC_MINMAX
-#define AX_EMU_ATOMIC_BITS(T)                 \
-  inline T atomicAnd(T* a, T v) {             \
-    T o = *a;                                 \
-    *a = o & v;                               \
-    return o;                                 \
-  }                                           \
-  inline T atomicOr(T* a, T v) {              \
-    T o = *a;                                 \
-    *a = o | v;                               \
-    return o;                                 \
-  }                                           \
-  inline T atomicXor(T* a, T v) {             \
-    T o = *a;                                 \
-    *a = o ^ v;                               \
-    return o;                                 \
-  }                                           \
-  inline T atomicCAS(T* a, T cmp, T v) {      \
-    T o = *a;                                 \
-    if (o == cmp) *a = v;                     \
-    return o;                                 \
+#define AX_EMU_ATOMIC_BITS(T)                             \
+  AX_EMU_NOINSTR inline T atomicAnd(T* a, T v) {          \
+    ::ax_emu::detail::atomic_touch(a, sizeof *a);         \
+    T o = *a;                                             \
+    *a = o & v;                                           \
+    return o;                                             \
+  }                                                       \
+  AX_EMU_NOINSTR inline T atomicOr(T* a, T v) {           \
+    ::ax_emu::detail::atomic_touch(a, sizeof *a);         \
+    T o = *a;                                             \
+    *a = o | v;                                           \
+    return o;                                             \
+  }                                                       \
+  AX_EMU_NOINSTR inline T atomicXor(T* a, T v) {          \
+    ::ax_emu::detail::atomic_touch(a, sizeof *a);         \
+    T o = *a;                                             \
+    *a = o ^ v;                                           \
+    return o;                                             \
+  }                                                       \
+  AX_EMU_NOINSTR inline T atomicCAS(T* a, T cmp, T v) {   \
+    ::ax_emu::detail::atomic_touch(a, sizeof *a);         \
+    T o = *a;                                             \
+    if (o == cmp) *a = v;                                 \
+    return o;                                             \
   }
 AX_EMU_ATOMIC_BITS(int)
 AX_EMU_ATOMIC_BITS(unsigned)
 AX_EMU_ATOMIC_BITS(unsigned long long)
 #undef AX_EMU_ATOMIC_BITS
-inline unsigned atomicInc(unsigned* a, unsigned limit) {
+AX_EMU_NOINSTR inline unsigned atomicInc(unsigned* a, unsigned limit) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   unsigned o = *a;
   *a = (o >= limit) ? 0u : o + 1u;
   return o;
 }
-inline unsigned atomicDec(unsigned* a, unsigned limit) {
+AX_EMU_NOINSTR inline unsigned atomicDec(unsigned* a, unsigned limit) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   unsigned o = *a;
   *a = (o == 0u || o > limit) ? limit : o - 1u;
   return o;
 }
 #if AX_EMU_HAS_CUDA_HEADERS
-inline __half atomicAdd(__half* a, __half v) {
+AX_EMU_NOINSTR inline __half atomicAdd(__half* a, __half v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   __half o = *a;
   *a = __float2half(__half2float(o) + __half2float(v));
   return o;
 }
-inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) {
+AX_EMU_NOINSTR inline __nv_bfloat16 atomicAdd(__nv_bfloat16* a, __nv_bfloat16 v) {
+  ::ax_emu::detail::atomic_touch(a, sizeof *a);
   __nv_bfloat16 o = *a;
   *a = __float2bfloat16(__bfloat162float(o) + __bfloat162float(v));
   return o;

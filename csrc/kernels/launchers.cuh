@@ -23,6 +23,18 @@ namespace kern {
 
 inline ax::stream_t as_stream(void* s) { return static_cast<ax::stream_t>(s); }
 
+// Outputs and workspaces of a call are poisoned before its launches (emulation only: ax::poison_output).
+template <typename E>
+void poison(void* p, int64_t n) {
+  if (p && n > 0) ax::poison_output(p, size_t(n) * sizeof(E));
+}
+template <typename T, typename acc_t>
+void poison_backward(void* dp, int64_t n_dp, void* ws, int64_t n_ws, void* dparams, int64_t n_part) {
+  poison<T>(dp, n_dp);
+  poison<acc_t>(ws, n_ws);
+  poison<acc_t>(dparams, n_part);
+}
+
 // Calls fn(T{}) with T the activation type of `d`.
 template <typename Fn>
 void dispatch_dtype(DType d, Fn&& fn) {
@@ -78,6 +90,7 @@ void launch_diag_forward(const void* p, int64_t n, int64_t r, const void* S, con
   using acc_t = typename acc_of<T>::type;
   if (n <= 0) return;
   const TilePlan pl = plan_tile("gain_core / rot_core", r, r, 0, 0, sizeof(acc_t), 1);  // s (r) in shared memory
+  poison<T>(h, n * r);
   const int rows = int(std::max<int64_t>(1, 8192 / r));
   AX_LAUNCH((diag_forward_kernel<T>), dim3(blocks_for(n, rows)), dim3(kCoreThreads), pl.smem, st,
             static_cast<const T*>(p), n, int(r), rows, static_cast<const acc_t*>(S), static_cast<const acc_t*>(x),
@@ -92,6 +105,7 @@ void launch_diag_backward(const void* dh, const void* p, int64_t n, int64_t r, c
   using acc_t = typename acc_of<T>::type;
   const int64_t n_ctas = core_partial_ctas(n);
   acc_t* ws = static_cast<acc_t*>(workspace);
+  poison_backward<T, acc_t>(dp, n * r, ws, n_ctas * r, dparams, r);
   if (n_ctas > 0) {
     const int threads = int(std::min<int64_t>(kCoreThreads, (r + 31) / 32 * 32));
     AX_LAUNCH((diag_backward_kernel<T>), dim3(unsigned(n_ctas)), dim3(threads), 0, st, static_cast<const T*>(dh),
@@ -114,6 +128,8 @@ void block_cayley_forward(bool f64, const void* t, int64_t n_blocks, int64_t bs,
   if (bs < 2 || bs > kMaxCayleyBlock)
     throw std::invalid_argument("antipasto_ext block_cayley: block size " + std::to_string(bs) + " not in 2.." +
                                 std::to_string(kMaxCayleyBlock));
+  const int64_t n_R = n_blocks * bs * bs;
+  f64 ? kern::poison<double>(R, n_R) : kern::poison<float>(R, n_R);
   if (f64)
     kern::launch_cayley_forward<double>(static_cast<const double*>(t), n_blocks, int(bs), a_lim, coeff,
                                         static_cast<double*>(R), kern::as_stream(stream));
@@ -127,6 +143,8 @@ void block_cayley_backward(bool f64, const void* G, const void* R, const void* t
   if (bs < 2 || bs > kMaxCayleyBlock)
     throw std::invalid_argument("antipasto_ext block_cayley_backward: block size " + std::to_string(bs) +
                                 " not in 2.." + std::to_string(kMaxCayleyBlock));
+  const int64_t n_dt = n_blocks * (bs * (bs - 1) / 2);
+  f64 ? kern::poison<double>(dt, n_dt) : kern::poison<float>(dt, n_dt);
   if (f64)
     kern::launch_cayley_backward<double>(static_cast<const double*>(G), static_cast<const double*>(R),
                                          static_cast<const double*>(t), n_blocks, int(bs), a_lim, coeff,
@@ -164,6 +182,7 @@ void dplr_forward(DType dtype, const void* p, int64_t n, int64_t r, int64_t k, c
     using acc_t = typename kern::acc_of<T>::type;
     if (n <= 0) return;
     const kern::TilePlan pl = kern::plan_tile("dplr_core", r, r, 2 * k * r, r + k, sizeof(acc_t), n);
+    kern::poison<T>(h, n * r);
     AX_LAUNCH((kern::dplr_forward_kernel<T>), dim3(kern::blocks_for(n, pl.rows)), dim3(kern::kCoreThreads), pl.smem,
               kern::as_stream(stream), static_cast<const T*>(p), n, int(r), int(k), pl.rows, pl.stage,
               static_cast<const acc_t*>(S), static_cast<const acc_t*>(g), static_cast<const acc_t*>(A),
@@ -182,9 +201,9 @@ void dplr_backward(DType dtype, const void* grad_h, const void* p, int64_t n, in
     const ax::stream_t st = kern::as_stream(stream);
     const int64_t n_ctas = core_partial_ctas(n), chunk = core_rows_per_cta(n), n_part = dplr_partials(r, k);
     acc_t* ws = static_cast<acc_t*>(workspace);
+    const kern::TilePlan pl = n_ctas > 0 ? kern::plan_tile("dplr_core_backward", r, r, 2 * k * r, 2 * r + 2 * k, sizeof(acc_t), chunk) : kern::TilePlan{0, false, 0};
+    kern::poison_backward<T, acc_t>(dp, n * r, ws, n_ctas * n_part, dparams, n_part);
     if (n_ctas > 0) {
-      const kern::TilePlan pl =
-          kern::plan_tile("dplr_core_backward", r, r, 2 * k * r, 2 * r + 2 * k, sizeof(acc_t), chunk);
       AX_LAUNCH((kern::dplr_backward_kernel<T>), dim3(unsigned(n_ctas)), dim3(kern::kCoreThreads), pl.smem, st,
                 static_cast<const T*>(grad_h), static_cast<const T*>(p), n, int(r), int(k), chunk, pl.rows, pl.stage,
                 static_cast<const acc_t*>(S), static_cast<const acc_t*>(g), static_cast<const acc_t*>(A),
@@ -215,6 +234,7 @@ void rot_forward(DType dtype, const void* p, int64_t n, int64_t r, int64_t bs, i
     }
     if (n <= 0) return;
     const kern::TilePlan pl = kern::plan_tile("rot_core", r, r, r * bs, r, sizeof(acc_t), n);
+    kern::poison<T>(h, n * r);
     AX_LAUNCH((kern::rot_forward_kernel<T>), dim3(kern::blocks_for(n, pl.rows)), dim3(kern::kCoreThreads), pl.smem, st,
               static_cast<const T*>(p), n, int(r), int(bs), int(side), pl.rows, pl.stage, static_cast<const acc_t*>(S),
               static_cast<const acc_t*>(delta_s), static_cast<const acc_t*>(R), acc_t(coeff), static_cast<T*>(h));
@@ -243,8 +263,9 @@ void rot_backward(DType dtype, const void* grad_h, const void* p, int64_t n, int
     }
     const int64_t n_ctas = core_partial_ctas(n), chunk = core_rows_per_cta(n), n_part = rot_partials(r, bs, side);
     acc_t* ws = static_cast<acc_t*>(workspace);
+    const kern::TilePlan pl = n_ctas > 0 ? kern::plan_tile("rot_core_backward", r, r, r * bs, 3 * r, sizeof(acc_t), chunk) : kern::TilePlan{0, false, 0};
+    kern::poison_backward<T, acc_t>(dp, n * r, ws, n_ctas * n_part, dparams, n_part);
     if (n_ctas > 0) {
-      const kern::TilePlan pl = kern::plan_tile("rot_core_backward", r, r, r * bs, 3 * r, sizeof(acc_t), chunk);
       AX_LAUNCH((kern::rot_backward_kernel<T>), dim3(unsigned(n_ctas)), dim3(kern::kCoreThreads), pl.smem, st,
                 static_cast<const T*>(grad_h), static_cast<const T*>(p), n, int(r), int(bs), int(side), chunk, pl.rows,
                 pl.stage, static_cast<const acc_t*>(S), static_cast<const acc_t*>(delta_s),
@@ -265,6 +286,7 @@ void ablate_forward(DType dtype, const void* p, int64_t n, int64_t r, int64_t k,
     using acc_t = typename kern::acc_of<T>::type;
     if (n <= 0) return;
     const kern::TilePlan pl = kern::plan_tile("ablate_core", r, r + k, r * k, r + k, sizeof(acc_t), n);
+    kern::poison<T>(h, n * r);
     AX_LAUNCH((kern::ablate_forward_kernel<T>), dim3(kern::blocks_for(n, pl.rows)), dim3(kern::kCoreThreads), pl.smem,
               kern::as_stream(stream), static_cast<const T*>(p), n, int(r), int(k), pl.rows, pl.stage,
               static_cast<const acc_t*>(S), static_cast<const acc_t*>(C), static_cast<const acc_t*>(a), acc_t(coeff),
@@ -283,9 +305,9 @@ void ablate_backward(DType dtype, const void* grad_h, const void* p, int64_t n, 
     const ax::stream_t st = kern::as_stream(stream);
     const int64_t n_ctas = core_partial_ctas(n), chunk = core_rows_per_cta(n), n_part = ablate_partials(r, k);
     acc_t* ws = static_cast<acc_t*>(workspace);
+    const kern::TilePlan pl = n_ctas > 0 ? kern::plan_tile("ablate_core_backward", r, r + k, r * k, 2 * r + 2 * k, sizeof(acc_t), chunk) : kern::TilePlan{0, false, 0};
+    kern::poison_backward<T, acc_t>(dp, n * r, ws, n_ctas * n_part, dparams, n_part);
     if (n_ctas > 0) {
-      const kern::TilePlan pl =
-          kern::plan_tile("ablate_core_backward", r, r + k, r * k, 2 * r + 2 * k, sizeof(acc_t), chunk);
       AX_LAUNCH((kern::ablate_backward_kernel<T>), dim3(unsigned(n_ctas)), dim3(kern::kCoreThreads), pl.smem, st,
                 static_cast<const T*>(grad_h), static_cast<const T*>(p), n, int(r), int(k), chunk, pl.rows, pl.stage,
                 static_cast<const acc_t*>(S), static_cast<const acc_t*>(C), static_cast<const acc_t*>(a),
@@ -317,6 +339,10 @@ void project_core_forward(DType dtype, const void* x, const void* Vh, int64_t n,
   if (core.kind != kProjectAblate && core.g == nullptr) bad("the gain / rot / dplr cores need g");
   if (project_workspace_elems(n, d_in, r) > 0 && workspace == nullptr) bad("the split-K decode path needs a workspace");
   if (n <= 0) return;
+  const size_t elem = dtype == DType::bf16 ? sizeof(__nv_bfloat16) : sizeof(__half);
+  kern::poison<unsigned char>(h, n * r * int64_t(elem));
+  kern::poison<unsigned char>(p_out, n * r * int64_t(elem));
+  kern::poison<float>(workspace, project_workspace_elems(n, d_in, r));
   const kern::ProjCoreArgs c{int(core.kind), int(core.side), int(rotates ? core.bs : 1), int(lowrank ? core.k : 0),
                              static_cast<const float*>(core.S), static_cast<const float*>(core.g),
                              static_cast<const float*>(core.R), static_cast<const float*>(core.A),

@@ -18,6 +18,9 @@
 // Host-side:
 //   AX_LAUNCH(kernel, grid, block, smem_bytes, stream, args...)   (wrap template kernels in parentheses)
 //   AX_CHECK_LAUNCH()   ax::stream_t   AX_EMULATION (1 in emulation, 0 under nvcc)
+//   ax::set_max_dynamic_smem(kernel, bytes)   opt-in to dynamic shared memory above 48 KiB
+//   ax::poison_output(ptr, bytes)   a launch output / workspace: emulation fills it with 0xFF (NaN) and
+//                                   marks it uninitialised, so an entry no kernel writes shows; no-op on a GPU
 #pragma once
 
 #if defined(__CUDACC__)
@@ -55,6 +58,16 @@
 namespace ax {
 
 using stream_t = cudaStream_t;
+
+template <class... P>
+void set_max_dynamic_smem(void (*kernel)(P...), size_t bytes) {
+  const cudaError_t e =
+      cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel), cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes));
+  if (e != cudaSuccess)
+    throw std::runtime_error(std::string("cudaFuncSetAttribute(MaxDynamicSharedMemorySize) failed: ") +
+                             cudaGetErrorString(e));
+}
+inline void poison_output(void*, size_t) {}
 
 __device__ __forceinline__ uint32_t smem_u32addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -172,14 +185,22 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* sme
 
 // AX_SHARED / AX_DYNAMIC_SHARED are defined by cuda_emu.h.
 
-// The stream is evaluated and ignored; launches run synchronously.
-#define AX_LAUNCH(kernel, grid, block, smem_bytes, stream, ...)                                  \
-  ((void)(stream), ::ax_emu::detail::make_launch(#kernel, __FILE__, __LINE__, kernel, dim3(grid), dim3(block), \
-                                                 static_cast<size_t>(smem_bytes))(__VA_ARGS__))
+// Launches run synchronously; the stream must be the host thread's current one (ax_emu::set_current_stream).
+#define AX_LAUNCH(kernel, grid, block, smem_bytes, stream, ...)                                              \
+  (::ax_emu::detail::make_launch(#kernel, __FILE__, __LINE__, kernel, dim3(grid), dim3(block),               \
+                                 static_cast<size_t>(smem_bytes), static_cast<const void*>(stream))(__VA_ARGS__))
 
 #define AX_CHECK_LAUNCH() \
   do {                    \
   } while (0)
+
+namespace ax {
+template <class... P>
+void set_max_dynamic_smem(void (*kernel)(P...), size_t bytes) {
+  ::ax_emu::set_max_dynamic_smem(kernel, bytes);
+}
+inline void poison_output(void* p, size_t bytes) { ::ax_emu::poison(p, bytes); }
+}  // namespace ax
 
 #else
 #error "portability.cuh: compile with nvcc, or define AX_EMULATE_CUDA for the CPU emulation"

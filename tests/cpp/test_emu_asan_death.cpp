@@ -1,6 +1,6 @@
 // Death tests: out-of-bounds shared-memory accesses must be caught by
-// AddressSanitizer (shared arenas are exactly-sized heap allocations).
-// Registered in CMake with PASS_REGULAR_EXPRESSION "heap-buffer-overflow".
+// AddressSanitizer (the guard zones around each shared region are poisoned).
+// Registered in CMake with PASS_REGULAR_EXPRESSION "use-after-poison".
 #include <cstdio>
 #include <cstring>
 #include <vector>

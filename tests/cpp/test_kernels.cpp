@@ -1,9 +1,13 @@
-// Kernel tests (torch-free, ctest, ASan + UBSan): the kernel family of csrc/kernels/ run through the
-// CUDA emulator via the API of csrc/kernels/api.h (namespace ax::emu_impl), against the per-block /
-// per-row math of csrc/kernels/math.h and rowcore.h summed in the same row chunks as the C++ CPU
-// kernels. The kernels mirror that arithmetic, so results must agree bit for bit, for every
-// emulator seed (block order and thread interleaving). Outputs and workspaces are pre-filled with
-// NaN, so an entry a kernel forgets to write, or a partial it forgets to initialise, fails.
+// Kernel tests (torch-free, ctest): the kernel family of csrc/kernels/ run through the CUDA emulator via
+// the API of csrc/kernels/api.h (namespace ax::emu_impl), against the per-block / per-row math of
+// csrc/kernels/math.h and rowcore.h summed in the same row chunks as the C++ CPU kernels. The kernels
+// mirror that arithmetic, so results must agree bit for bit, for every emulator seed (block order and
+// thread interleaving). Built twice: under ASan + UBSan, and as the emulator's checked build (every
+// memory access of kernel code checked: shared-memory and inter-CTA races, cp.async in flight,
+// uninitialised and out-of-bounds global accesses; csrc/emu/checker.h). All device memory is
+// ax_emu::DeviceBuffer: inputs initialised, outputs and workspaces poisoned and uninitialised, so an
+// entry a kernel forgets to write, or a partial it reads before writing, fails; launches must use the
+// stream the API was given.
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -24,6 +28,20 @@ using ax::DType;
 struct SeedGuard {
   ~SeedGuard() { ax_emu::clear_seed(); }
 };
+
+// The stream every API call gets (and the emulator's current stream): a launch on another one fails.
+void* test_stream() {
+  static char token;
+  ax_emu::set_current_stream(&token);
+  return &token;
+}
+
+template <typename T>
+using Dev = ax_emu::DeviceBuffer<T>;
+template <typename T>
+T* ptr_or_null(Dev<T>& d) {
+  return d.size() ? d.data() : nullptr;
+}
 
 template <typename T>
 using acc_of = std::conditional_t<std::is_same<T, double>::value, double, float>;
@@ -63,13 +81,6 @@ std::vector<T> randn(size_t n, std::mt19937_64& rng, double scale = 1.0, double 
   for (auto& x : v) x = from_acc<T>(static_cast<acc_of<T>>(shift + scale * d(rng)));
   return v;
 }
-template <typename T>
-std::vector<T> nan_filled(size_t n) {
-  std::vector<T> v(n);
-  for (auto& x : v) x = from_acc<T>(std::numeric_limits<acc_of<T>>::quiet_NaN());
-  return v;
-}
-
 // Bitwise equality (NaN == NaN when the bits agree).
 template <typename T>
 bool same_bits(const std::vector<T>& a, const std::vector<T>& b, const char* what) {
@@ -199,35 +210,37 @@ void check_core(Core core, Shape sh, double coeff, bool suppress, uint64_t seed)
   if (core == Core::rot)
     for (int64_t j = 0; j < r; ++j) tot[j] *= A(coeff);
 
-  // ---- kernels (outputs and workspace pre-filled with NaN)
-  std::vector<T> h = nan_filled<T>(static_cast<size_t>(n * r)), dp = nan_filled<T>(static_cast<size_t>(n * r));
-  std::vector<A> dparams = nan_filled<A>(static_cast<size_t>(n_part));
-  std::vector<A> ws = nan_filled<A>(static_cast<size_t>(ax::core_workspace_elems(n, n_part)));
+  // ---- kernels (outputs and workspace uninitialised device memory)
+  Dev<T> p_d(p, "p"), dh_d(dh, "grad_h"), h_d(static_cast<size_t>(n * r), "h"), dp_d(static_cast<size_t>(n * r), "dp");
+  Dev<A> S_d(S, "S"), g_d(g, "g"), P1_d(P1, "A/R/C"), P2_d(P2, "B/a"), dparams_d(static_cast<size_t>(n_part), "dparams");
+  Dev<A> ws_d(static_cast<size_t>(ax::core_workspace_elems(n, n_part)), "workspace");
   const DType dt = dtype_of<T>();
+  void* st = test_stream();
   switch (core) {
     case Core::gain:
-      K::gain_forward(dt, p.data(), n, r, S.data(), g.data(), coeff, suppress, h.data(), nullptr);
-      K::gain_backward(dt, dh.data(), p.data(), n, r, S.data(), g.data(), coeff, suppress, dp.data(), dparams.data(),
-                       ws.data(), nullptr);
+      K::gain_forward(dt, p_d.data(), n, r, S_d.data(), g_d.data(), coeff, suppress, h_d.data(), st);
+      K::gain_backward(dt, dh_d.data(), p_d.data(), n, r, S_d.data(), g_d.data(), coeff, suppress, dp_d.data(),
+                       dparams_d.data(), ws_d.data(), st);
       break;
     case Core::dplr:
-      K::dplr_forward(dt, p.data(), n, r, k, S.data(), g.data(), P1.data(), P2.data(), coeff, suppress, h.data(),
-                      nullptr);
-      K::dplr_backward(dt, dh.data(), p.data(), n, r, k, S.data(), g.data(), P1.data(), P2.data(), coeff, suppress,
-                       dp.data(), dparams.data(), ws.data(), nullptr);
+      K::dplr_forward(dt, p_d.data(), n, r, k, S_d.data(), g_d.data(), P1_d.data(), P2_d.data(), coeff, suppress,
+                      h_d.data(), st);
+      K::dplr_backward(dt, dh_d.data(), p_d.data(), n, r, k, S_d.data(), g_d.data(), P1_d.data(), P2_d.data(), coeff,
+                       suppress, dp_d.data(), dparams_d.data(), ws_d.data(), st);
       break;
     case Core::rot:
-      K::rot_forward(dt, p.data(), n, r, bs, side, S.data(), g.data(), P1.empty() ? nullptr : P1.data(), coeff,
-                     h.data(), nullptr);
-      K::rot_backward(dt, dh.data(), p.data(), n, r, bs, side, S.data(), g.data(), P1.empty() ? nullptr : P1.data(),
-                      coeff, dp.data(), dparams.data(), ws.data(), nullptr);
+      K::rot_forward(dt, p_d.data(), n, r, bs, side, S_d.data(), g_d.data(), ptr_or_null(P1_d), coeff, h_d.data(), st);
+      K::rot_backward(dt, dh_d.data(), p_d.data(), n, r, bs, side, S_d.data(), g_d.data(), ptr_or_null(P1_d), coeff,
+                      dp_d.data(), dparams_d.data(), ws_d.data(), st);
       break;
     case Core::ablate:
-      K::ablate_forward(dt, p.data(), n, r, k, S.data(), P1.data(), P2.data(), coeff, h.data(), nullptr);
-      K::ablate_backward(dt, dh.data(), p.data(), n, r, k, S.data(), P1.data(), P2.data(), coeff, dp.data(),
-                         dparams.data(), ws.data(), nullptr);
+      K::ablate_forward(dt, p_d.data(), n, r, k, S_d.data(), P1_d.data(), P2_d.data(), coeff, h_d.data(), st);
+      K::ablate_backward(dt, dh_d.data(), p_d.data(), n, r, k, S_d.data(), P1_d.data(), P2_d.data(), coeff,
+                         dp_d.data(), dparams_d.data(), ws_d.data(), st);
       break;
   }
+  const std::vector<T> h = h_d.to_host(), dp = dp_d.to_host();
+  const std::vector<A> dparams = dparams_d.to_host();
   const std::string tag = std::string(name_of<T>()) + " n=" + std::to_string(n) + " r=" + std::to_string(r) +
                           " k/bs=" + std::to_string(k) + " side=" + std::to_string(side);
   AX_CHECK(same_bits(h, h_ref, ("h " + tag).c_str()));
@@ -289,10 +302,11 @@ void check_cayley(int bs, int64_t nb, double coeff, uint64_t seed) {
     ax::cayley_block_backward(G.data() + b * bs * bs, R_ref.data() + b * bs * bs, t.data() + b * m, bs, A(a_lim),
                               A(coeff), work.data(), dt_ref.data() + b * m);
   }
-  std::vector<A> R = nan_filled<A>(R_ref.size()), dt = nan_filled<A>(dt_ref.size());
+  Dev<A> t_d(t, "t"), G_d(G, "grad_R"), R_d(R_ref.size(), "R"), dt_d(dt_ref.size(), "dt");
   const bool f64 = std::is_same<A, double>::value;
-  K::block_cayley_forward(f64, t.data(), nb, bs, a_lim, coeff, R.data(), nullptr);
-  K::block_cayley_backward(f64, G.data(), R.data(), t.data(), nb, bs, a_lim, coeff, dt.data(), nullptr);
+  K::block_cayley_forward(f64, t_d.data(), nb, bs, a_lim, coeff, R_d.data(), test_stream());
+  K::block_cayley_backward(f64, G_d.data(), R_d.data(), t_d.data(), nb, bs, a_lim, coeff, dt_d.data(), test_stream());
+  const std::vector<A> R = R_d.to_host(), dt = dt_d.to_host();
   const std::string tag = std::string(f64 ? "f64" : "f32") + " bs=" + std::to_string(bs);
   AX_CHECK(same_bits(R, R_ref, ("R " + tag).c_str()));
   AX_CHECK(same_bits(dt, dt_ref, ("dt " + tag).c_str()));
@@ -327,9 +341,9 @@ AX_TEST(cayley_coeff_zero_is_identity) {
   for (int bs : {4, 16}) {
     std::mt19937_64 rng(1);
     const int64_t nb = 3, m = int64_t(bs) * (bs - 1) / 2;
-    const std::vector<float> t = randn<float>(static_cast<size_t>(nb * m), rng);
-    std::vector<float> R(static_cast<size_t>(nb * bs * bs));
-    K::block_cayley_forward(false, t.data(), nb, bs, 0.5, 0.0, R.data(), nullptr);
+    Dev<float> t_d(randn<float>(static_cast<size_t>(nb * m), rng), "t"), R_d(static_cast<size_t>(nb * bs * bs), "R");
+    K::block_cayley_forward(false, t_d.data(), nb, bs, 0.5, 0.0, R_d.data(), test_stream());
+    const std::vector<float> R = R_d.to_host();
     for (int64_t e = 0; e < nb * bs * bs; ++e) AX_CHECK_EQ(R[e], ((e % (bs * bs)) / bs == e % bs) ? 1.0f : 0.0f);
   }
 }
@@ -392,22 +406,25 @@ void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int b
     else ax::ablate_row_forward(pi, Sd.data(), Ad.data(), ad.data(), coeff, int(r), k, tmp.data(), hi);
   }
   // kernels
+  Dev<T> x_d(x, "x"), Vh_d(Vh, "Vh"), h_d(static_cast<size_t>(n * r), "h"), p_d(static_cast<size_t>(n * r), "p");
+  Dev<float> S_d(S, "S"), g_d(g, "g"), R_d(R, "R"), A_d(A, "A"), B_d(B, "B"), a_d(a, "a");
+  Dev<float> ws_d(static_cast<size_t>(ax::project_workspace_elems(n, d_in, r)), "workspace");
   ax::ProjectCore c;
   c.kind = core;
   c.side = side;
   c.bs = bs;
   c.k = k;
-  c.S = S.data();
-  c.g = g.data();
-  c.R = R.empty() ? nullptr : R.data();
-  c.A = k ? A.data() : nullptr;
-  c.B = k ? (core == 3 ? A.data() : B.data()) : nullptr;
-  c.a = k ? a.data() : nullptr;
+  c.S = S_d.data();
+  c.g = g_d.data();
+  c.R = ptr_or_null(R_d);
+  c.A = k ? A_d.data() : nullptr;
+  c.B = k ? (core == 3 ? A_d.data() : B_d.data()) : nullptr;
+  c.a = k ? a_d.data() : nullptr;
   c.coeff = coeff;
   c.suppress_only = suppress;
-  std::vector<T> h = nan_filled<T>(static_cast<size_t>(n * r)), p = nan_filled<T>(static_cast<size_t>(n * r));
-  std::vector<float> ws = nan_filled<float>(static_cast<size_t>(std::max<int64_t>(1, ax::project_workspace_elems(n, d_in, r))));
-  K::project_core_forward(dtype_of<T>(), x.data(), Vh.data(), n, d_in, r, c, h.data(), p.data(), ws.data(), nullptr);
+  K::project_core_forward(dtype_of<T>(), x_d.data(), Vh_d.data(), n, d_in, r, c, h_d.data(), p_d.data(),
+                          ptr_or_null(ws_d), test_stream());
+  const std::vector<T> h = h_d.to_host(), p = p_d.to_host();
   double hmax = 0, pmax = 0, herr = 0, perr = 0;
   for (int64_t e = 0; e < n * r; ++e) {
     hmax = std::max(hmax, std::fabs(href[e]));
@@ -456,14 +473,16 @@ AX_TEST(project_same_bits_for_every_schedule) {
   SeedGuard guard;
   std::mt19937_64 rng(3);
   const int64_t n = 20, d_in = 96, r = 40;
-  const std::vector<__nv_bfloat16> x = randn<__nv_bfloat16>(static_cast<size_t>(n * d_in), rng), Vh = randn<__nv_bfloat16>(static_cast<size_t>(r * d_in), rng);
-  const std::vector<float> S(static_cast<size_t>(r), 1.5f), g(static_cast<size_t>(r), 0.1f);
+  Dev<__nv_bfloat16> x(randn<__nv_bfloat16>(static_cast<size_t>(n * d_in), rng), "x");
+  Dev<__nv_bfloat16> Vh(randn<__nv_bfloat16>(static_cast<size_t>(r * d_in), rng), "Vh");
+  Dev<float> S(std::vector<float>(static_cast<size_t>(r), 1.5f), "S"), g(std::vector<float>(static_cast<size_t>(r), 0.1f), "g");
   std::vector<__nv_bfloat16> first;
   for (uint64_t seed : {1ull, 2ull, 3ull}) {
     ax_emu::set_seed(seed);
-    std::vector<__nv_bfloat16> h(static_cast<size_t>(n * r));
-    K::project_core_forward(DType::bf16, x.data(), Vh.data(), n, d_in, r, gain_core_of(S.data(), g.data()), h.data(),
-                            nullptr, nullptr, nullptr);
+    Dev<__nv_bfloat16> h_d(static_cast<size_t>(n * r), "h");
+    K::project_core_forward(DType::bf16, x.data(), Vh.data(), n, d_in, r, gain_core_of(S.data(), g.data()), h_d.data(),
+                            nullptr, nullptr, test_stream());
+    const std::vector<__nv_bfloat16> h = h_d.to_host();
     if (first.empty()) first = h;
     AX_CHECK(same_bits(h, first, "h"));
   }
