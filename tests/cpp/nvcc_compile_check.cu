@@ -1,6 +1,7 @@
 // Compile-only check (no GPU needed): the emulator test kernels and the
 // portable wrappers must also build with nvcc for real GPUs, e.g.
 //   nvcc -std=c++17 -arch=sm_80 -I<repo> -c tests/cpp/nvcc_compile_check.cu
+#include "tests/cpp/emu_check_kernels.cuh"
 #include "tests/cpp/emu_test_kernels.cuh"
 
 using namespace emu_test;
@@ -35,6 +36,24 @@ void launch_all(ax::stream_t stream, float* f, int* i, unsigned* u, double* d, u
   AX_LAUNCH(half_convert_kernel, 1, 4, 0, stream, f, hh, bb, f);
   AX_LAUNCH(no_arg_kernel, 1, 1, 0, stream);
   AX_LAUNCH((axpy_kernel<float, 4>), 4, 64, 0, stream, f, f, 2.0f, 1000);
+  AX_CHECK_LAUNCH();
+}
+
+// The kernels of the memory-check tests.
+void launch_checks(ax::stream_t stream, float* f) {
+  using namespace emu_check;
+  AX_LAUNCH((shared_write_write_kernel<false>), 1, 64, 0, stream, f);
+  AX_LAUNCH((shared_read_write_kernel<true>), 1, 64, 0, stream, f);
+  AX_LAUNCH((warp_sync_kernel<1>), 1, 64, 0, stream, f);
+  AX_LAUNCH((cp_async_pipeline_kernel<0>), 1, 128, 0, stream, f, f, 4);
+  AX_LAUNCH((cta_kernel<false, true>), 8, 32, 0, stream, f);
+  AX_LAUNCH(copy_kernel, 2, 32, 0, stream, f, f, 40);
+  AX_LAUNCH(off_by_one_kernel, 2, 32, 0, stream, f, 40);
+  AX_LAUNCH(shared_oob_kernel, 1, 32, 0, stream, f, 0);
+  AX_LAUNCH(bounded_kernel, 1, kBoundedThreads, 0, stream, f);
+  ax::set_max_dynamic_smem(big_smem_kernel, 64 * 1024);
+  AX_LAUNCH(big_smem_kernel, 1, 128, 64 * 1024, stream, f, 16 * 1024);
+  AX_LAUNCH(metrics_kernel, 1, 32, 0, stream, f, f, 1);
   AX_CHECK_LAUNCH();
 }
 

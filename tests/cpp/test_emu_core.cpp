@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "tests/cpp/ax_test.h"
+#include "tests/cpp/emu_check_kernels.cuh"
 #include "tests/cpp/emu_test_kernels.cuh"
 
 using ax_emu::EmulationError;
@@ -299,5 +300,42 @@ AX_TEST(timing_256x100_10_barriers) {
     }
   AX_CHECK(ms < 5000.0);  // generous: sanitizer builds are slow
 }
+
+AX_TEST(launch_above_launch_bounds_throws) {
+  std::vector<float> out(256);
+  AX_LAUNCH(emu_check::bounded_kernel, 1, emu_check::kBoundedThreads, 0, nullptr, out.data());
+  AX_CHECK_THROWS(EmulationError, AX_LAUNCH(emu_check::bounded_kernel, 1, 128, 0, nullptr, out.data()),
+                  "exceeds the kernel's __launch_bounds__ of 64", "bounded_kernel");
+}
+
+AX_TEST(dynamic_smem_above_48k_needs_the_opt_in) {
+  std::vector<float> out(1);
+  const int n = 64 * 1024 / 4;
+  AX_CHECK_THROWS(EmulationError, AX_LAUNCH(emu_check::big_smem_kernel, 1, 128, n * 4, nullptr, out.data(), n),
+                  "without the opt-in", "set_max_dynamic_smem");
+  ax::set_max_dynamic_smem(emu_check::big_smem_kernel, size_t(n) * 4);
+  AX_LAUNCH(emu_check::big_smem_kernel, 1, 128, n * 4, nullptr, out.data(), n);
+  AX_CHECK_EQ(out[0], float(n - 1));
+}
+
+AX_TEST(launch_on_another_stream_throws) {
+  std::vector<float> out(64);
+  static char op_stream;
+  ax_emu::set_current_stream(&op_stream);
+  AX_LAUNCH(emu_check::bounded_kernel, 1, 64, 0, &op_stream, out.data());
+  AX_CHECK_THROWS(EmulationError, AX_LAUNCH(emu_check::bounded_kernel, 1, 64, 0, nullptr, out.data()),
+                  "not the current stream");
+  ax_emu::set_current_stream(nullptr);
+}
+
+#if !AX_EMU_ASAN
+AX_TEST(out_of_bounds_writes_reported_at_their_launch) {  // under ASan, ASan reports them itself
+  ax_emu::DeviceBuffer<float> out(40, "out");
+  AX_CHECK_THROWS(EmulationError, AX_LAUNCH(emu_check::off_by_one_kernel, 2, 32, 0, nullptr, out.data(), 40),
+                  "out-of-bounds global write", "byte 0 past its end", "'out'");
+  AX_CHECK_THROWS(EmulationError, AX_LAUNCH(emu_check::shared_oob_kernel, 1, 32, 0, nullptr, out.data(), 9),
+                  "out-of-bounds shared-memory write", "past the end of AX_SHARED 'tile'");
+}
+#endif
 
 int main(int argc, char** argv) { return ax_test::run_main(argc, argv); }
