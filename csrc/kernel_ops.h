@@ -8,6 +8,7 @@
 // csrc/cpu/ops_emulated.cpp):
 //   using Guard = ...;                         constructible from an at::Device (device guard)
 //   static void* stream(const at::Tensor&);    the stream to launch on
+//   static at::Tensor empty(sizes, options);   an output or workspace the kernels write
 //   AX_KERNEL_BACKEND_FUNCTIONS(namespace)     the API functions of ax::cuda_impl or ax::emu_impl
 #pragma once
 
@@ -50,8 +51,9 @@ inline DType kernel_dtype(const at::Tensor& p) {
 // Small parameter in the accumulation dtype, contiguous, on its own device.
 inline at::Tensor acc_param(const at::Tensor& t, at::ScalarType acc) { return t.to(acc).contiguous(); }
 
-inline at::Tensor acc_buffer(int64_t n, const at::Tensor& like, at::ScalarType acc) {
-  return at::empty({n}, like.options().dtype(acc));
+template <class B>
+at::Tensor acc_buffer(int64_t n, const at::Tensor& like, at::ScalarType acc) {
+  return B::empty({n}, like.options().dtype(acc));
 }
 
 inline int64_t rows_of(const at::Tensor& x, int64_t r) { return x.numel() / std::max<int64_t>(r, 1); }
@@ -65,7 +67,7 @@ at::Tensor block_cayley(const at::Tensor& rot_T, int64_t block_size, double max_
   const auto acc = acc_dtype(rot_T.scalar_type());
   const at::Tensor t = rot_T.to(acc).contiguous();
   const int64_t n = t.size(0), bs = block_size;
-  at::Tensor R = at::empty({n, bs, bs}, t.options());
+  at::Tensor R = B::empty({n, bs, bs}, t.options());
   B::block_cayley_forward(acc == at::kDouble, t.data_ptr(), n, bs, cayley_a_lim(max_angle), coeff, R.data_ptr(),
                           B::stream(t));
   return R.to(rot_T.scalar_type());
@@ -86,7 +88,7 @@ at::Tensor block_cayley_backward(const at::Tensor& grad_R, const at::Tensor& R, 
   typename B::Guard guard(rot_T.device());
   const auto acc = acc_dtype(rot_T.scalar_type());
   const at::Tensor t = rot_T.to(acc).contiguous(), Ra = R.to(acc).contiguous(), G = grad_R.to(acc).contiguous();
-  at::Tensor dt = at::empty_like(t);
+  at::Tensor dt = B::empty(t.sizes(), t.options());
   B::block_cayley_backward(acc == at::kDouble, G.data_ptr(), Ra.data_ptr(), t.data_ptr(), n, bs,
                            cayley_a_lim(max_angle), coeff, dt.data_ptr(), B::stream(t));
   return dt.to(rot_T.scalar_type());
@@ -102,7 +104,7 @@ at::Tensor gain_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor&
   const DType dt = kernel_dtype(p);
   const auto acc = acc_dtype(p.scalar_type());
   const at::Tensor x = p.contiguous(), Sa = acc_param(S, acc), ga = acc_param(g, acc);
-  at::Tensor h = at::empty_like(x);
+  at::Tensor h = B::empty(x.sizes(), x.options());
   const int64_t r = S.size(0);
   B::gain_forward(dt, x.data_ptr(), rows_of(x, r), r, Sa.data_ptr(), ga.data_ptr(), coeff, suppress_only,
                   h.data_ptr(), B::stream(x));
@@ -120,8 +122,8 @@ std::tuple<at::Tensor, at::Tensor> gain_core_backward(const at::Tensor& grad_h, 
   const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
   const at::Tensor Sa = acc_param(S, acc), ga = acc_param(g, acc);
   const int64_t r = S.size(0), n = rows_of(x, r), n_part = gain_partials(r);
-  at::Tensor dp = at::empty_like(x), all = acc_buffer(n_part, x, acc);
-  at::Tensor ws = acc_buffer(core_workspace_elems(n, n_part), x, acc);
+  at::Tensor dp = B::empty(x.sizes(), x.options()), all = acc_buffer<B>(n_part, x, acc);
+  at::Tensor ws = acc_buffer<B>(core_workspace_elems(n, n_part), x, acc);
   B::gain_backward(dt, dy.data_ptr(), x.data_ptr(), n, r, Sa.data_ptr(), ga.data_ptr(), coeff, suppress_only,
                    dp.data_ptr(), all.data_ptr(), ws.data_ptr(), B::stream(x));
   return {dp, all.to(g.scalar_type())};
@@ -139,7 +141,7 @@ at::Tensor dplr_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor&
   const auto acc = acc_dtype(p.scalar_type());
   const at::Tensor x = p.contiguous(), Sa = acc_param(S, acc), ga = acc_param(g, acc), Aa = acc_param(A, acc),
                    Ba = acc_param(B_, acc);
-  at::Tensor h = at::empty_like(x);
+  at::Tensor h = B::empty(x.sizes(), x.options());
   B::dplr_forward(dt, x.data_ptr(), rows_of(x, r), r, k, Sa.data_ptr(), ga.data_ptr(), Aa.data_ptr(), Ba.data_ptr(),
                   coeff, suppress_only, h.data_ptr(), B::stream(x));
   return h;
@@ -157,8 +159,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> dplr_core_backward(
   const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
   const at::Tensor Sa = acc_param(S, acc), ga = acc_param(g, acc), Aa = acc_param(A, acc), Ba = acc_param(B_, acc);
   const int64_t n = rows_of(x, r), n_part = dplr_partials(r, k);
-  at::Tensor dp = at::empty_like(x), all = acc_buffer(n_part, x, acc);
-  at::Tensor ws = acc_buffer(core_workspace_elems(n, n_part), x, acc);
+  at::Tensor dp = B::empty(x.sizes(), x.options()), all = acc_buffer<B>(n_part, x, acc);
+  at::Tensor ws = acc_buffer<B>(core_workspace_elems(n, n_part), x, acc);
   B::dplr_backward(dt, dy.data_ptr(), x.data_ptr(), n, r, k, Sa.data_ptr(), ga.data_ptr(), Aa.data_ptr(),
                    Ba.data_ptr(), coeff, suppress_only, dp.data_ptr(), all.data_ptr(), ws.data_ptr(), B::stream(x));
   return {dp, all.narrow(0, 0, r).to(g.scalar_type(), false, true),
@@ -179,7 +181,7 @@ at::Tensor rot_core(const at::Tensor& p, const at::Tensor& S, const at::Tensor& 
   const at::Tensor x = p.contiguous(), Sa = acc_param(S, acc), da = acc_param(delta_s, acc);
   const at::Tensor Ra = side == kRotNone ? at::Tensor() : acc_param(R, acc);
   const int64_t bs = side == kRotNone ? 1 : R.size(1);
-  at::Tensor h = at::empty_like(x);
+  at::Tensor h = B::empty(x.sizes(), x.options());
   B::rot_forward(dt, x.data_ptr(), rows_of(x, r), r, bs, side, Sa.data_ptr(), da.data_ptr(),
                  Ra.defined() ? Ra.data_ptr() : nullptr, coeff, h.data_ptr(), B::stream(x));
   return h;
@@ -200,8 +202,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> rot_core_backward(const at::Tenso
   const at::Tensor Ra = side == kRotNone ? at::Tensor() : acc_param(R, acc);
   const int64_t n = rows_of(x, r), bs = side == kRotNone ? 1 : R.size(1);
   const int64_t n_rot = side == kRotNone ? 0 : R.numel(), n_part = rot_partials(r, bs, side);
-  at::Tensor dp = at::empty_like(x), all = acc_buffer(n_part, x, acc);
-  at::Tensor ws = acc_buffer(core_workspace_elems(n, n_part), x, acc);
+  at::Tensor dp = B::empty(x.sizes(), x.options()), all = acc_buffer<B>(n_part, x, acc);
+  at::Tensor ws = acc_buffer<B>(core_workspace_elems(n, n_part), x, acc);
   B::rot_backward(dt, dy.data_ptr(), x.data_ptr(), n, r, bs, side, Sa.data_ptr(), da.data_ptr(),
                   Ra.defined() ? Ra.data_ptr() : nullptr, coeff, dp.data_ptr(), all.data_ptr(), ws.data_ptr(),
                   B::stream(x));
@@ -220,7 +222,7 @@ at::Tensor ablate_core(const at::Tensor& p, const at::Tensor& S, const at::Tenso
   const DType dt = kernel_dtype(p);
   const auto acc = acc_dtype(p.scalar_type());
   const at::Tensor x = p.contiguous(), Sa = acc_param(S, acc), Ca = acc_param(C, acc), aa = acc_param(a, acc);
-  at::Tensor h = at::empty_like(x);
+  at::Tensor h = B::empty(x.sizes(), x.options());
   B::ablate_forward(dt, x.data_ptr(), rows_of(x, r), r, k, Sa.data_ptr(), Ca.data_ptr(), aa.data_ptr(), coeff,
                     h.data_ptr(), B::stream(x));
   return h;
@@ -238,8 +240,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> ablate_core_backward(const at::Te
   const at::Tensor x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
   const at::Tensor Sa = acc_param(S, acc), Ca = acc_param(C, acc), aa = acc_param(a, acc);
   const int64_t n = rows_of(x, r), n_part = ablate_partials(r, k);
-  at::Tensor dp = at::empty_like(x), all = acc_buffer(n_part, x, acc);
-  at::Tensor ws = acc_buffer(core_workspace_elems(n, n_part), x, acc);
+  at::Tensor dp = B::empty(x.sizes(), x.options()), all = acc_buffer<B>(n_part, x, acc);
+  at::Tensor ws = acc_buffer<B>(core_workspace_elems(n, n_part), x, acc);
   B::ablate_backward(dt, dy.data_ptr(), x.data_ptr(), n, r, k, Sa.data_ptr(), Ca.data_ptr(), aa.data_ptr(), coeff,
                      dp.data_ptr(), all.data_ptr(), ws.data_ptr(), B::stream(x));
   return {dp, all.narrow(0, 0, r * k).view({r, k}).to(C.scalar_type(), false, true),

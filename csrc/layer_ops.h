@@ -62,10 +62,10 @@ std::tuple<T, T> fused(const T& x, const T& Vh, ProjectCore c, bool need_p, cons
   auto ptr = [](const T& t) -> const void* { return t.defined() ? t.data_ptr() : nullptr; };
   c.S = ptr(f[0]), c.g = ptr(f[1]), c.R = ptr(f[2]), c.A = ptr(f[3]), c.B = ptr(f[4]), c.a = ptr(f[5]);
   const int64_t n = x.size(0), d_in = x.size(1), r = Vh.size(0);
-  T h = at::empty({n, r}, x.options());
-  T p = need_p ? at::empty({n, r}, x.options()) : no_p(x, r);
+  T h = B::empty({n, r}, x.options());
+  T p = need_p ? B::empty({n, r}, x.options()) : no_p(x, r);
   const int64_t ws_elems = project_workspace_elems(n, d_in, r);
-  T ws = ws_elems > 0 ? at::empty({ws_elems}, x.options().dtype(at::kFloat)) : T();
+  T ws = ws_elems > 0 ? B::empty({ws_elems}, x.options().dtype(at::kFloat)) : T();
   B::project_core_forward(x.scalar_type() == at::kHalf ? DType::f16 : DType::bf16, x.data_ptr(), Vh.data_ptr(), n,
                           d_in, r, c, h.data_ptr(), need_p ? p.data_ptr() : nullptr,
                           ws.defined() ? ws.data_ptr() : nullptr, B::stream(x));

@@ -20,10 +20,17 @@ struct NoGuard {
     TORCH_CHECK(d.is_cpu(), "antipasto_ext: the cuda-emulated engine runs CPU tensors, got a tensor on ", d);
   }
 };
-// Kernels of ax::emu_impl on host memory; launches run synchronously, the stream is unused.
+// Kernels of ax::emu_impl on host memory; launches run synchronously on the emulated op stream.
 struct EmulatedKernels {
   using Guard = NoGuard;
-  static void* stream(const at::Tensor&) { return nullptr; }
+  static void* stream(const at::Tensor&) { return ::ax::emu_impl::op_stream(); }
+  // Outputs and workspaces are emulated device buffers between guard zones: a kernel that writes past one
+  // fails at its launch (the emulator checks the zones after every launch), not later in an unrelated free.
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
+    const int64_t bytes = c10::multiply_integers(sizes) * int64_t(c10::elementSize(c10::typeMetaToScalarType(options.dtype())));
+    void* p = ::ax::emu_impl::device_malloc(size_t(bytes));
+    return at::from_blob(p, sizes, [](void* q) { ::ax::emu_impl::device_free(q); }, options);
+  }
   // The emulator exists to run the kernel source: the fused projection whenever it takes the shape.
   static constexpr bool has_fused_kernel = true;
   static bool fuse_rows(int64_t) { return true; }

@@ -26,6 +26,7 @@ struct CudaKernels {
   // columns on one CTA of 4 warps (mma.sync), so it fills the GPU only through split-K, which it uses
   // for n <= 16; past that cuBLAS's large tiles win. benchmarks/cost_report.py --device cuda times both
   // paths per row count ("Dispatch of the projection") and prints the crossover to set here.
+  static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
   static constexpr bool has_fused_kernel = true;
   static bool fuse_rows(int64_t n) {
     const char* v = std::getenv("ANTIPASTO_EXT_FUSED_PROJECTION_ROWS");

@@ -83,6 +83,12 @@ constexpr unsigned char kGuardByte = 0xA5;
 constexpr unsigned char kPoisonByte = 0xFF;
 
 #if AX_EMU_CHECKED
+// Race, initialisation and cp.async checks on (ax_emu::set_checks); off, only the metrics are recorded.
+inline bool& checks_enabled() {
+  static thread_local bool on = true;
+  return on;
+}
+
 struct GlobalShadow {
   uint64_t launch = 0;            // launch generation the race fields belong to
   int64_t wblock = -1, rblock = -1;  // linear CTA that wrote / read the byte in that launch
@@ -103,7 +109,10 @@ struct DeviceAlloc {
   uintptr_t hi() const { return reinterpret_cast<uintptr_t>(base) + bytes + kGuardBytes; }
 };
 
+// All device buffers of the process (any host thread may free one: torch frees tensors where it likes).
+// The access hooks of a checked build read it without the lock (a checked build runs one host thread).
 struct DeviceHeap {
+  std::mutex mu;
   std::vector<std::unique_ptr<DeviceAlloc>> allocs;  // sorted by address
   uintptr_t lo = UINTPTR_MAX, hi = 0;
   void bounds() {
@@ -116,7 +125,7 @@ struct DeviceHeap {
   }
 };
 inline DeviceHeap& device_heap() {
-  static thread_local DeviceHeap h;
+  static DeviceHeap h;
   return h;
 }
 
@@ -152,10 +161,11 @@ AX_EMU_NOINSTR inline void* device_malloc_impl(size_t bytes, const char* name) {
   __asan_poison_memory_region(d->base + bytes, payload - bytes + kGuardBytes);
 #endif
 #if AX_EMU_CHECKED
-  d->shadow.resize(bytes);
+  if (checks_enabled()) d->shadow.resize(bytes);  // off (metrics only): no shadow, no checks of this buffer
 #endif
   void* p = d->base;
   DeviceHeap& h = device_heap();
+  std::lock_guard<std::mutex> g(h.mu);
   auto it = std::upper_bound(h.allocs.begin(), h.allocs.end(), d->lo(),
                              [](uintptr_t a, const std::unique_ptr<DeviceAlloc>& x) { return a < x->lo(); });
   h.allocs.insert(it, std::move(d));
@@ -166,6 +176,7 @@ AX_EMU_NOINSTR inline void* device_malloc_impl(size_t bytes, const char* name) {
 AX_EMU_NOINSTR inline void device_free_impl(void* p) {
   if (!p) return;
   DeviceHeap& h = device_heap();
+  std::lock_guard<std::mutex> g(h.mu);
   for (auto it = h.allocs.begin(); it != h.allocs.end(); ++it) {
     if ((*it)->base != p) continue;
     DeviceAlloc& d = **it;
@@ -177,7 +188,7 @@ AX_EMU_NOINSTR inline void device_free_impl(void* p) {
     h.bounds();
     return;
   }
-  throw EmulationError("ax_emu::device_free: pointer was not returned by ax_emu::device_malloc on this host thread");
+  throw EmulationError("ax_emu::device_free: pointer was not returned by ax_emu::device_malloc");
 }
 
 // Bytes of the guard zones that are no longer the guard pattern (after a launch): a kernel wrote out of
@@ -186,7 +197,9 @@ AX_EMU_NOINSTR inline std::string damaged_guard() {
 #if AX_EMU_ASAN
   return {};
 #else
-  for (auto& up : device_heap().allocs) {
+  DeviceHeap& h = device_heap();
+  std::lock_guard<std::mutex> g(h.mu);
+  for (auto& up : h.allocs) {
     const DeviceAlloc& d = *up;
     const size_t payload = (d.bytes + 15) / 16 * 16;
     auto scan = [&](const char* lo, size_t n, bool before) -> std::string {
@@ -253,10 +266,6 @@ inline uint64_t next_generation() {
   static thread_local uint64_t g = 0;
   return ++g;
 }
-inline bool& checks_enabled() {
-  static thread_local bool on = true;
-  return on;
-}
 #endif
 
 // --------------------------------------------------------------------------------------------- sites
@@ -274,6 +283,13 @@ inline SiteTable& site_table() {
   return t;
 }
 constexpr uint64_t kExplicitSite = 1ull << 63;
+// Metric keys: a site with the space and direction in bits 62 and 61 (program counters and explicit-site
+// indices never reach them).
+constexpr uint64_t kKeyShared = 1ull << 62, kKeyWrite = 1ull << 61;
+inline uint64_t metric_key(uint64_t site, bool shared, bool write) {
+  return site | (shared ? kKeyShared : 0) | (write ? kKeyWrite : 0);
+}
+inline uint64_t site_of_key(uint64_t key) { return key & ~(kKeyShared | kKeyWrite); }
 
 AX_EMU_NOINSTR inline uint64_t explicit_site(const char* file, int line) {
   SiteTable& t = site_table();

@@ -47,7 +47,8 @@ AX_EMU_NOINSTR inline bool ordered(const LaunchState& L, const AccRec& r, const 
 
 AX_EMU_NOINSTR inline void record_metric(LaunchState& L, const ThreadCtx& t, uint64_t site, uintptr_t a, size_t n,
                                          bool write, bool shared) {
-  std::vector<LaneAccesses>& per_warp = L.chk.rec[site];
+  // One instruction may touch both spaces (cp.async reads global and writes shared): keyed apart.
+  std::vector<LaneAccesses>& per_warp = L.chk.rec[metric_key(site, shared, write)];
   if (per_warp.empty()) per_warp.resize(L.nwarps);
   LaneAccesses& la = per_warp[t.warp];
   if (la.size == 0) {
@@ -202,7 +203,7 @@ AX_EMU_NOINSTR inline void global_access(LaunchState& L, ThreadCtx& t, DeviceAll
   }
   if (config().metrics) record_metric(L, t, site, a, n, write, false);
   CheckState& C = L.chk;
-  if (!C.checks) return;
+  if (!C.checks || d.shadow.empty()) return;
   const int64_t blk = int64_t(L.linear_block);
   const size_t off0 = a - b;
   auto where = [&](size_t i) {
@@ -375,7 +376,7 @@ AX_EMU_NOINSTR inline void set_initialized(const void* p, size_t bytes, bool ini
   if (!p || !bytes) return;
   const uintptr_t a = reinterpret_cast<uintptr_t>(p);
   DeviceAlloc* d = find_alloc(a);
-  if (!d) return;
+  if (!d || d->shadow.empty()) return;
   const uintptr_t b = reinterpret_cast<uintptr_t>(d->base);
   const size_t lo = a > b ? a - b : 0, hi = std::min<size_t>(d->bytes, a + bytes - b);
   for (size_t i = lo; i < hi; ++i) d->shadow[i].init = init;

@@ -1507,8 +1507,8 @@ inline void set_max_dynamic_smem(void (*kernel)(P...), size_t bytes) {
 inline void set_block_sample(uint64_t n) { detail::config().block_sample = n; }
 
 // Device memory (cudaMalloc): a buffer between guard zones, its bytes poisoned (0xFF) and, in checked
-// builds, uninitialised until the host marks them (mark_initialized) or a kernel writes them. Belongs to
-// the calling host thread.
+// builds, uninitialised until the host marks them (mark_initialized) or a kernel writes them. Any host
+// thread may free it.
 inline void* device_malloc(size_t bytes, const char* name = "buffer") { return detail::device_malloc_impl(bytes, name); }
 inline void device_free(void* p) { detail::device_free_impl(p); }
 // The host wrote [p, p + bytes) (cudaMemcpy host to device): initialised.
@@ -1561,8 +1561,8 @@ inline std::vector<MetricRow> stop_metrics() {
   detail::Config& c = detail::config();
   c.metrics = false;
   std::vector<uint64_t> pcs;
-  for (uint64_t s : c.metric_sites)
-    if (!(s & detail::kExplicitSite)) pcs.push_back(s);
+  for (uint64_t key : c.metric_sites)
+    if (!(key & detail::kExplicitSite)) pcs.push_back(detail::site_of_key(key));
   const std::vector<std::string> names = detail::resolve_pcs(pcs);
   std::map<uint64_t, std::string> name_of;
   for (size_t i = 0; i < pcs.size(); ++i) name_of[pcs[i]] = names[i];
@@ -1570,7 +1570,7 @@ inline std::vector<MetricRow> stop_metrics() {
   std::map<std::tuple<std::string, std::string, bool, bool>, size_t> index;
   for (size_t i = 0; i < c.metric_rows.size(); ++i) {
     MetricRow row = c.metric_rows[i];
-    const uint64_t s = c.metric_sites[i];
+    const uint64_t s = detail::site_of_key(c.metric_sites[i]);
     row.site = (s & detail::kExplicitSite) ? detail::site_name(s) : name_of[s];
     auto key = std::make_tuple(row.kernel, row.site, row.shared, row.write);
     auto it = index.find(key);

@@ -11,5 +11,12 @@ namespace ax {
 namespace emu_impl {
 void start_launch_log() { ax_emu::start_launch_log(); }
 std::vector<std::string> stop_launch_log() { return ax_emu::stop_launch_log(); }
+void* device_malloc(size_t bytes) { return ax_emu::device_malloc(bytes, "op output"); }
+void device_free(void* p) { ax_emu::device_free(p); }
+void* op_stream() {
+  static thread_local char token;
+  ax_emu::set_current_stream(&token);
+  return &token;
+}
 }  // namespace emu_impl
 }  // namespace ax

@@ -81,6 +81,12 @@ namespace emu_impl {
 // Emulator only: record the names of the kernels the calling thread launches (tests of the dispatch).
 void start_launch_log();
 std::vector<std::string> stop_launch_log();
+// The emulated stream an op of the calling thread launches on: a token the emulator takes as the current
+// stream, so a kernel launched on any other stream (e.g. the default stream 0) is an error.
+void* op_stream();
+// Emulated device memory between guard zones (checked after every launch); any host thread may free it.
+void* device_malloc(size_t bytes);
+void device_free(void* p);
 }  // namespace emu_impl
 
 }  // namespace ax

@@ -270,6 +270,16 @@ AX_TEST(cores_f64_bit_exact) { check_all_cores<double>(2); }
 AX_TEST(cores_f16_bit_exact) { check_all_cores<__half>(3); }
 AX_TEST(cores_bf16_bit_exact) { check_all_cores<__nv_bfloat16>(4); }
 
+// Several row tiles per reduction CTA for every tiled core: 4200 rows make 33-row chunks, two tiles of
+// at most 32 rows each (the barriers between tiles matter only there).
+AX_TEST(cores_several_row_tiles_per_cta) {
+  check_core<float>(Core::dplr, Shape{4200, 20, 3, 0}, 0.9, false, 6);
+  check_core<__nv_bfloat16>(Core::rot, Shape{4200, 20, 4, 1}, -0.6, false, 6);
+  check_core<float>(Core::rot, Shape{4200, 24, 3, 2}, 0.7, false, 6);
+  check_core<__half>(Core::ablate, Shape{4200, 20, 2, 0}, 0.8, false, 6);
+  check_core<float>(Core::gain, Shape{4200, 20, 1, 0}, 0.5, true, 6);
+}
+
 AX_TEST(cores_wide_tiles_and_unstaged_params) {
   check_core<float>(Core::rot, Shape{40, 384, 32, 1}, 0.8, false, 5);   // R does not fit: read from global
   check_core<float>(Core::rot, Shape{40, 384, 4, 2}, 0.8, false, 5);    // 9-row tiles, 16-row chunks
@@ -459,6 +469,8 @@ AX_TEST(project_prefill_matches_reference) {
   check_project<__half>(33, 64, 72, 2, 0, 1, 12, 32);        // dplr k 32 (the largest tile of Q)
   check_project<__nv_bfloat16>(20, 24, 36, 3, 0, 1, 13, 2);  // ablate k 2
   check_project<__half>(64, 56, 256, 3, 0, 1, 14, 32);       // ablate, r 256 and k 32: the largest epilogue
+  check_project<__nv_bfloat16>(35, 96, 66, 0, 0, 1, 17);     // r just past 64 (8 n-tiles per warp), 6 K steps
+  check_project<__half>(19, 48, 130, 1, 2, 2, 18);           // r just past 128 (16 n-tiles), rot U, 3 K steps
 }
 
 AX_TEST(project_decode_split_k_matches_reference) {

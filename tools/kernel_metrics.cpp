@@ -1,0 +1,279 @@
+// Memory metrics of every kernel of csrc/kernels at a training shape (8192 rows, d 4096, r 256, bf16) and
+// the decode shapes (1 and 16 rows), from the emulator's checked build (csrc/emu/checker.h): per source
+// line, the shared-memory bank-conflict factor (wavefronts per warp-wide access over the conflict-free
+// count; 32 banks x 4 bytes) and the global sector efficiency (minimum 32-byte sectors for the bytes
+// requested over the sectors touched). These are models of an NVIDIA GPU's memory pipeline counted on
+// the CPU, not measurements: they steer the kernels while no GPU is at hand.
+//
+// Built by CMakeLists.txt as `kernel_metrics` (checked build); run through tools/kernel_metrics.py, which
+// writes benchmarks/results/kernel_metrics.md.
+//   kernel_metrics [--list] [--blocks N] [case ...]   (a case is chosen by name or name prefix)
+#include <cmath>
+#include <cstdio>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "csrc/kernels/launchers.cuh"
+
+namespace {
+
+namespace K = ax::emu_impl;
+using ax::DType;
+using bf16 = __nv_bfloat16;
+
+static_assert(ax_emu::checked_build(), "kernel_metrics must be compiled with -fsanitize=thread (CMakeLists.txt)");
+
+constexpr int64_t kRows = 8192, kDin = 4096, kR = 256;
+
+std::mt19937_64& rng() {
+  static std::mt19937_64 g(7);
+  return g;
+}
+
+// Device buffers with small random values (the metrics do not depend on them; finite values keep the
+// kernels' data-dependent branches on their usual path).
+template <typename T>
+ax_emu::DeviceBuffer<T>* dev(int64_t n, const char* name, double scale = 0.1, double shift = 0.0) {
+  std::normal_distribution<double> d(0.0, 1.0);
+  std::vector<T> v(static_cast<size_t>(n));
+  for (auto& x : v) x = T(float(shift + scale * d(rng())));
+  return new ax_emu::DeviceBuffer<T>(v, name);
+}
+
+struct Case {
+  std::string name, shape;
+  std::function<void(void*)> run;
+};
+
+// Buffers live for the whole run (the cases reuse them; device memory is plentiful on the CPU).
+struct Buffers {
+  ax_emu::DeviceBuffer<bf16>*p = dev<bf16>(kRows * kR, "p"), *dh = dev<bf16>(kRows * kR, "grad_h");
+  ax_emu::DeviceBuffer<bf16>*h = dev<bf16>(kRows * kR, "h"), *dp = dev<bf16>(kRows * kR, "dp");
+  ax_emu::DeviceBuffer<bf16>*x = dev<bf16>(kRows * kDin, "x"), *Vh = dev<bf16>(kR * kDin, "Vh");
+  ax_emu::DeviceBuffer<bf16>* p_out = dev<bf16>(kRows * kR, "p_out");
+  ax_emu::DeviceBuffer<float>*S = dev<float>(kR, "S", 1.0, 2.0), *g = dev<float>(kR, "g");
+  ax_emu::DeviceBuffer<float>*R4 = dev<float>(kR * 4, "R bs4"), *R8 = dev<float>(kR * 8, "R bs8");
+  ax_emu::DeviceBuffer<float>*A = dev<float>(8 * kR, "A"), *B = dev<float>(kR * 8, "B");
+  ax_emu::DeviceBuffer<float>*C = dev<float>(kR * 1, "C"), *a = dev<float>(1, "a", 0.1, 0.5);
+  ax_emu::DeviceBuffer<float>* t = dev<float>(kR * 64, "rot_T"), *G = dev<float>(kR * 64, "grad_R");
+  ax_emu::DeviceBuffer<float>*Rc = dev<float>(kR * 64, "R"), *dt = dev<float>(kR * 64, "dt");
+  ax_emu::DeviceBuffer<float>* ws = dev<float>(ax::core_workspace_elems(kRows, ax::dplr_partials(kR, 8)) +
+                                                   ax::project_workspace_elems(16, kDin, kR),
+                                               "workspace");
+  ax_emu::DeviceBuffer<float>* dparams = dev<float>(ax::dplr_partials(kR, 8), "dparams");
+};
+
+ax::ProjectCore core_of(Buffers& b, int64_t kind) {
+  ax::ProjectCore c;
+  c.kind = kind;
+  c.S = b.S->data();
+  c.g = b.g->data();
+  if (kind == ax::kProjectRot) {
+    c.side = ax::kRotV;
+    c.bs = 4;
+    c.R = b.R4->data();
+  }
+  if (kind == ax::kProjectDplr) {
+    c.k = 8;
+    c.A = b.A->data();
+    c.B = b.B->data();
+  }
+  c.coeff = 0.7;
+  return c;
+}
+
+std::vector<Case> cases(Buffers& b) {
+  const DType bf = DType::bf16;
+  const std::string train = "8192 x 256, bf16", train_din = "8192 x 4096 -> 256, bf16";
+  std::vector<Case> v;
+  v.push_back({"gain_forward", train, [&b, bf](void* st) {
+                 K::gain_forward(bf, b.p->data(), kRows, kR, b.S->data(), b.g->data(), 0.7, false, b.h->data(), st);
+               }});
+  v.push_back({"gain_backward", train, [&b, bf](void* st) {
+                 K::gain_backward(bf, b.dh->data(), b.p->data(), kRows, kR, b.S->data(), b.g->data(), 0.7, false,
+                                  b.dp->data(), b.dparams->data(), b.ws->data(), st);
+               }});
+  for (int bs : {4, 8})
+    for (int side : {int(ax::kRotV), int(ax::kRotU)}) {
+      const std::string tag = std::string(side == ax::kRotV ? "V" : "U") + "_bs" + std::to_string(bs);
+      auto* R = bs == 4 ? b.R4 : b.R8;
+      v.push_back({"rot_forward_" + tag, train, [&b, bf, bs, side, R](void* st) {
+                     K::rot_forward(bf, b.p->data(), kRows, kR, bs, side, b.S->data(), b.g->data(), R->data(), 0.7,
+                                    b.h->data(), st);
+                   }});
+      v.push_back({"rot_backward_" + tag, train, [&b, bf, bs, side, R](void* st) {
+                     K::rot_backward(bf, b.dh->data(), b.p->data(), kRows, kR, bs, side, b.S->data(), b.g->data(),
+                                     R->data(), 0.7, b.dp->data(), b.dparams->data(), b.ws->data(), st);
+                   }});
+    }
+  v.push_back({"dplr_forward_k8", train, [&b, bf](void* st) {
+                 K::dplr_forward(bf, b.p->data(), kRows, kR, 8, b.S->data(), b.g->data(), b.A->data(), b.B->data(),
+                                 0.7, false, b.h->data(), st);
+               }});
+  v.push_back({"dplr_backward_k8", train, [&b, bf](void* st) {
+                 K::dplr_backward(bf, b.dh->data(), b.p->data(), kRows, kR, 8, b.S->data(), b.g->data(), b.A->data(),
+                                  b.B->data(), 0.7, false, b.dp->data(), b.dparams->data(), b.ws->data(), st);
+               }});
+  v.push_back({"ablate_forward_k1", train, [&b, bf](void* st) {
+                 K::ablate_forward(bf, b.p->data(), kRows, kR, 1, b.S->data(), b.C->data(), b.a->data(), 0.7,
+                                   b.h->data(), st);
+               }});
+  v.push_back({"ablate_backward_k1", train, [&b, bf](void* st) {
+                 K::ablate_backward(bf, b.dh->data(), b.p->data(), kRows, kR, 1, b.S->data(), b.C->data(),
+                                    b.a->data(), 0.7, b.dp->data(), b.dparams->data(), b.ws->data(), st);
+               }});
+  for (int bs : {4, 8, 16}) {
+    const int64_t nb = kR / bs;
+    const std::string shape = std::to_string(nb) + " blocks of " + std::to_string(bs) + " (r 256), f32";
+    v.push_back({"block_cayley_forward_bs" + std::to_string(bs), shape, [&b, bs, nb](void* st) {
+                   K::block_cayley_forward(false, b.t->data(), nb, bs, 0.5, 0.7, b.Rc->data(), st);
+                 }});
+    v.push_back({"block_cayley_backward_bs" + std::to_string(bs), shape, [&b, bs, nb](void* st) {
+                   K::block_cayley_backward(false, b.G->data(), b.Rc->data(), b.t->data(), nb, bs, 0.5, 0.7,
+                                            b.dt->data(), st);
+                 }});
+  }
+  for (int64_t kind : {int64_t(ax::kProjectGain), int64_t(ax::kProjectDplr)}) {
+    const std::string core = kind == ax::kProjectGain ? "gain" : "dplr_k8";
+    v.push_back({"project_prefill_" + core, train_din, [&b, bf, kind](void* st) {
+                   K::project_core_forward(bf, b.x->data(), b.Vh->data(), kRows, kDin, kR, core_of(b, kind),
+                                           b.h->data(), b.p_out->data(), nullptr, st);
+                 }});
+  }
+  for (int64_t n : {int64_t(1), int64_t(16)})
+    for (int64_t kind : {int64_t(ax::kProjectGain), int64_t(ax::kProjectRot), int64_t(ax::kProjectDplr)}) {
+      const std::string core = kind == ax::kProjectGain ? "gain" : kind == ax::kProjectRot ? "rot_V_bs4" : "dplr_k8";
+      v.push_back({"project_decode_" + std::to_string(n) + "_" + core,
+                   std::to_string(n) + " x 4096 -> 256, bf16", [&b, bf, kind, n](void* st) {
+                     K::project_core_forward(bf, b.x->data(), b.Vh->data(), n, kDin, kR, core_of(b, kind),
+                                             b.h->data(), nullptr, b.ws->data(), st);
+                   }});
+    }
+  return v;
+}
+
+// "file:line (function) <- file:line (function) ..." as "file:line in f <- file:line in g" (two frames, the
+// access and the code it was inlined into; namespaces, templates and return types dropped).
+std::string short_site(const std::string& site) {
+  std::string out;
+  size_t pos = 0;
+  for (int frame = 0; frame < 2 && pos < site.size(); ++frame) {
+    size_t end = site.find(" <- ", pos);
+    std::string f = site.substr(pos, end == std::string::npos ? std::string::npos : end - pos);
+    pos = end == std::string::npos ? site.size() : end + 4;
+    const size_t paren = f.find(" (");
+    std::string loc = f.substr(0, paren), fn;
+    if (paren != std::string::npos) {
+      fn = f.substr(paren + 2, f.size() - paren - 3);
+      int depth = 0;
+      std::string plain;  // without template arguments
+      for (char ch : fn) {
+        if (ch == '<') ++depth;
+        if (depth == 0) plain += ch;
+        if (ch == '>') --depth;
+      }
+      const size_t sp = plain.rfind(' ');
+      if (sp != std::string::npos) plain = plain.substr(sp + 1);
+      const size_t colon = plain.rfind("::");
+      fn = colon == std::string::npos ? plain : plain.substr(colon + 2);
+    }
+    if (!out.empty()) out += " <- ";
+    out += fn.empty() ? loc : loc + " in " + fn;
+  }
+  return out;
+}
+
+// Access-weighted mean of a ratio over the rows of one kernel (hot loops dominate by access count).
+struct Summary {
+  double wf = 0, ideal = 0, sec = 0, minsec = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::vector<std::string> want;
+  uint64_t blocks = 3;
+  bool list = false;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--list") {
+      list = true;
+    } else if (a == "--blocks" && i + 1 < argc) {
+      blocks = std::strtoull(argv[++i], nullptr, 10);
+    } else if (!a.empty() && a[0] == '-') {
+      std::fprintf(stderr, "kernel_metrics: unknown option %s (usage: kernel_metrics [--list] [--blocks N] [case ...])\n",
+                   a.c_str());
+      return 2;
+    } else {
+      want.push_back(a);
+    }
+  }
+  ax_emu::set_checks(false);  // metrics only: no shadow of the large buffers
+  Buffers b;
+  const std::vector<Case> all = cases(b);
+  if (list) {
+    for (const Case& c : all) std::printf("%s  (%s)\n", c.name.c_str(), c.shape.c_str());
+    return 0;
+  }
+  std::vector<const Case*> run;
+  for (const std::string& w : want) {
+    size_t before = run.size();
+    for (const Case& c : all)
+      if (c.name.rfind(w, 0) == 0) run.push_back(&c);
+    if (run.size() == before) {
+      std::fprintf(stderr, "kernel_metrics: unknown kernel case '%s' (kernel_metrics --list shows them)\n", w.c_str());
+      return 2;
+    }
+  }
+  if (want.empty())
+    for (const Case& c : all) run.push_back(&c);
+
+  static char stream;
+  ax_emu::set_current_stream(&stream);
+  ax_emu::set_block_sample(blocks);
+  std::printf("| case | shape | kernel | line | space | ld/st | warp accesses | bytes/lane | bank-conflict factor | "
+              "sector efficiency |\n|---|---|---|---|---|---|---|---|---|---|\n");
+  std::map<std::string, Summary> per_kernel;
+  std::vector<std::string> order;
+  for (const Case* c : run) {
+    ax_emu::start_metrics();
+    c->run(&stream);
+    const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
+    for (const ax_emu::MetricRow& r : rows) {
+      const std::string line = short_site(r.site);
+      char bank[32] = "", sector[32] = "";
+      if (r.shared)
+        std::snprintf(bank, sizeof bank, "%.2f", r.ideal_wavefronts > 0 ? r.wavefronts / r.ideal_wavefronts : 0.0);
+      else
+        std::snprintf(sector, sizeof sector, "%.0f%%", r.sectors > 0 ? 100.0 * r.min_sectors / r.sectors : 0.0);
+      std::printf("| %s | %s | %s | %s | %s | %s | %llu | %.0f | %s | %s |\n", c->name.c_str(), c->shape.c_str(),
+                  r.kernel.c_str(), line.c_str(), r.shared ? "shared" : "global", r.write ? "st" : "ld",
+                  static_cast<unsigned long long>(r.accesses), r.bytes_per_lane, bank, sector);
+      const std::string key = c->name + "\t" + r.kernel;
+      if (!per_kernel.count(key)) order.push_back(key);
+      Summary& s = per_kernel[key];
+      s.wf += r.wavefronts;
+      s.ideal += r.ideal_wavefronts;
+      s.sec += r.sectors;
+      s.minsec += r.min_sectors;
+    }
+  }
+  std::printf("\n## Per kernel (access-weighted over its lines; targets: conflict factor <= 1.25, sector efficiency "
+              ">= 85%%)\n\n| case | kernel | bank-conflict factor | sector efficiency |\n|---|---|---|---|\n");
+  for (const std::string& key : order) {
+    const Summary& s = per_kernel[key];
+    const size_t tab = key.find('\t');
+    char bank[48] = "-", sector[48] = "-";
+    if (s.ideal > 0)
+      std::snprintf(bank, sizeof bank, "%.2f%s", s.wf / s.ideal, s.wf / s.ideal <= 1.25 ? "" : " (above target)");
+    if (s.sec > 0)
+      std::snprintf(sector, sizeof sector, "%.0f%%%s", 100.0 * s.minsec / s.sec,
+                    s.minsec / s.sec >= 0.85 ? "" : " (below target)");
+    std::printf("| %s | %s | %s | %s |\n", key.substr(0, tab).c_str(), key.substr(tab + 1).c_str(), bank, sector);
+  }
+  return 0;
+}

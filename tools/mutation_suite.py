@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Mutation suite of the kernel tests: proof that the emulator's checks and the kernel tests bite.
+
+Each mutant is a copy of the repository's kernel source with one realistic bug planted (a deleted barrier,
+a race, a cp.async refill too early, a split-K finish in the same launch, an off-by-one bound, swapped mma
+fragment registers, a missing cp_async_wait, a launch on the wrong stream, ...). For each, the kernel
+tests (tests/cpp/test_kernels.cpp) are built in the emulator's checked build (csrc/emu/checker.h) from the
+mutated copy and run; the mutant is killed when they fail (a wrong value or an emulator error). The
+unmutated source is built and run the same way first: it must pass, or the kill count means nothing.
+
+Usage: python tools/mutation_suite.py [--jobs 2] [--only ID ...] [--list] [--out report.md]
+Exits non-zero if the baseline fails, a mutation no longer applies (the source changed: update its
+snippet), or any mutant survives. Needs cmake, a C++17 compiler with -fsanitize=thread instrumentation
+(GCC or Clang) and the CUDA headers ($CUDA_HOME/include).
+"""
+import argparse
+import concurrent.futures as cf
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+COPY = ["CMakeLists.txt", "csrc", "tests/cpp", "tools/kernel_metrics.cpp"]
+TARGET = "test_kernels_checked"
+
+# id, what the bug models, [(file, snippet, replacement), ...]. Every snippet must occur exactly once.
+MUTANTS = [
+    ("deleted-barrier-write-read",
+     "the barrier between the shared tile fill and its reads (rot forward)",
+     [("csrc/kernels/cores.cuh",
+       "  if (stage_params) stage(Rs, R, int64_t(r) * bs);\n  load_tile(P, p, row0, rows, r);\n  __syncthreads();\n",
+       "  if (stage_params) stage(Rs, R, int64_t(r) * bs);\n  load_tile(P, p, row0, rows, r);\n")]),
+    ("two-writers-one-slot",
+     "8 warps write every s[j] in one barrier interval (same values: only a race check sees it)",
+     [("csrc/kernels/cores.cuh",
+       "  for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);",
+       "  for (int j = threadIdx.x % 32; j < r; j += 32) s[j] = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);")]),
+    ("cp-async-refill-before-barrier",
+     "the projection's K loop refills a cp.async stage other warps may still read (end-of-step barrier gone)",
+     [("csrc/kernels/project.cuh",
+       "        mma16816<T>(acc[j], a, b, acc[j]);\n      }\n    }\n    __syncthreads();\n  }\n",
+       "        mma16816<T>(acc[j], a, b, acc[j]);\n      }\n    }\n  }\n")]),
+    ("missing-cp-async-wait",
+     "the projection reads a stage without waiting for its cp.async group",
+     [("csrc/kernels/project.cuh",
+       "    ax::cp_async_commit();\n    ax::cp_async_wait<1>();\n    __syncthreads();\n",
+       "    ax::cp_async_commit();\n    __syncthreads();\n")]),
+    ("split-k-finish-in-same-launch",
+     "the last split-K CTA sums the other CTAs' partials in the same launch (no finish kernel)",
+     [("csrc/kernels/project.cuh",
+       "        if (row < rows && col < r) part[row * r + col] = acc[j][q];\n      }\n    return;\n  }\n",
+       "        if (row < rows && col < r) part[row * r + col] = acc[j][q];\n      }\n"
+       "    if (blockIdx.y + 1 != gridDim.y) return;\n"
+       "    __syncthreads();\n"
+       "    float* P = dyn_smem<float>();\n"
+       "    float *s = P + kProjBM * r, *d = s + r, *Q = d + c.k;\n"
+       "    for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {\n"
+       "      float tot = 0.f;\n"
+       "      for (int k = 0; k < int(gridDim.y); ++k) tot += ws[(int64_t(k) * n + row0) * r + e];\n"
+       "      P[e] = tot;\n"
+       "    }\n"
+       "    proj_scales(s, d, r, c);\n"
+       "    __syncthreads();\n"
+       "    proj_epilogue(P, s, d, Q, rows, r, c, row0, h, p_out);\n"
+       "    return;\n  }\n"),
+      ("csrc/kernels/project.cuh", "  if (splits > 1) {\n    AX_LAUNCH((project_finish_kernel<T>)",
+       "  if (false) {\n    AX_LAUNCH((project_finish_kernel<T>)")]),
+    ("off-by-one-ragged-rows",
+     "the last row tile of a core forward runs one row past n",
+     [("csrc/kernels/cores.cuh",
+       "  const int64_t rows = n - row0 < rows_per_cta ? n - row0 : rows_per_cta;",
+       "  const int64_t rows = n - row0 < rows_per_cta ? n - row0 + 1 : rows_per_cta;")]),
+    ("off-by-one-split-k-partial",
+     "a split-K CTA writes one partial row past its rows (into the next split's slice)",
+     [("csrc/kernels/project.cuh",
+       "        if (row < rows && col < r) part[row * r + col] = acc[j][q];",
+       "        if (row <= rows && col < r) part[row * r + col] = acc[j][q];")]),
+    ("swapped-mma-fragment-registers",
+     "a[1] and a[2] of the A fragment exchanged",
+     [("csrc/kernels/project.cuh",
+       "    a[1] = ld_u32(arow + 8 * kProjLd);\n    a[2] = ld_u32(arow + 8);\n",
+       "    a[1] = ld_u32(arow + 8);\n    a[2] = ld_u32(arow + 8 * kProjLd);\n")]),
+    ("launch-on-default-stream",
+     "the backward's reduction kernel launched on stream 0 instead of the op's stream",
+     [("csrc/kernels/launchers.cuh",
+       "dim3(blocks_for(n_part, kCoreThreads)), dim3(kCoreThreads), 0, st, ws,",
+       "dim3(blocks_for(n_part, kCoreThreads)), dim3(kCoreThreads), 0, nullptr, ws,")]),
+    ("dynamic-smem-above-48k-without-opt-in",
+     "the core tiles sized for 64 KiB of dynamic shared memory, no cudaFuncSetAttribute opt-in",
+     [("csrc/kernels/cores.cuh", "constexpr size_t kCoreSmemBudget = 48 * 1024;",
+       "constexpr size_t kCoreSmemBudget = 64 * 1024;")]),
+    ("block-above-launch-bounds",
+     "the diag forward launched with 512 threads, its __launch_bounds__ is 256 (values stay right)",
+     [("csrc/kernels/launchers.cuh",
+       "AX_LAUNCH((diag_forward_kernel<T>), dim3(blocks_for(n, rows)), dim3(kCoreThreads),",
+       "AX_LAUNCH((diag_forward_kernel<T>), dim3(blocks_for(n, rows)), dim3(2 * kCoreThreads),")]),
+    ("deleted-end-of-tile-barrier",
+     "the barrier after a row tile's partial sums in the rot backward (matters with several tiles per CTA)",
+     [("csrc/kernels/cores.cuh",
+       "          for (int row = 0; row < rows; ++row) acc += P[row * r + b0 + i] * s[b0 + i] * D[row * r + b0 + j];\n"
+       "      }\n      part[o] = acc;\n    }\n    __syncthreads();\n",
+       "          for (int row = 0; row < rows; ++row) acc += P[row * r + b0 + i] * s[b0 + i] * D[row * r + b0 + j];\n"
+       "      }\n      part[o] = acc;\n    }\n")]),
+    ("partial-read-before-write",
+     "the rot backward adds to its workspace slice before the first tile wrote it",
+     [("csrc/kernels/cores.cuh",
+       "      acc_t acc = first ? acc_t(0) : part[o];\n      if (o < r) {\n        const int j = int(o);\n        if (side == kRotV)",
+       "      acc_t acc = part[o];\n      if (o < r) {\n        const int j = int(o);\n        if (side == kRotV)")]),
+    ("reduce-one-cta-too-many",
+     "the second-stage reduction sums one CTA slice past the workspace",
+     [("csrc/kernels/cores.cuh", "  for (int64_t c = 0; c < n_ctas; ++c) tot += ws[c * n_part + o];",
+       "  for (int64_t c = 0; c <= n_ctas; ++c) tot += ws[c * n_part + o];")]),
+    ("deleted-barrier-low-rank-epilogue",
+     "the projection epilogue reads Q = (P u) L d before all of it is written",
+     [("csrc/kernels/project.cuh", "      Q[e] = acc * d[j];\n    }\n    __syncthreads();\n",
+       "      Q[e] = acc * d[j];\n    }\n")]),
+    ("deleted-barrier-cayley-elimination",
+     "the shared-memory Cayley solve starts a pivot step before the last one is written",
+     [("csrc/kernels/cayley.cuh",
+       "        if (f != acc_t(0)) v -= f * row[j];\n        M[e] = v;\n      }\n    }\n    __syncthreads();\n",
+       "        if (f != acc_t(0)) v -= f * row[j];\n        M[e] = v;\n      }\n    }\n")]),
+    ("cayley-thread-past-last-block",
+     "the register-path Cayley forward lets thread n_blocks through",
+     [("csrc/kernels/cayley.cuh",
+       "  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;\n  if (b >= n_blocks) return;\n  const acc_t* tb = t + b * kM;\n  acc_t M[BS][BS];",
+       "  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;\n  if (b > n_blocks) return;\n  const acc_t* tb = t + b * kM;\n  acc_t M[BS][BS];")]),
+    ("dplr-missing-barrier-before-t-reads",
+     "the dplr forward reads t = p A^T rows other threads are still writing",
+     [("csrc/kernels/cores.cuh",
+       "    for (int j = 0; j < r; ++j) acc += pr[j] * Am[j];\n    Tt[e] = acc;\n  }\n  __syncthreads();\n",
+       "    for (int j = 0; j < r; ++j) acc += pr[j] * Am[j];\n    Tt[e] = acc;\n  }\n")]),
+]
+
+
+def say(msg):
+    print(msg, flush=True)
+
+
+def run(cmd, cwd, timeout):
+    t0 = time.time()
+    try:
+        res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+        return res.returncode, res.stdout + res.stderr, time.time() - t0
+    except subprocess.TimeoutExpired as e:
+        out = (e.stdout or b"").decode(errors="replace") if isinstance(e.stdout, bytes) else (e.stdout or "")
+        return 124, out + "\n(timed out)", time.time() - t0
+
+
+def prepare(workdir, edits):
+    """A copy of the sources with the edits applied; raises ValueError if a snippet does not occur once."""
+    for rel in COPY:
+        src = ROOT / rel
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, workdir / rel)
+    for rel, old, new in edits:
+        f = workdir / rel
+        text = f.read_text()
+        n = text.count(old)
+        if n != 1:
+            raise ValueError(f"{rel}: the snippet occurs {n} times (expected once):\n{old}")
+        f.write_text(text.replace(old, new))
+
+
+def build_and_test(workdir, cuda_home, timeout):
+    build = workdir / "build"
+    env_cmake = ["cmake", "-S", str(workdir), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug",
+                 f"-DAX_CUDA_HOME={cuda_home}"]
+    rc, out, _ = run(env_cmake, workdir, timeout)
+    if rc:
+        return "build", out
+    rc, out, _ = run(["cmake", "--build", str(build), "--target", TARGET], workdir, timeout)
+    if rc:
+        return "build", out
+    rc, out, _ = run([str(build / TARGET)], workdir, timeout)
+    return ("pass" if rc == 0 else "fail"), out
+
+
+def first_failure(out):
+    for pat in (r"ax_emu: .*", r".*CHECK FAILED.*", r"unexpected exception.*", r".*\(timed out\)"):
+        m = re.search(pat, out)
+        if m:
+            line = m.group(0)
+            return line if len(line) < 400 else line[:400] + " ..."
+    return out.strip().splitlines()[-1] if out.strip() else "(no output)"
+
+
+def one(mid, what, edits, cuda_home, timeout, keep):
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{mid}-") as d:
+        work = Path(d)
+        try:
+            prepare(work, edits)
+        except ValueError as e:
+            return mid, what, "stale", str(e), 0.0
+        t0 = time.time()
+        status, out = build_and_test(work, cuda_home, timeout)
+        if keep:
+            shutil.copytree(work, Path(keep) / mid, dirs_exist_ok=True)
+        return mid, what, status, out, time.time() - t0
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--jobs", type=int, default=int(os.environ.get("MAX_JOBS", "2")))
+    ap.add_argument("--only", nargs="*", help="mutant ids to run (default: all)")
+    ap.add_argument("--list", action="store_true", help="list the mutants and exit")
+    ap.add_argument("--out", help="write the report (markdown) here too")
+    ap.add_argument("--timeout", type=int, default=900, help="seconds per build or run")
+    ap.add_argument("--keep", help="keep each mutant's tree and build under this folder")
+    args = ap.parse_args()
+    if args.list:
+        for mid, what, _ in MUTANTS:
+            print(f"{mid}: {what}")
+        return 0
+    cuda_home = os.environ.get("CUDA_HOME", "/usr/local/cuda")
+    if not Path(cuda_home, "include", "cuda_bf16.h").exists():
+        print(f"mutation_suite: no CUDA headers at {cuda_home}/include (set CUDA_HOME)", file=sys.stderr)
+        return 2
+    if shutil.which("cmake") is None:
+        print("mutation_suite: cmake not found", file=sys.stderr)
+        return 2
+    mutants = MUTANTS
+    if args.only:
+        unknown = set(args.only) - {m[0] for m in MUTANTS}
+        if unknown:
+            print(f"mutation_suite: unknown mutant(s): {', '.join(sorted(unknown))} (see --list)", file=sys.stderr)
+            return 2
+        mutants = [m for m in MUTANTS if m[0] in args.only]
+
+    t0 = time.time()
+    say(f"baseline: building {TARGET} from the unmutated source ...")
+    _, _, status, out, secs = one("baseline", "", [], cuda_home, args.timeout, args.keep)
+    if status != "pass":
+        print(f"mutation_suite: the unmutated kernel tests do not pass ({status}):\n{out[-4000:]}", file=sys.stderr)
+        return 1
+    say(f"baseline: passes ({secs:.0f} s)")
+
+    results = []
+    with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
+        futs = [pool.submit(one, mid, what, edits, cuda_home, args.timeout, args.keep) for mid, what, edits in mutants]
+        for f in cf.as_completed(futs):
+            mid, what, status, out, secs = f.result()
+            verdict = {"fail": "killed", "pass": "SURVIVED", "build": "BUILD FAILED", "stale": "STALE"}[status]
+            detail = first_failure(out) if status == "fail" else (out[-1500:] if status != "pass" else "tests passed")
+            results.append((mid, what, verdict, detail, secs))
+            say(f"{mid}: {verdict} ({secs:.0f} s): {detail.splitlines()[0] if detail else ''}")
+
+    order = {m[0]: i for i, m in enumerate(MUTANTS)}
+    results.sort(key=lambda r: order[r[0]])
+    killed = sum(r[2] == "killed" for r in results)
+    lines = ["# Mutation suite of the kernel tests", "",
+             f"`python tools/mutation_suite.py`: {len(results)} mutants of csrc/kernels, each built into "
+             f"`{TARGET}` (the emulator's checked build) and run; killed = the tests fail.", "",
+             f"**Kill rate: {killed}/{len(results)}** ({100.0 * killed / max(1, len(results)):.0f}%), "
+             f"{time.time() - t0:.0f} s with {args.jobs} jobs.", "",
+             "| mutant | bug | verdict | first failure |", "|---|---|---|---|"]
+    for mid, what, verdict, detail, _ in results:
+        d = (detail.splitlines()[0] if detail else "").replace("|", "\\|")
+        lines.append(f"| {mid} | {what} | {verdict} | {d} |")
+    report = "\n".join(lines) + "\n"
+    print()
+    print(report)
+    if args.out:
+        Path(args.out).write_text(report)
+    return 0 if killed == len(results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
