@@ -24,9 +24,10 @@ def _core_dtype(x: torch.Tensor, param: torch.Tensor) -> torch.dtype:
 
 
 def gain_scale(S, g, coeff: float, suppress_only: bool):
-    """S_eff = S * (1 + ELU(coeff * g)); g -> min(g, 0) when suppress_only."""
+    """S_eff = S * (1 + ELU(coeff * g)); g -> min(g, 0) when suppress_only, written g - relu(g) so the gradient
+    passes at g == 0 (torch's clamp passes none at its bound, and g starts at 0: it could never leave it)."""
     if suppress_only:
-        g = g.clamp(max=0)
+        g = g - torch.relu(g)
     return S * (1 + F.elu(coeff * g))
 
 

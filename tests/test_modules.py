@@ -117,6 +117,25 @@ def test_frozen_split_and_public_attributes(variant):
     assert names == expected
 
 
+@pytest.mark.parametrize("cls,kw", [(ax.AntiPaSTOLinear, {}), (ax.DPLRLinear, {"lora_rank": 2}), (ax.CorDALinear, {})],
+                         ids=["antipasto", "dplr", "corda"])
+def test_suppress_only_gain_leaves_its_zero_init(cls, kw, monkeypatch):
+    """g' = min(g, 0) passes the gradient at g == 0 (the init) on every backend: a negative step is allowed."""
+    m = cls.from_linear(nn.Linear(12, 10), r=6, suppress_only=True, **kw)
+    x = torch.randn(5, 12)
+    grads = {}
+    for backend, engine_name in [("ext", "native"), ("ext", "cuda-emulated"), ("eager", "native")]:
+        m.backend = backend
+        monkeypatch.setenv("ANTIPASTO_EXT_ENGINE", engine_name)
+        m.zero_grad()
+        m(x).pow(2).sum().backward()
+        grads[(backend, engine_name)] = m.g.grad.clone()
+    ref = grads[("eager", "native")]
+    assert ref.abs().max() > 0, "the eager reference passes no gradient to g at its init"
+    for key, grad in grads.items():
+        torch.testing.assert_close(grad, ref, rtol=1e-5, atol=1e-6, msg=f"{key}")
+
+
 def test_inits_follow_the_spec():
     _, rot = make("rot_V", 64, 64, 64, perturb=False)
     assert torch.equal(rot.rot_T, torch.zeros(16, 6))

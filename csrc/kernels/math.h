@@ -24,8 +24,8 @@ template <typename acc_t>
 AX_HD inline acc_t elu_grad(acc_t z) { return z > acc_t(0) ? acc_t(1) : exp(z); }
 
 // Gain of antipasto / corda / dplr: s_eff = S * (1 + ELU(coeff * g')), g' = min(g, 0) when
-// suppress_only. d s_eff / d g is returned through `dscale_dg` (0 where the clamp cuts g off;
-// the clamp passes the gradient at g == 0 like torch.clamp, so suppress_only can leave its init).
+// suppress_only. d s_eff / d g is returned through `dscale_dg` (0 where the clamp cuts g off; at
+// g == 0 the gradient passes, so suppress_only can leave its zero init).
 template <typename acc_t>
 AX_HD inline acc_t gain_scale(acc_t s, acc_t g, acc_t coeff, bool suppress_only, acc_t* dscale_dg) {
   const bool clamped = suppress_only && g > acc_t(0);
