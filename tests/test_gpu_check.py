@@ -160,7 +160,8 @@ def judged(tool, log, rc, tmp_path, passed=3):
     ("initcheck", CUBLAS_FROM_OUR_OP, gc.SANITIZER_EXIT, "ok"),  # listed as 'launched', not failed
     ("memcheck", CUBLAS_FROM_OUR_OP, gc.SANITIZER_EXIT, "FAILED"),  # our op's cuBLAS call read out of bounds
     ("initcheck", TORCH_ONLY, gc.SANITIZER_EXIT, "ok"),
-    ("synccheck", TORCH_ONLY, gc.SANITIZER_EXIT, "FAILED"),
+    ("memcheck", TORCH_ONLY, gc.SANITIZER_EXIT, "FAILED"),
+    ("synccheck", TORCH_ONLY, gc.SANITIZER_EXIT, "ok"),
     ("racecheck", RACE_IN_OURS, gc.SANITIZER_EXIT, "FAILED"),
     ("memcheck", "Segmentation fault\n", -11, "FAILED"),  # no summary: the sanitizer did not finish
     ("memcheck", "========= ERROR SUMMARY: 2 errors\n", gc.SANITIZER_EXIT, "FAILED"),  # errors it cannot parse

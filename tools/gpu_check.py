@@ -30,9 +30,10 @@ cache's stale bytes) and with no kernel filter: a name filter that matches nothi
 initcheck the writes of filtered-out kernels (cuBLAS producing p, say) would not count as initialisation. Each
 report is attributed instead: to our kernel (its access is in an antipasto_ext kernel), to a kernel our op
 launched (cuBLAS, torch; a host frame in our library), or to something else. A report in our kernel fails the
-step; so does any memcheck, racecheck or synccheck report in a kernel (a wrong argument of ours can make cuBLAS
-read out of bounds); initcheck's reports in other kernels (torch's and cuBLAS's own reads), CUDA API errors
-outside our library and racecheck warnings are listed, not failed.
+step, whatever the tool; so does any memcheck report in another kernel (a wrong argument of ours can make cuBLAS
+read out of bounds). Racecheck, synccheck and initcheck reports in other kernels (a vendor kernel's own shared
+memory and barriers, torch's and cuBLAS's own reads of memory they never wrote), CUDA API errors outside our
+library and racecheck warnings are listed, not failed.
 """
 from __future__ import annotations
 
@@ -375,8 +376,9 @@ def judge(step: Step):
             summary = re.findall(r"^=========\s*((?:ERROR|RACECHECK) SUMMARY:.*)$", step.output, re.M)
             step.detail += "; reports: " + (", ".join(f"{v} {k}" for k, v in n.items() if v) or "none")
             step.detail += "".join(f"; {x}" for x in summary)
-            # initcheck also sees torch's and cuBLAS's own reads of memory they never wrote: only our kernels fail it
-            if n["ours"] + (0 if step.tool == "initcheck" else n["launched"] + n["other"]):
+            # our arguments can make another kernel access out of bounds (memcheck), but not race on its shared
+            # memory, misuse its barriers or read what it never wrote itself
+            if n["ours"] + (n["launched"] + n["other"] if step.tool == "memcheck" else 0):
                 problems.append("the sanitizer reports errors")
             if not summary and not step.status.startswith("TIMEOUT"):
                 problems.append("the sanitizer printed no summary")
