@@ -90,9 +90,9 @@ SANITIZER_EXIT = 86  # --error-exitcode: the sanitizer found something (told apa
 # from one launched by torch for the test.
 SANITIZER_OPTIONS = ["--launch-timeout", "120"]
 
-BUILD_INFO = ("import sys, antipasto_ext as ax; i = ax.build_info(); print(i); "
-              "sys.exit(0 if i['cuda'] and '9.0' in i['cuda_archs'] else "
-              "'antipasto_ext was built without CUDA kernels for sm_90')")
+BUILD_INFO = ('import sys, antipasto_ext as ax; i = ax.build_info(); print(i); '
+              'sys.exit(0 if i["cuda"] and "9.0" in i["cuda_archs"] else '
+              '"antipasto_ext was built without CUDA kernels for sm_90")')
 
 
 @dataclasses.dataclass
