@@ -6,6 +6,7 @@ tokens per call) and a roofline of every kernel (this machine, and an H100 model
 shape). Writes Markdown, CSV and a PNG bar chart.
 
     python benchmarks/cost_report.py --quick                 # ~1 minute on a 2-core CPU (CI smoke)
+    python benchmarks/cost_report.py --quick --device cuda --dtype bfloat16   # GPU quick mode (tools/gpu_check.py)
     python benchmarks/cost_report.py                          # all shapes, 512 tokens, float32
     python benchmarks/cost_report.py --device cuda --dtype bfloat16 --tokens 8192
 """
@@ -28,23 +29,28 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
     p.add_argument("--dtype", default="float32", choices=list(C.DTYPES))
-    p.add_argument("--tokens", type=int, default=None, help="tokens per call (default 512; --quick 128)")
-    p.add_argument("--shapes", default=None,
-                   help=f"comma list of {list(C.SHAPES)} or 'all' (default all; --quick: qwen3-0.6b.q)")
+    p.add_argument("--tokens", type=int, default=None,
+                   help="tokens per call (default 512; --quick 128, on CUDA 8192)")
+    p.add_argument("--shapes", default=None, help=f"comma list of {list(C.SHAPES)} or 'all' (default all; "
+                                                  "--quick: qwen3-0.6b.q, on CUDA llama-3-8b.q)")
     p.add_argument("--r", type=int, default=256)
     p.add_argument("--block-size", type=int, default=4)
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--ablate-k", type=int, default=1)
     p.add_argument("--repeats", type=int, default=None, help="timing rounds (default 15; --quick 5)")
     p.add_argument("--warmup", type=int, default=None)
-    p.add_argument("--budget-s", type=float, default=None, help="cap per timing table (default 120 s; --quick 10 s)")
+    p.add_argument("--budget-s", type=float, default=None,
+                   help="cap per timing table (default 120 s; --quick 10 s, on CUDA 4 s)")
     p.add_argument("--calib-tokens", type=int, default=None, help="calibration tokens (default 2 r)")
-    p.add_argument("--calib-max-dim", type=int, default=4096,
-                   help="skip calibration timing for layers wider than this (CorDA's eigh is O(din^3))")
+    p.add_argument("--calib-max-dim", type=int, default=None,
+                   help="skip calibration timing for layers wider than this (CorDA's eigh is O(din^3); default "
+                        "4096, --quick on CUDA 2048)")
     p.add_argument("--decode-tokens", default="1,4,16")
     p.add_argument("--no-peers", action="store_true")
     p.add_argument("--no-plot", action="store_true")
-    p.add_argument("--quick", action="store_true", help="one shape, 128 tokens, few repeats: a smoke run")
+    p.add_argument("--quick", action="store_true",
+                   help="one shape, few repeats: a smoke run (on CUDA the GPU quick mode: the Llama-3-8B q layer at "
+                        "8192 tokens, every section incl. the dispatch crossover, calibration skipped, ~1 min)")
     p.add_argument("--threads", type=int, default=None,
                    help="torch.set_num_threads (default: torch's; --quick: 1, robust on a busy CI runner where "
                         "multi-threaded LAPACK calls stall on oversubscription)")
@@ -55,11 +61,15 @@ def parse_args(argv=None):
     a = p.parse_args(argv)
     if a.quick and a.threads is None:
         a.threads = 1
-    a.tokens = a.tokens or (128 if a.quick else 512)
+    # --quick on a GPU: one real layer (d 4096) at a training-sized call, where one call is well past the launch
+    # overhead; calibration (a one-off SVD / eigh of 4096 x 4096) is skipped
+    gpu_quick = a.quick and a.device.startswith("cuda")
+    a.tokens = a.tokens or (8192 if gpu_quick else 128 if a.quick else 512)
     a.repeats = a.repeats or (5 if a.quick else 15)
     a.warmup = a.warmup if a.warmup is not None else (1 if a.quick else 3)
-    a.budget_s = a.budget_s or (10.0 if a.quick else 120.0)
-    shapes = a.shapes or ("qwen3-0.6b.q" if a.quick else "all")
+    a.budget_s = a.budget_s or (4.0 if gpu_quick else 10.0 if a.quick else 120.0)
+    a.calib_max_dim = a.calib_max_dim or (2048 if gpu_quick else 4096)
+    shapes = a.shapes or ("llama-3-8b.q" if gpu_quick else "qwen3-0.6b.q" if a.quick else "all")
     a.shape_names = list(C.SHAPES) if shapes == "all" else shapes.split(",")
     for s in a.shape_names:
         if s not in C.SHAPES:

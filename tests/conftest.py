@@ -12,7 +12,15 @@ assert ax.build_info()["cpu"], ax.build_info().get("error")
 # Engines of the CPU op implementation: the C++ CPU kernels, and the CUDA kernel source run through the
 # CPU emulation of the CUDA execution model (ANTIPASTO_EXT_ENGINE=cuda-emulated).
 ENGINES = ["native", "cuda-emulated"]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() and ax.build_info()["cuda"] else [])
+# The CUDA device is always a parameter, skipped (with the reason) where it cannot run, so a CPU-only run
+# still collects every CUDA test: the GPU check's dry run (tools/gpu_check.py --dry-run) relies on it.
+if not torch.cuda.is_available():
+    WHY_NO_CUDA = f"no CUDA device (torch {torch.__version__}: torch.cuda.is_available() is False)"
+elif not ax.build_info()["cuda"]:
+    WHY_NO_CUDA = "antipasto_ext was built without CUDA kernels (antipasto_ext.build_info()['cuda'] is False)"
+else:
+    WHY_NO_CUDA = ""
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(bool(WHY_NO_CUDA), reason=WHY_NO_CUDA))]
 
 # Relative tolerances (max |err| / max |ref|) against the float64 reference, per compute dtype.
 RTOL = {torch.float64: 1e-10, torch.float32: 2e-5, torch.bfloat16: 2e-2, torch.float16: 4e-3}
