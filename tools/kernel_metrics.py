@@ -67,7 +67,7 @@ def main():
         "- **sector efficiency**: the minimum number of 32-byte sectors for the bytes a warp-wide access requests "
         "over the sectors it touches; 100% is fully coalesced. **bytes/lane** is the access width "
         "(16 = 128-bit loads).",
-        "- Lines are `file:line (function)` of the access (inlined helpers show their own line).", "",
+        "- **line**: `file:line in function` of the access, then the line it was inlined into (`<-`).", "", "",
     ]
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(header) + res.stdout)
