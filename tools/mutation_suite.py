@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 COPY = ["CMakeLists.txt", "csrc", "tests/cpp", "tools/kernel_metrics.cpp"]
 TARGET = "test_kernels_checked"
 
-# id, what the bug models, [(file, snippet, replacement), ...]. Every snippet must occur exactly once.
+# id, what the bug models, [(file, snippet, replacement), ...]. Every snippet must occur exactly once. A mutant
+# runs the kernel tests of the family of the file it changes (FAMILY_TESTS), or those it names with a 4th item.
 MUTANTS = [
     ("deleted-barrier-write-read",
      "the barrier between the shared tile fill and its reads (rot forward)",
@@ -137,6 +138,20 @@ MUTANTS = [
 ]
 
 
+# Test cases (name prefixes of tests/cpp/test_kernels.cpp) that exercise each kernel file.
+FAMILY_TESTS = {"csrc/kernels/cores.cuh": ["cores_"], "csrc/kernels/cayley.cuh": ["cayley_"],
+                "csrc/kernels/project.cuh": ["project_"], "csrc/kernels/launchers.cuh": ["cores_"]}
+
+
+def test_prefixes(edits):
+    prefixes = []
+    for rel, _, _ in edits:
+        for p in FAMILY_TESTS.get(rel, [""]):
+            if p not in prefixes:
+                prefixes.append(p)
+    return prefixes
+
+
 def say(msg):
     print(msg, flush=True)
 
@@ -165,7 +180,7 @@ def prepare(workdir, edits):
         f.write_text(text.replace(old, new))
 
 
-def build_and_test(workdir, cuda_home, timeout):
+def build_and_test(workdir, cuda_home, timeout, prefixes=("",)):
     build = workdir / "build"
     env_cmake = ["cmake", "-S", str(workdir), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug",
                  f"-DAX_CUDA_HOME={cuda_home}"]
@@ -175,7 +190,11 @@ def build_and_test(workdir, cuda_home, timeout):
     rc, out, _ = run(["cmake", "--build", str(build), "--target", TARGET], workdir, timeout)
     if rc:
         return "build", out
-    rc, out, _ = run([str(build / TARGET)], workdir, timeout)
+    rc, listing, _ = run([str(build / TARGET), "--list"], workdir, timeout)
+    cases = [c for c in listing.split() if any(c.startswith(p) for p in prefixes)]
+    if rc or not cases:
+        return "build", f"no test case of {TARGET} matches {list(prefixes)}:\n{listing}"
+    rc, out, _ = run([str(build / TARGET), *cases], workdir, timeout)
     return ("pass" if rc == 0 else "fail"), out
 
 
@@ -196,7 +215,7 @@ def one(mid, what, edits, cuda_home, timeout, keep):
         except ValueError as e:
             return mid, what, "stale", str(e), 0.0
         t0 = time.time()
-        status, out = build_and_test(work, cuda_home, timeout)
+        status, out = build_and_test(work, cuda_home, timeout, test_prefixes(edits) if edits else ("",))
         if keep:
             shutil.copytree(work, Path(keep) / mid, dirs_exist_ok=True)
         return mid, what, status, out, time.time() - t0
