@@ -67,7 +67,7 @@ else:
 if why_not_cuda and force == "1":
     raise RuntimeError(f"antipasto_ext: ANTIPASTO_EXT_CUDA=1 but CUDA cannot be built: {why_not_cuda}")
 with_cuda = why_not_cuda is None
-emulation_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/emu").glob("*.cpp"))
+emulation_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/emulated").glob("*.cpp"))
 with_emulation = bool(emulation_sources) and cuda_include is not None and (cuda_include / "cuda_bf16.h").exists()
 
 sources = ["csrc/registration.cpp", "csrc/autograd.cpp", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/cpu").glob("*.cpp"))]
@@ -88,7 +88,7 @@ if with_cuda:
 else:
     ext = CppExtension("antipasto_ext._C", sources, define_macros=defines, extra_compile_args=cxx_flags)
     say(f"CPU kernels only: CUDA not built because {why_not_cuda}")
-say("CUDA kernel emulation engine: " + ("built" if with_emulation else "not built (needs csrc/emu and the CUDA headers)"))
+say("CUDA kernel emulation engine: " + ("built" if with_emulation else "not built (needs csrc/emulated and the CUDA headers)"))
 
 setup(
     packages=find_packages(include=["antipasto_ext", "antipasto_ext.*"]),

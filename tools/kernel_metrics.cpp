@@ -1,5 +1,5 @@
 // Memory metrics of every kernel of csrc/kernels at a training shape (8192 rows, d 4096, r 256, bf16) and
-// the decode shapes (1 and 16 rows), from the emulator's checked build (csrc/emu/checker.h): per source
+// the decode shapes (1 and 16 rows), from the emulator's checked build (emu/checker.h): per source
 // line, the shared-memory bank-conflict factor (wavefronts per warp-wide access over the conflict-free
 // count; 32 banks x 4 bytes) and the global sector efficiency (minimum 32-byte sectors for the bytes
 // requested over the sectors touched). These are models of an NVIDIA GPU's memory pipeline counted on

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Memory metrics of every kernel (shared-memory bank-conflict factor and global sector efficiency per
 source line) at the training shape (8192 rows, d 4096, r 256, bf16) and the decode shapes (1 and 16 rows),
-counted by the CUDA emulator's checked build (csrc/emu/checker.h, tools/kernel_metrics.cpp). A model of
+counted by the CUDA emulator's checked build (emu/checker.h, tools/kernel_metrics.cpp). A model of
 the GPU's memory pipeline counted on the CPU, not a measurement.
 
 Usage: python tools/kernel_metrics.py [--out benchmarks/results/kernel_metrics.md] [--blocks 3] [case ...]

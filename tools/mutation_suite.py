@@ -4,7 +4,7 @@
 Each mutant is a copy of the repository's kernel source with one realistic bug planted (a deleted barrier,
 a race, a cp.async refill too early, a split-K finish in the same launch, an off-by-one bound, swapped mma
 fragment registers, a missing cp_async_wait, a launch on the wrong stream, ...). For each, the kernel
-tests (tests/cpp/test_kernels.cpp) are built in the emulator's checked build (csrc/emu/checker.h) from the
+tests (tests/cpp/test_kernels.cpp) are built in the emulator's checked build (emu/checker.h) from the
 mutated copy and run; the mutant is killed when they fail (a wrong value or an emulator error). The
 unmutated source is built and run the same way first: it must pass, or the kill count means nothing.
 
@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-COPY = ["CMakeLists.txt", "csrc", "tests/cpp", "tools/kernel_metrics.cpp"]
+COPY = ["CMakeLists.txt", "emu", "csrc", "tests/cpp", "tools/kernel_metrics.cpp"]
 TARGET = "test_kernels_checked"
 
 # id, what the bug models, [(file, snippet, replacement), ...]. Every snippet must occur exactly once. A mutant

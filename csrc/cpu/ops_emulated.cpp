@@ -1,6 +1,6 @@
 // The CPU ops run through the CUDA kernel source on the CPU emulation of the CUDA execution model
 // (ANTIPASTO_EXT_ENGINE=cuda-emulated, see ax::use_emulated_engine in csrc/ops.h): the torch glue
-// of csrc/kernel_ops.h over the kernels of namespace ax::emu_impl (csrc/emu/engine.cpp). Built in
+// of csrc/kernel_ops.h over the kernels of namespace ax::emu_impl (csrc/emulated/kernels.cpp). Built in
 // every configuration; without the emulation engine (AX_WITH_EMULATION=0) the entry points raise.
 #include "csrc/ops.h"
 

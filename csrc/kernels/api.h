@@ -1,7 +1,7 @@
 // Torch-free API of the CUDA kernel family: plain functions on raw pointers, sizes, a workspace
 // and a stream. The same launcher source (csrc/kernels/launchers.cuh) is compiled twice:
 //   ax::cuda_impl  by nvcc (csrc/cuda/kernels.cu): device pointers, `stream` a cudaStream_t;
-//   ax::emu_impl   by the host compiler with AX_EMULATE_CUDA (csrc/emu/engine.cpp): host pointers,
+//   ax::emu_impl   by the host compiler with AX_EMULATE_CUDA (csrc/emulated/kernels.cpp): host pointers,
 //                  the kernels run through the CPU emulation of the CUDA execution model.
 // Conventions:
 //   * activations (p, h, grad_h, dp) are row-major (n, r) in `dtype`;

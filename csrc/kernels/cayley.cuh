@@ -15,11 +15,11 @@
 // operation for operation (in-place Gauss-Jordan computes the same values as the [M | I] form),
 // so without FMA contraction (the CPU emulation) the results equal the C++ CPU kernels bit for bit.
 //
-// Torch-free; include csrc/kernels/portability.cuh first (nvcc, or g++ with AX_EMULATE_CUDA).
+// Torch-free; include emu/portability.cuh first (nvcc, or g++ with AX_EMULATE_CUDA).
 #pragma once
 
 #include "csrc/kernels/math.h"
-#include "csrc/kernels/portability.cuh"
+#include "emu/portability.cuh"
 #include "csrc/kernels/kernel_ns.h"
 
 namespace ax {

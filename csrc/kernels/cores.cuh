@@ -31,7 +31,7 @@
 #include "csrc/kernels/api.h"
 #include "csrc/kernels/kernel_ns.h"
 #include "csrc/kernels/math.h"
-#include "csrc/kernels/portability.cuh"
+#include "emu/portability.cuh"
 #include "csrc/kernels/rowcore.h"
 
 namespace ax {

@@ -5,7 +5,7 @@
 // namespace, or the linker would merge an emulated kernel with a CUDA launch stub.
 #pragma once
 
-#include "csrc/kernels/portability.cuh"
+#include "emu/portability.cuh"
 
 #ifndef AX_KERNEL_NS
 #if AX_EMULATION

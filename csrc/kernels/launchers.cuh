@@ -1,7 +1,7 @@
 // Host launchers of the kernel family: the definitions of the functions declared in
 // csrc/kernels/api_decls.inc, in namespace ax::AX_KERNEL_NS (cuda_impl under nvcc, emu_impl under
 // the CPU emulation). Include exactly once per backend, from csrc/cuda/kernels.cu or
-// csrc/emu/engine.cpp. Torch-free.
+// csrc/emulated/kernels.cpp. Torch-free.
 #pragma once
 
 #include <algorithm>

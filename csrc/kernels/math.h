@@ -4,7 +4,7 @@
 #pragma once
 
 #if defined(__CUDACC__) || defined(AX_EMULATE_CUDA)
-#include "csrc/kernels/portability.cuh"
+#include "emu/portability.cuh"
 #endif
 #ifndef AX_HD
 #define AX_HD

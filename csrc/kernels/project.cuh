@@ -29,7 +29,7 @@
 
 #include "csrc/kernels/cores.cuh"
 #include "csrc/kernels/kernel_ns.h"
-#include "csrc/kernels/portability.cuh"
+#include "emu/portability.cuh"
 
 namespace ax {
 namespace AX_KERNEL_NS {

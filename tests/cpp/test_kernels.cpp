@@ -4,7 +4,7 @@
 // mirror that arithmetic, so results must agree bit for bit, for every emulator seed (block order and
 // thread interleaving). Built twice: under ASan + UBSan, and as the emulator's checked build (every
 // memory access of kernel code checked: shared-memory and inter-CTA races, cp.async in flight,
-// uninitialised and out-of-bounds global accesses; csrc/emu/checker.h). All device memory is
+// uninitialised and out-of-bounds global accesses; emu/checker.h). All device memory is
 // ax_emu::DeviceBuffer: inputs initialised, outputs and workspaces poisoned and uninitialised, so an
 // entry a kernel forgets to write, or a partial it reads before writing, fails; launches must use the
 // stream the API was given.
@@ -18,7 +18,7 @@
 #include <vector>
 
 #include "csrc/kernels/launchers.cuh"
-#include "tests/cpp/ax_test.h"
+#include "emu/testing.h"
 
 namespace {
 

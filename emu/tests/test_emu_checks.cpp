@@ -1,12 +1,12 @@
-// Tests of the emulator's checked build (csrc/emu/checker.h): every check fires on its planted bug,
+// Tests of the emulator's checked build (emu/checker.h): every check fires on its planted bug,
 // names both source sites where there are two, and stays quiet on the correct twin; the memory metrics
 // count known access patterns. Built only as a checked executable (CMakeLists.txt).
 #include <cstdint>
 #include <string>
 #include <vector>
 
-#include "tests/cpp/ax_test.h"
-#include "tests/cpp/emu_check_kernels.cuh"
+#include "emu/testing.h"
+#include "emu/tests/emu_check_kernels.cuh"
 
 using ax_emu::DeviceBuffer;
 using ax_emu::EmulationError;

@@ -5,8 +5,8 @@
 #include <random>
 #include <vector>
 
-#include "tests/cpp/ax_test.h"
-#include "tests/cpp/emu_test_kernels.cuh"
+#include "emu/testing.h"
+#include "emu/tests/emu_test_kernels.cuh"
 
 using ax_emu::EmulationError;
 using namespace emu_test;

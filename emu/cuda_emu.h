@@ -1,7 +1,7 @@
 // cuda_emu.h - CPU emulation of the CUDA execution model (header-only).
 //
-// Include through csrc/kernels/portability.cuh with AX_EMULATE_CUDA defined;
-// never include it in code compiled by nvcc. See csrc/emu/README.md.
+// Include through emu/portability.cuh with AX_EMULATE_CUDA defined;
+// never include it in code compiled by nvcc. See emu/README.md.
 //
 // Model: the blocks of a grid run one after another (in a seeded random
 // order); the threads of a block run as cooperative fibers on the calling
@@ -13,7 +13,7 @@
 #pragma once
 
 #if defined(__CUDACC__)
-#error "csrc/emu/cuda_emu.h is the host-compiler emulation; nvcc must not include it"
+#error "emu/cuda_emu.h is the host-compiler emulation; nvcc must not include it"
 #endif
 
 #include <algorithm>

@@ -1,9 +1,9 @@
 // Kernels with one planted memory bug each (and their correct twins), for the emulator's checked build
-// (tests/cpp/test_emu_checks.cpp) and the launch checks of every build (tests/cpp/test_emu_core.cpp).
-// Also compiled by nvcc (tests/cpp/nvcc_compile_check.cu).
+// (emu/tests/test_emu_checks.cpp) and the launch checks of every build (emu/tests/test_emu_core.cpp).
+// Also compiled by nvcc (emu/tests/nvcc_compile_check.cu).
 #pragma once
 
-#include "csrc/kernels/portability.cuh"
+#include "emu/portability.cuh"
 
 namespace emu_check {
 

@@ -5,7 +5,7 @@
 #include <cstring>
 #include <vector>
 
-#include "tests/cpp/emu_test_kernels.cuh"
+#include "emu/tests/emu_test_kernels.cuh"
 
 using namespace emu_test;
 

@@ -1,7 +1,7 @@
 // The CUDA kernel family compiled by the host compiler through the CPU emulation of the CUDA
-// execution model (csrc/emu/cuda_emu.h): ax::emu_impl (csrc/kernels/api.h), the same kernel and
+// execution model (emu/cuda_emu.h): ax::emu_impl (csrc/kernels/api.h), the same kernel and
 // launcher source as csrc/cuda/kernels.cu. Torch-free. Launches run synchronously on the calling
-// thread; the `stream` argument is ignored.
+// thread, on the emulated stream of the op (op_stream).
 #ifndef AX_EMULATE_CUDA
 #define AX_EMULATE_CUDA 1
 #endif

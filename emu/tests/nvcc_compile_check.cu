@@ -1,8 +1,8 @@
 // Compile-only check (no GPU needed): the emulator test kernels and the
 // portable wrappers must also build with nvcc for real GPUs, e.g.
-//   nvcc -std=c++17 -arch=sm_80 -I<repo> -c tests/cpp/nvcc_compile_check.cu
-#include "tests/cpp/emu_check_kernels.cuh"
-#include "tests/cpp/emu_test_kernels.cuh"
+//   nvcc -std=c++17 -arch=sm_80 -I<repo> -c emu/tests/nvcc_compile_check.cu
+#include "emu/tests/emu_check_kernels.cuh"
+#include "emu/tests/emu_test_kernels.cuh"
 
 using namespace emu_test;
 

@@ -1,9 +1,9 @@
 // Test kernels for the CUDA emulator. The same source is compiled by the host
-// compiler with AX_EMULATE_CUDA (tests/cpp/test_emu_*.cpp) and by nvcc
-// (tests/cpp/nvcc_compile_check.cu) to keep portability.cuh honest.
+// compiler with AX_EMULATE_CUDA (emu/tests/test_emu_*.cpp) and by nvcc
+// (emu/tests/nvcc_compile_check.cu) to keep portability.cuh honest.
 #pragma once
 
-#include "csrc/kernels/portability.cuh"
+#include "emu/portability.cuh"
 
 namespace emu_test {
 

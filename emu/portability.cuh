@@ -1,7 +1,7 @@
 // portability.cuh - the ONLY header kernels include for CUDA-isms.
 //
 //  * nvcc (__CUDACC__): maps the portable names onto real CUDA.
-//  * host compiler with AX_EMULATE_CUDA: CPU emulation (csrc/emu/cuda_emu.h).
+//  * host compiler with AX_EMULATE_CUDA: CPU emulation (emu/cuda_emu.h).
 //
 // Kernel-side names (valid in both modes):
 //   __global__ __device__ __host__ __forceinline__ __restrict__
@@ -176,7 +176,7 @@ __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void* sme
 
 #elif defined(AX_EMULATE_CUDA)
 
-#include "csrc/emu/cuda_emu.h"
+#include "emu/cuda_emu.h"
 
 #define AX_EMULATION 1
 
