@@ -70,7 +70,9 @@ with_cuda = why_not_cuda is None
 emulation_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/emulated").glob("*.cpp"))
 with_emulation = bool(emulation_sources) and cuda_include is not None and (cuda_include / "cuda_bf16.h").exists()
 
-sources = ["csrc/registration.cpp", "csrc/autograd.cpp", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/cpu").glob("*.cpp"))]
+# the glue, schemas and autograd (csrc/*.cpp), the C++ CPU kernel set (csrc/cpu), the emulated kernel set
+# (csrc/emulated) where the CUDA headers are found, the CUDA kernel set (csrc/cuda) where CUDA is built
+sources = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "csrc").glob("*.cpp"), *(ROOT / "csrc/cpu").glob("*.cpp")])
 cxx_flags = ["-O3", f"-I{ROOT}"]
 archs = os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else ""
 defines = [("AX_WITH_CUDA", "1" if with_cuda else "0"), ("AX_CUDA_ARCHS", f'"{archs}"'),
@@ -79,11 +81,10 @@ if with_emulation:
     sources += emulation_sources
     cxx_flags.append(f"-I{cuda_include}")
 if with_cuda:
-    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/cuda").glob("*.c*"))
+    sources += sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/cuda").glob("*.cu"))
     ext = CUDAExtension(
         "antipasto_ext._C", sources, define_macros=defines,
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", f"-I{ROOT}", 
-                                                      "-lineinfo", "--threads", "2"]})
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", f"-I{ROOT}", "-lineinfo", "--threads", "2"]})
     say(f"CPU + CUDA kernels (archs {archs}, CUDA {cuda_home})")
 else:
     ext = CppExtension("antipasto_ext._C", sources, define_macros=defines, extra_compile_args=cxx_flags)

@@ -18,8 +18,8 @@ def check_int_range(name: str, value, lo: int, hi: int):
 class SVDAdapter(nn.Module):
     """Base of the variants: ``out = x W_res^T + b + core(x Vh^T) U^T``.
 
-    Subclasses define ``_make_params``, ``_layer`` (the ext backend's layer op with the variant's core) and
-    ``_eager`` (the reference forward). ``in_basis`` names the input-side basis buffer ("Vh", or
+    Subclasses create their trainable parameters in ``__init__`` and define ``_layer`` (the ext backend's layer op
+    with the variant's core) and ``_eager`` (the reference forward). ``in_basis`` names the input-side basis buffer ("Vh", or
     "P" for CorDA).
     """
 

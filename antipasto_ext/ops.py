@@ -1,8 +1,9 @@
-"""Registered custom ops (namespace ``antipasto_ext``): thin wrappers, autograd and fake kernels.
+"""Registered custom ops (namespace ``antipasto_ext``): thin wrappers and fake kernels.
 
-The kernels are C++ (CPU) and CUDA, registered by ``antipasto_ext._C``. Each forward op has a
-``*_backward`` op; autograd wires them together here, and every op has a fake kernel so
-``torch.compile(fullgraph=True)`` traces through them. The S-space cores take the (tokens, r)
+The kernels are C++ (CPU), CUDA and the CUDA source through the CPU emulation, registered by
+``antipasto_ext._C`` with their C++ autograd; every op has a fake kernel here so ``torch.compile(fullgraph=True)``
+traces through them. The ops: ``core`` / ``core_backward`` (the r-space core of any variant), ``layer`` (a whole
+adapter layer), ``block_cayley`` / ``block_cayley_backward``. The S-space cores take the (tokens, r)
 activations ``p`` in any float dtype and the small parameters in any float dtype; they accumulate in
 float32 (float64 for float64 ``p``) and return ``h`` in ``p``'s dtype, gradients in each input's dtype.
 """
@@ -43,58 +44,83 @@ def block_cayley(rot_T: torch.Tensor, block_size: int, max_angle: float = 0.5, c
     return _ops.block_cayley(rot_T, block_size, float(max_angle), float(coeff))
 
 
+def block_cayley_backward(grad_R, R, rot_T, block_size: int, max_angle: float = 0.5, coeff: float = 1.0):
+    """d rot_T of block_cayley from grad_R = dL/dR and the forward's R (no second solve)."""
+    return _ops.block_cayley_backward(grad_R, R, rot_T, int(block_size), float(max_angle), float(coeff))
+
+
+# ------------------------------------------------------------------------------------------ the cores
+# A core is (core, S, params, coeff, option): its name, the frozen singular values S (r,), its parameters in a
+# fixed order and its one integer setting (csrc/cores.h):
+#   gain   [g]              option: suppress_only         rot     [delta_s, R]   option: side (0 none, 1 V, 2 U)
+#   dplr   [g, A, B]        option: suppress_only         ablate  [C, a]         option: 0
+# The per-core functions below name the parameters; the generic ones take the list.
+
+
+def core(core: str, p, S, params, coeff: float = 1.0, option: int = 0):
+    """h = core(p): the r-space core ``core`` on p (..., r) (docs/SPEC.md §1-5)."""
+    return _ops.core(core, p, S, list(params), float(coeff), int(option))
+
+
+def core_backward(core: str, grad_h, p, S, params, coeff: float = 1.0, option: int = 0):
+    """(dp, [d param for param in params]) of core(p)."""
+    return _ops.core_backward(core, grad_h, p, S, list(params), float(coeff), int(option))
+
+
+def layer(core: str, x, W, bias, U, Vh, S, params, coeff: float = 1.0, option: int = 0, need_p: bool = False):
+    """(y, p): the whole adapter layer y = x W^T + b + core(x Vh^T) U^T as one op and one autograd node, x (tokens,
+    d_in), W (d_out, d_in), bias (d_out) or None, U (d_out, r), Vh (r, d_in), all in x's dtype; p = x Vh^T when
+    need_p (else an empty (0, r) tensor). h = core(x Vh^T) runs the fused tensor-core kernel on CUDA for 16-bit
+    activations and few rows (the decode path), else the BLAS GEMM and the core kernel; the output GEMM accumulates
+    into the frozen one (beta = 1), and in backward dx = dY W + dp Vh is one GEMM accumulated into the other. p is
+    kept for backward only when autograd records."""
+    return _ops.layer(core, x, W, bias, U, Vh, S, list(params), float(coeff), int(option), bool(need_p))
+
+
 def gain_core(p, S, g, coeff: float = 1.0, suppress_only: bool = False):
     """h = p * S * (1 + ELU(coeff * g)) (SPEC §1, §4)."""
-    return _ops.gain_core(p, S, g, float(coeff), bool(suppress_only))
+    return core("gain", p, S, [g], coeff, bool(suppress_only))
 
 
 def dplr_core(p, S, g, A, B, coeff: float = 1.0, suppress_only: bool = False):
     """h = p * S_eff + coeff * (p A^T) B^T (SPEC §5)."""
-    return _ops.dplr_core(p, S, g, A, B, float(coeff), bool(suppress_only))
+    return core("dplr", p, S, [g, A, B], coeff, bool(suppress_only))
 
 
 def rot_core(p, S, delta_s, R, coeff: float = 1.0, rotate_basis: str = "V"):
     """h = (p blockdiag(R)^T) * S_eff (V side), (p * S_eff) blockdiag(R) (U side) or p * S_eff (none),
     S_eff = S + coeff * delta_s (SPEC §2, the rotation applied in r-space)."""
-    return _ops.rot_core(p, S, delta_s, R, float(coeff), ROT_SIDES[rotate_basis])
+    return core("rot", p, S, [delta_s, R], coeff, ROT_SIDES[rotate_basis])
 
 
 def ablate_core(p, S, C, a, coeff: float = 1.0):
     """h = p S - coeff ((p S C) * a) C^T (SPEC §3) for an orthonormal C (r, k) and a = clamp(alpha, 0, 1)."""
-    return _ops.ablate_core(p, S, C, a, float(coeff))
-
-
-# ------------------------------------------------------------------------------------------ layer ops
-# The whole adapter layer y = x W^T + b + core(x Vh^T) U^T as one op and one autograd node, x (tokens, d_in),
-# W (d_out, d_in), bias (d_out) or None, U (d_out, r), Vh (r, d_in), all in x's dtype. h = core(x Vh^T) runs
-# the fused tensor-core kernel on CUDA for 16-bit activations and few rows (the decode path), else the BLAS
-# GEMM and the core kernel; the output GEMM accumulates into the frozen one (beta = 1), and in backward
-# dx = dY W + dp Vh is one GEMM accumulated into the other. p = x Vh^T is kept only when autograd records.
+    return core("ablate", p, S, [C, a], coeff, 0)
 
 
 def layer_gain(x, W, bias, U, Vh, S, g, coeff: float = 1.0, suppress_only: bool = False):
     """antipasto / corda layer: h = gain_core(x Vh^T, S, g, coeff, suppress_only)."""
-    return _ops.layer_gain(x, W, bias, U, Vh, S, g, float(coeff), bool(suppress_only), False)[0]
+    return layer("gain", x, W, bias, U, Vh, S, [g], coeff, bool(suppress_only))[0]
 
 
 def layer_rot(x, W, bias, U, Vh, S, delta_s, R, coeff: float = 1.0, rotate_basis: str = "V"):
     """antipasto_rot layer: h = rot_core(x Vh^T, S, delta_s, R, coeff, rotate_basis)."""
-    return _ops.layer_rot(x, W, bias, U, Vh, S, delta_s, R, float(coeff), ROT_SIDES[rotate_basis], False)[0]
+    return layer("rot", x, W, bias, U, Vh, S, [delta_s, R], coeff, ROT_SIDES[rotate_basis])[0]
 
 
 def layer_dplr(x, W, bias, U, Vh, S, g, A, B, coeff: float = 1.0, suppress_only: bool = False):
     """antipasto_dplr layer: h = dplr_core(x Vh^T, S, g, A, B, coeff, suppress_only)."""
-    return _ops.layer_dplr(x, W, bias, U, Vh, S, g, A, B, float(coeff), bool(suppress_only), False)[0]
+    return layer("dplr", x, W, bias, U, Vh, S, [g, A, B], coeff, bool(suppress_only))[0]
 
 
 def layer_ablate(x, W, bias, U, Vh, S, C, a, coeff: float = 1.0):
     """antipasto_ablate layer: h = ablate_core(x Vh^T, S, C, a, coeff)."""
-    return _ops.layer_ablate(x, W, bias, U, Vh, S, C, a, float(coeff), False)[0]
+    return layer("ablate", x, W, bias, U, Vh, S, [C, a], coeff, 0)[0]
 
 
 # ------------------------------------------------------------------------------------------ autograd
-# The forward ops' autograd lives in C++ (csrc/autograd.cpp). The *_backward ops are not
-# differentiable again; saying so beats autograd's silent fallback.
+# The forward ops' autograd lives in C++ (csrc/autograd.cpp). The backward ops are not differentiable again;
+# saying so beats autograd's silent fallback.
 
 
 def _no_double_backward(ctx, *grads):
@@ -112,46 +138,35 @@ def _fake_block_cayley_backward(grad_R, R, rot_T, block_size, max_angle, coeff):
     return rot_T.new_empty(rot_T.shape)
 
 
-def _fake_core(p, *args):
+def _fake_core(core, p, S, params, coeff, option):
     return p.new_empty(p.shape)
 
 
-def _fake_gain_backward(grad_h, p, S, g, coeff, suppress_only):
-    return p.new_empty(p.shape), g.new_empty(g.shape)
+def _fake_core_backward(core, grad_h, p, S, params, coeff, option):
+    return p.new_empty(p.shape), [t.new_empty(t.shape) for t in params]
 
 
-def _fake_dplr_backward(grad_h, p, S, g, A, B, coeff, suppress_only):
-    return p.new_empty(p.shape), g.new_empty(g.shape), A.new_empty(A.shape), B.new_empty(B.shape)
-
-
-def _fake_rot_backward(grad_h, p, S, delta_s, R, coeff, side):
-    return p.new_empty(p.shape), delta_s.new_empty(delta_s.shape), R.new_empty(R.shape)
-
-
-def _fake_ablate_backward(grad_h, p, S, C, a, coeff):
-    return p.new_empty(p.shape), C.new_empty(C.shape), a.new_empty(a.shape)
-
-
-def _fake_layer(x, W, bias, U, Vh, *args):
-    need_p = args[-1]
+def _fake_layer(core, x, W, bias, U, Vh, S, params, coeff, option, need_p):
     n, r = x.shape[0], Vh.shape[0]
     return x.new_empty(n, W.shape[0]), x.new_empty(n if need_p else 0, r)
 
 
+# Every registered op: its Python wrapper, its fake kernel and, for the backward ops, the refusal of double backward
+# (tests/test_op_registry.py checks that the registered ops and this table agree).
+OPS = {
+    "core": (core, _fake_core, None),
+    "core_backward": (core_backward, _fake_core_backward, _no_double_backward),
+    "layer": (layer, _fake_layer, None),
+    "block_cayley": (block_cayley, _fake_block_cayley, None),
+    "block_cayley_backward": (block_cayley_backward, _fake_block_cayley_backward, _no_double_backward),
+}
+
+
 def _register():
-    lib = torch.library
-    for name in ("gain_core", "dplr_core", "rot_core", "ablate_core"):
-        lib.register_autograd(f"antipasto_ext::{name}_backward", _no_double_backward)
-        lib.register_fake(f"antipasto_ext::{name}", _fake_core)
-    lib.register_autograd("antipasto_ext::block_cayley_backward", _no_double_backward)
-    lib.register_fake("antipasto_ext::block_cayley", _fake_block_cayley)
-    lib.register_fake("antipasto_ext::block_cayley_backward", _fake_block_cayley_backward)
-    lib.register_fake("antipasto_ext::gain_core_backward", _fake_gain_backward)
-    lib.register_fake("antipasto_ext::dplr_core_backward", _fake_dplr_backward)
-    lib.register_fake("antipasto_ext::rot_core_backward", _fake_rot_backward)
-    lib.register_fake("antipasto_ext::ablate_core_backward", _fake_ablate_backward)
-    for name in ("gain", "rot", "dplr", "ablate"):
-        lib.register_fake(f"antipasto_ext::layer_{name}", _fake_layer)
+    for name, (_, fake, autograd) in OPS.items():
+        torch.library.register_fake(f"antipasto_ext::{name}", fake)
+        if autograd is not None:
+            torch.library.register_autograd(f"antipasto_ext::{name}", autograd)
 
 
 if ext_loaded:

@@ -101,7 +101,7 @@ def layer_section(args, device, dtype, paths):
         gap_rows.append([be, f"{rf:.2f}x", q(st_f[f"antipasto_rot/{be}"], st_f[f"antipasto/{be}"]),
                          f"{rfb:.2f}x", q(st_fb[f"antipasto_rot/{be}"], st_fb[f"antipasto/{be}"])])
         gap_csv.append(["gap", be, f"{rf:.4f}", f"{rfb:.4f}"])
-        if be == "ext":  # issue #5 (CPU) asks 1.10x, issue #3 (H100) 1.03x
+        if be == "ext":  # targets: 1.10x on the CPU, 1.03x on an H100
             lim = 1.03 if device.type == "cuda" else 1.10
             TARGETS.append([f"rot/plain ext ≤ {lim:.2f} (layer fwd+bwd, {args.d_in}->{args.d_out}, r {args.r}, "
                             f"{args.tokens} tok, {args.dtype})", f"{rfb:.2f}x", f"≤ {lim:.2f}x",
@@ -198,7 +198,7 @@ def block_section(args, device):
         # agreement of the two (a sanity check that both compute the same thing)
         with torch.no_grad():
             err = (ops.block_cayley(t0, bs) - reference.cayley_blocks(t0.double(), bs).float()).abs().max().item()
-        if (nb, bs) == (64, 4):  # issue #5 (CPU) asks 20x, issue #3 (H100) 50x
+        if (nb, bs) == (64, 4):  # targets: 20x on the CPU, 50x on an H100
             sp = st["eager fwd+bwd"].median / st["ext fwd+bwd"].median
             lim = 50 if device.type == "cuda" else 20
             TARGETS.append([f"block_cayley ext ≥ {lim}x faster than eager (fwd+bwd, 64 x 4)", f"{sp:.1f}x",

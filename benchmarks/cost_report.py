@@ -167,19 +167,19 @@ def measured_op_times(lin, args, cfg, split_cache, device, dtype, N):
         "dh = dY U": lambda: torch.mm(dY, U),
         "dx = dY W_res": lambda: torch.mm(dY, W_res),
         "dx += dp Vh": lambda: torch.addmm(x, p, Vh),
-        "core fwd antipasto": lambda: T.gain_core(p, S, g, 1.0, False),
-        "core fwd antipasto_dplr": lambda: T.dplr_core(p, S, g, A, B, 1.0, False),
-        "core fwd antipasto_rot": lambda: T.rot_core(p, S, ds, R, 1.0, 1),
-        "core fwd antipasto_ablate": lambda: T.ablate_core(p, S, Cb, a, 1.0),
-        "core bwd antipasto": lambda: T.gain_core_backward(h, p, S, g, 1.0, False),
-        "core bwd antipasto_dplr": lambda: T.dplr_core_backward(h, p, S, g, A, B, 1.0, False),
-        "core bwd antipasto_rot": lambda: T.rot_core_backward(h, p, S, ds, R, 1.0, 1),
-        "core bwd antipasto_ablate": lambda: T.ablate_core_backward(h, p, S, Cb, a, 1.0),
+        "core fwd antipasto": lambda: T.core("gain", p, S, [g], 1.0, 0),
+        "core fwd antipasto_dplr": lambda: T.core("dplr", p, S, [g, A, B], 1.0, 0),
+        "core fwd antipasto_rot": lambda: T.core("rot", p, S, [ds, R], 1.0, 1),
+        "core fwd antipasto_ablate": lambda: T.core("ablate", p, S, [Cb, a], 1.0, 0),
+        "core bwd antipasto": lambda: T.core_backward("gain", h, p, S, [g], 1.0, 0),
+        "core bwd antipasto_dplr": lambda: T.core_backward("dplr", h, p, S, [g, A, B], 1.0, 0),
+        "core bwd antipasto_rot": lambda: T.core_backward("rot", h, p, S, [ds, R], 1.0, 1),
+        "core bwd antipasto_ablate": lambda: T.core_backward("ablate", h, p, S, [Cb, a], 1.0, 0),
         # the layer op as a module calls it in training (p kept): every forward row above in one call
-        "layer op antipasto": lambda: T.layer_gain(x, W_res, None, U, Vh, S, g, 1.0, False, True),
-        "layer op antipasto_dplr": lambda: T.layer_dplr(x, W_res, None, U, Vh, S, g, A, B, 1.0, False, True),
-        "layer op antipasto_rot": lambda: T.layer_rot(x, W_res, None, U, Vh, S, ds, R, 1.0, 1, True),
-        "layer op antipasto_ablate": lambda: T.layer_ablate(x, W_res, None, U, Vh, S, Cb, a, 1.0, True),
+        "layer op antipasto": lambda: T.layer("gain", x, W_res, None, U, Vh, S, [g], 1.0, 0, True),
+        "layer op antipasto_dplr": lambda: T.layer("dplr", x, W_res, None, U, Vh, S, [g, A, B], 1.0, 0, True),
+        "layer op antipasto_rot": lambda: T.layer("rot", x, W_res, None, U, Vh, S, [ds, R], 1.0, 1, True),
+        "layer op antipasto_ablate": lambda: T.layer("ablate", x, W_res, None, U, Vh, S, [Cb, a], 1.0, 0, True),
         "block_cayley fwd": lambda: T.block_cayley(rot_T, bs, 0.5, 1.0),
         "block_cayley bwd": lambda: T.block_cayley_backward(R, R, rot_T, bs, 0.5, 1.0),
     }
@@ -298,7 +298,7 @@ def decode_section(args, cfg, device, dtype, split_cache):
     text = [f"## Decode latency ({shape_name}: {d_in} -> {d_out}, r {min(cfg.r, d_in, d_out)}, "
             f"{str(dtype).split('.')[-1]}, forward under no_grad)", "",
             "µs per call (median ± half the IQR). 'merged' = after `merge()` (one F.linear), when the module "
-            "offers it. Target (issue #3, stated for an H100): the adapter adds at most 15% to the bare layer's "
+            "offers it. Target (stated for an H100): the adapter adds at most 15% to the bare layer's "
             "decode time. Decode is bound by reading the weights: the unmerged adapter reads U and Vh besides "
             f"W_res, so its byte floor is (din dout + r (din + dout)) / (din dout) = {byte_floor:.3f}x the bare "
             "layer here (1.125x at d 4096, r 256) — the ratio no kernel can beat without merging.", "",
@@ -334,9 +334,9 @@ def dispatch_section(args, cfg, device, dtype, split_cache):
     R = ops.block_cayley(torch.randn(r // cfg.block_size, cfg.block_size * (cfg.block_size - 1) // 2, **f32) * 0.1,
                          cfg.block_size)
     T = torch.ops.antipasto_ext
-    calls = {"gain": lambda x: T.layer_gain(x, W, None, U, Vh, S, g, 1.0, False, True),
-             "rot V": lambda x: T.layer_rot(x, W, None, U, Vh, S, g, R, 1.0, 1, True),
-             "dplr": lambda x: T.layer_dplr(x, W, None, U, Vh, S, g, A, B, 1.0, False, True)}
+    calls = {"gain": lambda x: T.layer("gain", x, W, None, U, Vh, S, [g], 1.0, 0, True),
+             "rot V": lambda x: T.layer("rot", x, W, None, U, Vh, S, [g, R], 1.0, 1, True),
+             "dplr": lambda x: T.layer("dplr", x, W, None, U, Vh, S, [g, A, B], 1.0, 0, True)}
 
     def on_path(fn, x, rows_env):
         def call():
@@ -575,7 +575,7 @@ def main(argv=None):
         target("RotLinear ext faster than PEFT OFT (Neumann)", "antipasto_rot/ext", f"oft_b{bsz}_neumann5/peft", 1.0)
         target("DPLRLinear ext within 1.15x of PEFT LoRA (equal rank)", "antipasto_dplr/ext",
                f"lora_r{cfg.lora_rank}/peft", 1.15)
-        if "antipasto_dplr/ext" in st_fb:  # issue #3: time overhead over nn.Linear <= 1.2x the FLOP overhead
+        if "antipasto_dplr/ext" in st_fb:  # target: time overhead over nn.Linear <= 1.2x the FLOP overhead
             n_tok, rr = N, min(cfg.r, d_in, d_out)
             fl = lambda v: sum(o.flops for o in C.op_costs(v, n_tok, d_in, d_out, rr, k=cfg.lora_rank,  # noqa: E731
                                                            bs=cfg.block_size) if o.phase in C.EXECUTED_PHASES)

@@ -1,6 +1,6 @@
-// Op schemas of the antipasto_ext namespace and the Python module `antipasto_ext._C`.
-// Device kernels register themselves (csrc/cpu, csrc/cuda); autograd and fake kernels are
-// registered from Python (antipasto_ext/ops.py).
+// Op schemas of the antipasto_ext namespace and the Python module `antipasto_ext._C`. The device
+// implementations are registered by csrc/ops.cpp, autograd by csrc/autograd.cpp, the fake kernels by
+// antipasto_ext/ops.py.
 #include <Python.h>
 #include <torch/library.h>
 
@@ -20,32 +20,18 @@
 #define AX_CUDA_ARCHS ""
 #endif
 
+// A core is (core, S, params, coeff, option): its name, the frozen singular values, its parameters in a fixed
+// order and its one integer setting (csrc/cores.h has the table).
 TORCH_LIBRARY(antipasto_ext, m) {
+  m.def("core(str core, Tensor p, Tensor S, Tensor[] params, float coeff, int option) -> Tensor");
+  m.def("core_backward(str core, Tensor grad_h, Tensor p, Tensor S, Tensor[] params, float coeff, int option) "
+        "-> (Tensor, Tensor[])");
+  // The whole layer y = x W^T + b + core(x Vh^T) U^T, and p = x Vh^T (an empty (0, r) tensor unless need_p).
+  m.def("layer(str core, Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor[] params, "
+        "float coeff, int option, bool need_p) -> (Tensor, Tensor)");
   m.def("block_cayley(Tensor rot_T, int block_size, float max_angle, float coeff) -> Tensor");
   m.def("block_cayley_backward(Tensor grad_R, Tensor R, Tensor rot_T, int block_size, float max_angle, "
         "float coeff) -> Tensor");
-  m.def("gain_core(Tensor p, Tensor S, Tensor g, float coeff, bool suppress_only) -> Tensor");
-  m.def("gain_core_backward(Tensor grad_h, Tensor p, Tensor S, Tensor g, float coeff, bool suppress_only) "
-        "-> (Tensor, Tensor)");
-  m.def("dplr_core(Tensor p, Tensor S, Tensor g, Tensor A, Tensor B, float coeff, bool suppress_only) -> Tensor");
-  m.def("dplr_core_backward(Tensor grad_h, Tensor p, Tensor S, Tensor g, Tensor A, Tensor B, float coeff, "
-        "bool suppress_only) -> (Tensor, Tensor, Tensor, Tensor)");
-  m.def("rot_core(Tensor p, Tensor S, Tensor delta_s, Tensor R, float coeff, int side) -> Tensor");
-  m.def("rot_core_backward(Tensor grad_h, Tensor p, Tensor S, Tensor delta_s, Tensor R, float coeff, int side) "
-        "-> (Tensor, Tensor, Tensor)");
-  m.def("ablate_core(Tensor p, Tensor S, Tensor C, Tensor a, float coeff) -> Tensor");
-  m.def("ablate_core_backward(Tensor grad_h, Tensor p, Tensor S, Tensor C, Tensor a, float coeff) "
-        "-> (Tensor, Tensor, Tensor)");
-  // The whole layer y = x W^T + b + core(x Vh^T) U^T, and p = x Vh^T (an empty (0, r) tensor unless
-  // need_p); csrc/layer_ops.h.
-  m.def("layer_gain(Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor g, float coeff, "
-        "bool suppress_only, bool need_p) -> (Tensor, Tensor)");
-  m.def("layer_rot(Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor delta_s, Tensor R, "
-        "float coeff, int side, bool need_p) -> (Tensor, Tensor)");
-  m.def("layer_dplr(Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor g, Tensor A, Tensor B, "
-        "float coeff, bool suppress_only, bool need_p) -> (Tensor, Tensor)");
-  m.def("layer_ablate(Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor C, Tensor a, "
-        "float coeff, bool need_p) -> (Tensor, Tensor)");
 }
 
 static PyObject* build_info(PyObject*, PyObject*) {

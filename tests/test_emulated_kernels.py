@@ -118,7 +118,7 @@ def test_wide_cores_several_tiles_and_unstaged_params(core, lead, r, bs, k, emul
         assert err <= 5e-5, f"{core} {name}: relative error {err:.3g}"
 
 
-# The low-rank cores' CPU kernels use their own SIMD-friendly summation order (csrc/cpu/ops_cpu.cpp), so
+# The low-rank cores' CPU kernels use their own SIMD-friendly summation order (csrc/cpu/kernels.cpp), so
 # only the diagonal and rotation cores still share the CUDA kernels' arithmetic expression for expression.
 SAME_ARITHMETIC = [c for c in CORES if not c.startswith(("dplr", "ablate"))]
 
@@ -232,4 +232,4 @@ def test_too_wide_for_shared_memory_is_a_clear_error(emulated):
     r = 4096  # rot backward stages 3 float rows of r per tile row: > 48 KiB for one row
     R = torch.eye(2).expand(r // 2, 2, 2).contiguous()
     with pytest.raises((ValueError, RuntimeError), match="too wide"):
-        E.rot_core_backward(torch.randn(2, r), torch.randn(2, r), torch.rand(r), torch.rand(r), R, 1.0, 1)
+        E.core_backward("rot", torch.randn(2, r), torch.randn(2, r), torch.rand(r), [torch.rand(r), R], 1.0, 1)

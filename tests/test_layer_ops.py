@@ -122,14 +122,14 @@ def test_emulated_engine_runs_the_fused_kernel_where_it_fits(core, monkeypatch):
 def test_p_only_when_asked_or_recorded(dtype, engine):
     x, frozen = _inputs(9, 32, 8, dtype, "cpu")
     S, g = torch.rand(8) + 1, torch.randn(8)
-    layer = torch.ops.antipasto_ext.layer_gain
-    y, p = layer(x, *frozen, S, g, 0.5, False, True)
+    layer = torch.ops.antipasto_ext.layer
+    y, p = layer("gain", x, *frozen, S, [g], 0.5, 0, True)
     assert p.shape == (9, 8) and p.dtype == dtype
     assert_close(p, x.double() @ frozen[3].double().T, dtype, "p")
-    y2, p2 = layer(x, *frozen, S, g, 0.5, False, False)
+    y2, p2 = layer("gain", x, *frozen, S, [g], 0.5, 0, False)
     assert p2.shape == (0, 8) and torch.equal(y, y2)
     g.requires_grad_()
-    y3, p3 = layer(x, *frozen, S, g, 0.5, False, False)
+    y3, p3 = layer("gain", x, *frozen, S, [g], 0.5, 0, False)
     assert p3.shape == (0, 8) and y3.requires_grad and torch.equal(y3, y)
     y3.sum().backward()
     assert g.grad is not None and torch.isfinite(g.grad).all()
@@ -158,17 +158,17 @@ def _opcheck_samples():
         x, (W, b, U, Vh) = _inputs(6, 32, 16, dtype, "cpu")
         for need_p in (True, False):
             g = c["gain"]
-            yield "layer_gain", (x.clone().requires_grad_(), W, b, U, Vh, g["S"], g["g"].requires_grad_(), 0.7, False,
-                                 need_p)
+            yield "layer", ("gain", x.clone().requires_grad_(), W, b, U, Vh, g["S"], [g["g"].requires_grad_()], 0.7, 0,
+                            need_p)
             d = c["dplr"]
-            yield "layer_dplr", (x, W, None, U, Vh, d["S"], d["g"], d["A"].requires_grad_(), d["B"], 0.9, True, need_p)
+            yield "layer", ("dplr", x, W, None, U, Vh, d["S"], [d["g"], d["A"].requires_grad_(), d["B"]], 0.9, 1, need_p)
             rr = c["rot_V"]
             for side in (0, 1, 2):
                 R = rr["R"].clone().requires_grad_() if side else torch.empty(0)
-                yield "layer_rot", (x, W, b, U, Vh, rr["S"], rr["delta_s"].requires_grad_(), R, 0.8, side, need_p)
+                yield "layer", ("rot", x, W, b, U, Vh, rr["S"], [rr["delta_s"].requires_grad_(), R], 0.8, side, need_p)
             a = c["ablate"]
-            yield "layer_ablate", (x.clone().requires_grad_(), W, b.clone().requires_grad_(), U, Vh, a["S"], a["C"],
-                                   a["a"], 0.8, need_p)
+            yield "layer", ("ablate", x.clone().requires_grad_(), W, b.clone().requires_grad_(), U, Vh, a["S"],
+                            [a["C"], a["a"]], 0.8, 0, need_p)
 
 
 @pytest.mark.parametrize("name,args", list(_opcheck_samples()), ids=lambda v: v if isinstance(v, str) else "")

@@ -127,21 +127,21 @@ def _opcheck_samples():
     yield "block_cayley_backward", (torch.randn(2, 4, 4), ops.block_cayley(torch.randn(2, 6), 4, 0.5, 1.0),
                                     torch.randn(2, 6), 4, 0.5, 1.0)
     g = f(cases["gain"][2])
-    yield "gain_core", (p.clone().requires_grad_(), g["S"], g["g"].requires_grad_(), 0.7, False)
-    yield "gain_core_backward", (torch.randn_like(p), p, g["S"], g["g"], 0.7, True)
+    yield "core", ("gain", p.clone().requires_grad_(), g["S"], [g["g"].requires_grad_()], 0.7, 0)
+    yield "core_backward", ("gain", torch.randn_like(p), p, g["S"], [g["g"]], 0.7, 1)
     d = f(cases["dplr"][2])
-    yield "dplr_core", (p.clone().requires_grad_(), d["S"], d["g"], d["A"].requires_grad_(), d["B"], 0.9, False)
-    yield "dplr_core_backward", (torch.randn_like(p), p, d["S"], d["g"], d["A"], d["B"], 0.9, False)
+    yield "core", ("dplr", p.clone().requires_grad_(), d["S"], [d["g"], d["A"].requires_grad_(), d["B"]], 0.9, 0)
+    yield "core_backward", ("dplr", torch.randn_like(p), p, d["S"], [d["g"], d["A"], d["B"]], 0.9, 0)
     for side in (0, 1, 2):
         rr = f(cases["rot_V"][2])
         R = rr["R"] if side else torch.empty(0)
-        yield "rot_core", (p.clone().requires_grad_(), rr["S"], rr["delta_s"].requires_grad_(), R, 0.8, side)
-        yield "rot_core_backward", (torch.randn_like(p), p, rr["S"], rr["delta_s"], R, 0.8, side)
+        yield "core", ("rot", p.clone().requires_grad_(), rr["S"], [rr["delta_s"].requires_grad_(), R], 0.8, side)
+        yield "core_backward", ("rot", torch.randn_like(p), p, rr["S"], [rr["delta_s"], R], 0.8, side)
     a = f(cases["ablate"][2])
-    yield "ablate_core", (p.clone().requires_grad_(), a["S"], a["C"].requires_grad_(), a["a"], 0.8)
-    yield "ablate_core_backward", (torch.randn_like(p), p, a["S"], a["C"], a["a"], 0.8)
+    yield "core", ("ablate", p.clone().requires_grad_(), a["S"], [a["C"].requires_grad_(), a["a"]], 0.8, 0)
+    yield "core_backward", ("ablate", torch.randn_like(p), p, a["S"], [a["C"], a["a"]], 0.8, 0)
     # a non-contiguous activation
-    yield "gain_core", (torch.randn(8, 6).t().requires_grad_(), torch.rand(8), torch.randn(8), 1.0, False)
+    yield "core", ("gain", torch.randn(8, 6).t().requires_grad_(), torch.rand(8), [torch.randn(8)], 1.0, 0)
 
 
 @pytest.mark.parametrize("name,args", list(_opcheck_samples()), ids=lambda v: v if isinstance(v, str) else "")

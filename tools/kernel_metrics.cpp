@@ -61,97 +61,109 @@ struct Buffers {
   ax_emu::DeviceBuffer<float>*C = dev<float>(kR * 1, "C"), *a = dev<float>(1, "a", 0.1, 0.5);
   ax_emu::DeviceBuffer<float>* t = dev<float>(kR * 64, "rot_T"), *G = dev<float>(kR * 64, "grad_R");
   ax_emu::DeviceBuffer<float>*Rc = dev<float>(kR * 64, "R"), *dt = dev<float>(kR * 64, "dt");
-  ax_emu::DeviceBuffer<float>* ws = dev<float>(ax::core_workspace_elems(kRows, ax::dplr_partials(kR, 8)) +
+  ax_emu::DeviceBuffer<float>* ws = dev<float>(ax::core_chunks(kRows) * (kR + 2 * 8 * kR) +
                                                    ax::project_workspace_elems(16, kDin, kR),
                                                "workspace");
-  ax_emu::DeviceBuffer<float>* dparams = dev<float>(ax::dplr_partials(kR, 8), "dparams");
+  ax_emu::DeviceBuffer<float>* dparams = dev<float>(kR + 2 * 8 * kR, "dparams");
 };
 
-ax::ProjectCore core_of(Buffers& b, int64_t kind) {
-  ax::ProjectCore c;
-  c.kind = kind;
+// The core of each case: gain, rot (side, bs), dplr (k 8), ablate (k 1), coeff 0.7.
+ax::CoreParams core_of(Buffers& b, ax::Core core, int side = ax::kRotV, int bs = 4) {
+  ax::CoreParams c;
+  c.core = core;
+  c.r = kR;
+  c.coeff = 0.7;
   c.S = b.S->data();
   c.g = b.g->data();
-  if (kind == ax::kProjectRot) {
-    c.side = ax::kRotV;
-    c.bs = 4;
-    c.R = b.R4->data();
+  if (core == ax::Core::rot) {
+    c.side = side;
+    c.bs = bs;
+    c.R = (bs == 4 ? b.R4 : b.R8)->data();
   }
-  if (kind == ax::kProjectDplr) {
+  if (core == ax::Core::dplr) {
     c.k = 8;
     c.A = b.A->data();
     c.B = b.B->data();
   }
-  c.coeff = 0.7;
+  if (core == ax::Core::ablate) {
+    c.k = 1;
+    c.A = b.C->data();
+    c.a = b.a->data();
+  }
   return c;
 }
 
+void run_core(Buffers& b, const ax::CoreParams& core, bool backward, void* st) {
+  ax::CoreCall call;
+  call.dtype = ax::DType::bf16;
+  call.n = kRows;
+  call.core = core;
+  call.p = b.p->data();
+  call.h = b.h->data();
+  call.grad_h = b.dh->data();
+  call.dp = b.dp->data();
+  call.dparams = b.dparams->data();
+  call.workspace = b.ws->data();
+  backward ? K::core_backward(call, st) : K::core_forward(call, st);
+}
+
+void run_project(Buffers& b, const ax::CoreParams& core, int64_t n, void* st) {
+  ax::ProjectCall call;
+  call.dtype = ax::DType::bf16;
+  call.n = n;
+  call.d_in = kDin;
+  call.core = core;
+  call.x = b.x->data();
+  call.Vh = b.Vh->data();
+  call.h = b.h->data();
+  call.p_out = n > 16 ? b.p_out->data() : nullptr;
+  call.workspace = b.ws->data();
+  K::project_forward(call, st);
+}
+
+void run_cayley(Buffers& b, int bs, bool backward, void* st) {
+  ax::CayleyCall call;
+  call.n_blocks = kR / bs;
+  call.bs = bs;
+  call.a_lim = 0.5;
+  call.coeff = 0.7;
+  call.t = b.t->data();
+  call.R = b.Rc->data();
+  call.grad_R = b.G->data();
+  call.dt = b.dt->data();
+  backward ? K::cayley_backward(call, st) : K::cayley_forward(call, st);
+}
+
 std::vector<Case> cases(Buffers& b) {
-  const DType bf = DType::bf16;
   const std::string train = "8192 x 256, bf16", train_din = "8192 x 4096 -> 256, bf16";
   std::vector<Case> v;
-  v.push_back({"gain_forward", train, [&b, bf](void* st) {
-                 K::gain_forward(bf, b.p->data(), kRows, kR, b.S->data(), b.g->data(), 0.7, false, b.h->data(), st);
-               }});
-  v.push_back({"gain_backward", train, [&b, bf](void* st) {
-                 K::gain_backward(bf, b.dh->data(), b.p->data(), kRows, kR, b.S->data(), b.g->data(), 0.7, false,
-                                  b.dp->data(), b.dparams->data(), b.ws->data(), st);
-               }});
-  for (int bs : {4, 8})
-    for (int side : {int(ax::kRotV), int(ax::kRotU)}) {
-      const std::string tag = std::string(side == ax::kRotV ? "V" : "U") + "_bs" + std::to_string(bs);
-      auto* R = bs == 4 ? b.R4 : b.R8;
-      v.push_back({"rot_forward_" + tag, train, [&b, bf, bs, side, R](void* st) {
-                     K::rot_forward(bf, b.p->data(), kRows, kR, bs, side, b.S->data(), b.g->data(), R->data(), 0.7,
-                                    b.h->data(), st);
-                   }});
-      v.push_back({"rot_backward_" + tag, train, [&b, bf, bs, side, R](void* st) {
-                     K::rot_backward(bf, b.dh->data(), b.p->data(), kRows, kR, bs, side, b.S->data(), b.g->data(),
-                                     R->data(), 0.7, b.dp->data(), b.dparams->data(), b.ws->data(), st);
-                   }});
-    }
-  v.push_back({"dplr_forward_k8", train, [&b, bf](void* st) {
-                 K::dplr_forward(bf, b.p->data(), kRows, kR, 8, b.S->data(), b.g->data(), b.A->data(), b.B->data(),
-                                 0.7, false, b.h->data(), st);
-               }});
-  v.push_back({"dplr_backward_k8", train, [&b, bf](void* st) {
-                 K::dplr_backward(bf, b.dh->data(), b.p->data(), kRows, kR, 8, b.S->data(), b.g->data(), b.A->data(),
-                                  b.B->data(), 0.7, false, b.dp->data(), b.dparams->data(), b.ws->data(), st);
-               }});
-  v.push_back({"ablate_forward_k1", train, [&b, bf](void* st) {
-                 K::ablate_forward(bf, b.p->data(), kRows, kR, 1, b.S->data(), b.C->data(), b.a->data(), 0.7,
-                                   b.h->data(), st);
-               }});
-  v.push_back({"ablate_backward_k1", train, [&b, bf](void* st) {
-                 K::ablate_backward(bf, b.dh->data(), b.p->data(), kRows, kR, 1, b.S->data(), b.C->data(),
-                                    b.a->data(), 0.7, b.dp->data(), b.dparams->data(), b.ws->data(), st);
-               }});
-  for (int bs : {4, 8, 16}) {
-    const int64_t nb = kR / bs;
-    const std::string shape = std::to_string(nb) + " blocks of " + std::to_string(bs) + " (r 256), f32";
-    v.push_back({"block_cayley_forward_bs" + std::to_string(bs), shape, [&b, bs, nb](void* st) {
-                   K::block_cayley_forward(false, b.t->data(), nb, bs, 0.5, 0.7, b.Rc->data(), st);
-                 }});
-    v.push_back({"block_cayley_backward_bs" + std::to_string(bs), shape, [&b, bs, nb](void* st) {
-                   K::block_cayley_backward(false, b.G->data(), b.Rc->data(), b.t->data(), nb, bs, 0.5, 0.7,
-                                            b.dt->data(), st);
-                 }});
+  for (bool bwd : {false, true}) {
+    const std::string dir = bwd ? "backward" : "forward";
+    v.push_back({"gain_" + dir, train, [&b, bwd](void* st) { run_core(b, core_of(b, ax::Core::gain), bwd, st); }});
+    for (int bs : {4, 8})
+      for (int side : {int(ax::kRotV), int(ax::kRotU)}) {
+        const std::string tag = std::string(side == ax::kRotV ? "V" : "U") + "_bs" + std::to_string(bs);
+        v.push_back({"rot_" + dir + "_" + tag, train,
+                     [&b, bwd, side, bs](void* st) { run_core(b, core_of(b, ax::Core::rot, side, bs), bwd, st); }});
+      }
+    v.push_back({"dplr_" + dir + "_k8", train, [&b, bwd](void* st) { run_core(b, core_of(b, ax::Core::dplr), bwd, st); }});
+    v.push_back(
+        {"ablate_" + dir + "_k1", train, [&b, bwd](void* st) { run_core(b, core_of(b, ax::Core::ablate), bwd, st); }});
   }
-  for (int64_t kind : {int64_t(ax::kProjectGain), int64_t(ax::kProjectDplr)}) {
-    const std::string core = kind == ax::kProjectGain ? "gain" : "dplr_k8";
-    v.push_back({"project_prefill_" + core, train_din, [&b, bf, kind](void* st) {
-                   K::project_core_forward(bf, b.x->data(), b.Vh->data(), kRows, kDin, kR, core_of(b, kind),
-                                           b.h->data(), b.p_out->data(), nullptr, st);
-                 }});
+  for (int bs : {4, 8, 16}) {
+    const std::string shape = std::to_string(kR / bs) + " blocks of " + std::to_string(bs) + " (r 256), f32";
+    v.push_back({"block_cayley_forward_bs" + std::to_string(bs), shape, [&b, bs](void* st) { run_cayley(b, bs, false, st); }});
+    v.push_back({"block_cayley_backward_bs" + std::to_string(bs), shape, [&b, bs](void* st) { run_cayley(b, bs, true, st); }});
+  }
+  for (ax::Core core : {ax::Core::gain, ax::Core::dplr}) {
+    const std::string name = core == ax::Core::gain ? "gain" : "dplr_k8";
+    v.push_back({"project_prefill_" + name, train_din, [&b, core](void* st) { run_project(b, core_of(b, core), kRows, st); }});
   }
   for (int64_t n : {int64_t(1), int64_t(16)})
-    for (int64_t kind : {int64_t(ax::kProjectGain), int64_t(ax::kProjectRot), int64_t(ax::kProjectDplr)}) {
-      const std::string core = kind == ax::kProjectGain ? "gain" : kind == ax::kProjectRot ? "rot_V_bs4" : "dplr_k8";
-      v.push_back({"project_decode_" + std::to_string(n) + "_" + core,
-                   std::to_string(n) + " x 4096 -> 256, bf16", [&b, bf, kind, n](void* st) {
-                     K::project_core_forward(bf, b.x->data(), b.Vh->data(), n, kDin, kR, core_of(b, kind),
-                                             b.h->data(), nullptr, b.ws->data(), st);
-                   }});
+    for (ax::Core core : {ax::Core::gain, ax::Core::rot, ax::Core::dplr}) {
+      const std::string name = core == ax::Core::gain ? "gain" : core == ax::Core::rot ? "rot_V_bs4" : "dplr_k8";
+      v.push_back({"project_decode_" + std::to_string(n) + "_" + name, std::to_string(n) + " x 4096 -> 256, bf16",
+                   [&b, core, n](void* st) { run_project(b, core_of(b, core), n, st); }});
     }
   return v;
 }

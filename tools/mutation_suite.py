@@ -3,10 +3,11 @@
 
 Each mutant is a copy of the repository's kernel source with one realistic bug planted (a deleted barrier,
 a race, a cp.async refill too early, a split-K finish in the same launch, an off-by-one bound, swapped mma
-fragment registers, a missing cp_async_wait, a launch on the wrong stream, ...). For each, the kernel
-tests (tests/cpp/test_kernels.cpp) are built in the emulator's checked build (emu/checker.h) from the
-mutated copy and run; the mutant is killed when they fail (a wrong value or an emulator error). The
-unmutated source is built and run the same way first: it must pass, or the kill count means nothing.
+fragment registers, a missing cp_async_wait, a launch on the wrong stream, ...). For each, the kernel tests
+of the family it changes (tests/cpp/test_{cores,cayley,project}.cpp) are built in the emulator's checked
+build (emu/checker.h) from the mutated copy and run; the mutant is killed when they fail (a wrong value or
+an emulator error). The unmutated source is built and run the same way first: it must pass, or the kill
+count means nothing.
 
 Usage: python tools/mutation_suite.py [--jobs 2] [--only ID ...] [--list] [--out report.md]
 Exits non-zero if the baseline fails, a mutation no longer applies (the source changed: update its
@@ -26,10 +27,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 COPY = ["CMakeLists.txt", "emu", "csrc", "tests/cpp", "tools/kernel_metrics.cpp"]
-TARGET = "test_kernels_checked"
 
 # id, what the bug models, [(file, snippet, replacement), ...]. Every snippet must occur exactly once. A mutant
-# runs the kernel tests of the family of the file it changes (FAMILY_TESTS), or those it names with a 4th item.
+# runs the checked kernel tests of the families of the files it changes (FAMILY_TARGETS).
 MUTANTS = [
     ("deleted-barrier-write-read",
      "the barrier between the shared tile fill and its reads (rot forward)",
@@ -88,7 +88,7 @@ MUTANTS = [
        "    a[1] = ld_u32(arow + 8);\n    a[2] = ld_u32(arow + 8 * kProjLd);\n")]),
     ("launch-on-default-stream",
      "the backward's reduction kernel launched on stream 0 instead of the op's stream",
-     [("csrc/kernels/launchers.cuh",
+     [("csrc/kernels/launch_cores.cuh",
        "dim3(blocks_for(n_part, kCoreThreads)), dim3(kCoreThreads), 0, st, ws,",
        "dim3(blocks_for(n_part, kCoreThreads)), dim3(kCoreThreads), 0, nullptr, ws,")]),
     ("dynamic-smem-above-48k-without-opt-in",
@@ -97,7 +97,7 @@ MUTANTS = [
        "constexpr size_t kCoreSmemBudget = 64 * 1024;")]),
     ("block-above-launch-bounds",
      "the diag forward launched with 512 threads, its __launch_bounds__ is 256 (values stay right)",
-     [("csrc/kernels/launchers.cuh",
+     [("csrc/kernels/launch_cores.cuh",
        "AX_LAUNCH((diag_forward_kernel<T>), dim3(blocks_for(n, rows)), dim3(kCoreThreads),",
        "AX_LAUNCH((diag_forward_kernel<T>), dim3(blocks_for(n, rows)), dim3(2 * kCoreThreads),")]),
     ("deleted-end-of-tile-barrier",
@@ -138,18 +138,16 @@ MUTANTS = [
 ]
 
 
-# Test cases (name prefixes of tests/cpp/test_kernels.cpp) that exercise each kernel file.
-FAMILY_TESTS = {"csrc/kernels/cores.cuh": ["cores_"], "csrc/kernels/cayley.cuh": ["cayley_"],
-                "csrc/kernels/project.cuh": ["project_"], "csrc/kernels/launchers.cuh": ["cores_"]}
+# The checked test target that exercises each kernel file.
+FAMILY_TARGETS = {"csrc/kernels/cores.cuh": "test_cores_checked", "csrc/kernels/launch_cores.cuh": "test_cores_checked",
+                  "csrc/kernels/cayley.cuh": "test_cayley_checked", "csrc/kernels/launch_cayley.cuh": "test_cayley_checked",
+                  "csrc/kernels/project.cuh": "test_project_checked",
+                  "csrc/kernels/launch_project.cuh": "test_project_checked"}
+ALL_TARGETS = sorted(set(FAMILY_TARGETS.values()))
 
 
-def test_prefixes(edits):
-    prefixes = []
-    for rel, _, _ in edits:
-        for p in FAMILY_TESTS.get(rel, [""]):
-            if p not in prefixes:
-                prefixes.append(p)
-    return prefixes
+def targets_of(edits):
+    return sorted({FAMILY_TARGETS[rel] for rel, _, _ in edits}) if edits else ALL_TARGETS
 
 
 def say(msg):
@@ -169,8 +167,9 @@ def run(cmd, cwd, timeout):
 def prepare(workdir, edits):
     """A copy of the sources with the edits applied; raises ValueError if a snippet does not occur once."""
     for rel in COPY:
-        src = ROOT / rel
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, workdir / rel)
+        src, dst = ROOT / rel, workdir / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, dst)
     for rel, old, new in edits:
         f = workdir / rel
         text = f.read_text()
@@ -180,22 +179,22 @@ def prepare(workdir, edits):
         f.write_text(text.replace(old, new))
 
 
-def build_and_test(workdir, cuda_home, timeout, prefixes=("",)):
+def build_and_test(workdir, cuda_home, timeout, targets):
     build = workdir / "build"
-    env_cmake = ["cmake", "-S", str(workdir), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug",
-                 f"-DAX_CUDA_HOME={cuda_home}"]
-    rc, out, _ = run(env_cmake, workdir, timeout)
+    rc, out, _ = run(["cmake", "-S", str(workdir), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug",
+                      f"-DAX_CUDA_HOME={cuda_home}"], workdir, timeout)
     if rc:
         return "build", out
-    rc, out, _ = run(["cmake", "--build", str(build), "--target", TARGET], workdir, timeout)
+    rc, out, _ = run(["cmake", "--build", str(build), "--target", *targets], workdir, timeout)
     if rc:
         return "build", out
-    rc, listing, _ = run([str(build / TARGET), "--list"], workdir, timeout)
-    cases = [c for c in listing.split() if any(c.startswith(p) for p in prefixes)]
-    if rc or not cases:
-        return "build", f"no test case of {TARGET} matches {list(prefixes)}:\n{listing}"
-    rc, out, _ = run([str(build / TARGET), *cases], workdir, timeout)
-    return ("pass" if rc == 0 else "fail"), out
+    outputs = []
+    for target in targets:
+        rc, out, _ = run([str(build / target)], workdir, timeout)
+        outputs.append(out)
+        if rc:
+            return "fail", out
+    return "pass", "\n".join(outputs)
 
 
 def first_failure(out):
@@ -215,7 +214,7 @@ def one(mid, what, edits, cuda_home, timeout, keep):
         except ValueError as e:
             return mid, what, "stale", str(e), 0.0
         t0 = time.time()
-        status, out = build_and_test(work, cuda_home, timeout, test_prefixes(edits) if edits else ("",))
+        status, out = build_and_test(work, cuda_home, timeout, targets_of(edits))
         if keep:
             shutil.copytree(work, Path(keep) / mid, dirs_exist_ok=True)
         return mid, what, status, out, time.time() - t0
@@ -250,7 +249,7 @@ def main():
         mutants = [m for m in MUTANTS if m[0] in args.only]
 
     t0 = time.time()
-    say(f"baseline: building {TARGET} from the unmutated source ...")
+    say(f"baseline: building {', '.join(ALL_TARGETS)} from the unmutated source ...")
     _, _, status, out, secs = one("baseline", "", [], cuda_home, args.timeout, args.keep)
     if status != "pass":
         print(f"mutation_suite: the unmutated kernel tests do not pass ({status}):\n{out[-4000:]}", file=sys.stderr)
@@ -271,8 +270,8 @@ def main():
     results.sort(key=lambda r: order[r[0]])
     killed = sum(r[2] == "killed" for r in results)
     lines = ["# Mutation suite of the kernel tests", "",
-             f"`python tools/mutation_suite.py`: {len(results)} mutants of csrc/kernels, each built into "
-             f"`{TARGET}` (the emulator's checked build) and run; killed = the tests fail.", "",
+             f"`python tools/mutation_suite.py`: {len(results)} mutants of csrc/kernels, each built into the "
+             "checked kernel tests of its family (the emulator's checked build) and run; killed = the tests fail.", "",
              f"**Kill rate: {killed}/{len(results)}** ({100.0 * killed / max(1, len(results)):.0f}%), "
              f"{time.time() - t0:.0f} s with {args.jobs} jobs.", "",
              "| mutant | bug | verdict | first failure |", "|---|---|---|---|"]

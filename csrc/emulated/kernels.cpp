@@ -1,6 +1,6 @@
-// The CUDA kernel family compiled by the host compiler through the CPU emulation of the CUDA
-// execution model (emu/cuda_emu.h): ax::emu_impl (csrc/kernels/api.h), the same kernel and
-// launcher source as csrc/cuda/kernels.cu. Torch-free. Launches run synchronously on the calling
+// The emulated kernel set: the CUDA kernel source compiled by the host compiler through the CPU emulation of
+// the CUDA execution model (emu/): ax::emu_impl (csrc/kernels/api.h), the same kernel and launcher source as
+// csrc/cuda/kernels.cu. Torch-free. Launches run synchronously on the calling
 // thread, on the emulated stream of the op (op_stream).
 #ifndef AX_EMULATE_CUDA
 #define AX_EMULATE_CUDA 1

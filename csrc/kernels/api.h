@@ -1,18 +1,20 @@
-// Torch-free API of the CUDA kernel family: plain functions on raw pointers, sizes, a workspace
-// and a stream. The same launcher source (csrc/kernels/launchers.cuh) is compiled twice:
-//   ax::cuda_impl  by nvcc (csrc/cuda/kernels.cu): device pointers, `stream` a cudaStream_t;
-//   ax::emu_impl   by the host compiler with AX_EMULATE_CUDA (csrc/emulated/kernels.cpp): host pointers,
-//                  the kernels run through the CPU emulation of the CUDA execution model.
-// Conventions:
-//   * activations (p, h, grad_h, dp) are row-major (n, r) in `dtype`;
-//   * the accumulation type is double for DType::f64, float otherwise; every small parameter
-//     (S, g, delta_s, R, A, B, C, a), Cayley input/output and parameter-gradient output is an
-//     array of accumulators (the caller casts);
-//   * backward ops take a workspace of core_workspace_elems(n, n_partial) accumulators, which they
-//     overwrite (no zeroing needed), and write the gradients of all small parameters into one
-//     accumulator array `dparams` of n_partial entries, in the layouts named below;
-//   * every call is asynchronous on `stream`, never synchronises with the host, and throws
-//     std::invalid_argument for a size the kernels cannot take, std::runtime_error for a failed launch.
+// The kernel API: what the torch glue (csrc/glue.h) hands a kernel set, on raw pointers, torch-free.
+// Three kernel sets implement it, one per engine:
+//   ax::cpu_impl   the C++ CPU kernels (csrc/cpu/kernels.cpp);
+//   ax::cuda_impl  the CUDA kernels compiled by nvcc (csrc/cuda/kernels.cu, launchers in csrc/kernels/launch*.cuh);
+//   ax::emu_impl   the same CUDA kernel source compiled by the host compiler through the CPU emulation of the
+//                  CUDA execution model (csrc/emulated/kernels.cpp, emu/).
+// One params struct per op family travels from the glue to the kernels: CoreParams (the r-space core of a
+// layer, packed per core by csrc/cores.cpp) inside CoreCall (core forward / backward over n rows) and
+// ProjectCall (the fused projection), and CayleyCall. Conventions:
+//   * activations (p, h, grad_h, dp) are row-major (n, r) in `dtype`; x (n, d_in) and Vh (r, d_in) likewise;
+//   * the accumulation type is double for DType::f64, float otherwise; every small parameter (S, g, R, A, B,
+//     a), the Cayley inputs / outputs and the parameter-gradient output are arrays of accumulators;
+//   * a backward writes the gradients of all the core's parameters into one accumulator array `dparams` of
+//     core_partials(core) entries (layouts below) and uses a workspace of core_workspace_elems(n, core)
+//     accumulators, which it overwrites (no zeroing needed);
+//   * every call is asynchronous on `stream` (the CPU set runs synchronously), never synchronises with the
+//     host, and throws std::invalid_argument for a size its kernels cannot take.
 #pragma once
 
 #include <cstddef>
@@ -24,42 +26,84 @@ namespace ax {
 
 enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
 
-// Rows per CTA of the backward reductions; CTA c sums rows [c*chunk, (c+1)*chunk) in order. Depends
-// only on n (deterministic), and is the C++ CPU kernels' chunking, so the summation order matches.
-inline int64_t core_rows_per_cta(int64_t n) {
+// The r-space cores (docs/SPEC.md): gain (antipasto, corda), rot, dplr, ablate.
+enum class Core : int { gain = 0, rot = 1, dplr = 2, ablate = 3 };
+// The side antipasto_rot rotates (rot's `side`).
+enum RotSide : int { kRotNone = 0, kRotV = 1, kRotU = 2 };
+
+// One adapter layer's core. Pointers are accumulator arrays on the kernels' device.
+struct CoreParams {
+  Core core = Core::gain;
+  int64_t r = 0;
+  int64_t k = 0;               // dplr: the low rank; ablate: the ablated directions
+  int64_t bs = 1;              // rot sides V / U: the block size (1 otherwise)
+  int side = kRotNone;         // rot
+  bool suppress_only = false;  // gain, dplr
+  double coeff = 1.0;
+  const void* S = nullptr;  // (r)
+  const void* g = nullptr;  // gain, dplr: g (r); rot: delta_s (r)
+  const void* R = nullptr;  // rot sides V / U: (r / bs, bs, bs)
+  const void* A = nullptr;  // dplr: A (k, r); ablate: C (r, k)
+  const void* B = nullptr;  // dplr: B (r, k)
+  const void* a = nullptr;  // ablate: a = clamp(alpha, 0, 1) (k)
+};
+
+// Entries of `dparams`: gain dg (r) | rot d delta_s (r), dR (r bs, sides V / U) | dplr dg (r), dA (k r),
+// dB (r k) | ablate dC (r k), da (k).
+inline int64_t core_partials(const CoreParams& c) {
+  switch (c.core) {
+    case Core::gain: return c.r;
+    case Core::rot: return c.r + (c.side != kRotNone ? c.r * c.bs : 0);
+    case Core::dplr: return c.r + 2 * c.k * c.r;
+    case Core::ablate: return c.r * c.k + c.k;
+  }
+  return 0;
+}
+
+// Rows per reduction chunk of every backward, the same on every engine so parameter gradients are the same
+// bits whatever runs them: chunk c sums rows [c * chunk, (c + 1) * chunk) in row order, then the chunks
+// are summed in chunk order.
+inline int64_t core_rows_per_chunk(int64_t n) {
   const int64_t c = (n + 127) / 128;
   return c > 16 ? c : 16;
 }
-inline int64_t core_partial_ctas(int64_t n) {
-  const int64_t chunk = core_rows_per_cta(n);
+inline int64_t core_chunks(int64_t n) {
+  const int64_t chunk = core_rows_per_chunk(n);
   return n > 0 ? (n + chunk - 1) / chunk : 0;
 }
-inline int64_t core_workspace_elems(int64_t n, int64_t n_partial) { return core_partial_ctas(n) * n_partial; }
+inline int64_t core_workspace_elems(int64_t n, const CoreParams& c) { return core_chunks(n) * core_partials(c); }
 
-// Sizes of the `dparams` layouts.
-inline int64_t gain_partials(int64_t r) { return r; }                           // dg (r)
-inline int64_t dplr_partials(int64_t r, int64_t k) { return r + 2 * k * r; }    // dg (r) | dA (k,r) | dB (r,k)
-inline int64_t rot_partials(int64_t r, int64_t bs, int64_t side) {              // d delta_s (r) | dR (r/bs,bs,bs)
-  return r + (side != 0 ? r * bs : 0);
-}
-inline int64_t ablate_partials(int64_t r, int64_t k) { return r * k + k; }      // dC (r,k) | da (k)
-
-// Fused projection + core (csrc/kernels/project.cuh). Its core, every pointer a float array on the
-// kernel's device: kind 0 gain (S, g = gain, suppress_only), 1 rot (S, g = delta_s, side, bs, R; R
-// unused for side 0), 2 dplr (S, g, suppress_only, A (k, r), B (r, k)), 3 ablate (S, A = B = C (r, k), a (k)).
-enum ProjectKind : int64_t { kProjectGain = 0, kProjectRot = 1, kProjectDplr = 2, kProjectAblate = 3 };
-constexpr int64_t kProjectMaxR = 256;       // the CTA's tile spans all r columns
-constexpr int64_t kProjectMaxLowRank = 32;  // k of the dplr / ablate epilogue
-struct ProjectCore {
-  int64_t kind = kProjectGain;
-  int64_t side = 0, bs = 1, k = 0;
-  const void *S = nullptr, *g = nullptr, *R = nullptr, *A = nullptr, *B = nullptr, *a = nullptr;
-  double coeff = 1.0;
-  bool suppress_only = false;
+// A core forward (p -> h) or backward (grad_h, p -> dp, dparams) over n rows.
+struct CoreCall {
+  DType dtype = DType::f32;
+  int64_t n = 0;
+  CoreParams core;
+  const void* p = nullptr;
+  void* h = nullptr;              // forward
+  const void* grad_h = nullptr;   // backward
+  void* dp = nullptr;             // backward
+  void* dparams = nullptr;        // backward: core_partials(core) accumulators
+  void* workspace = nullptr;      // backward: core_workspace_elems(n, core) accumulators
 };
 
-// K elements per split of the split-K decode
-// path (n <= 16 rows and d_in >= 1024; a multiple of 16), else d_in; and its workspace in floats.
+// The fused projection + core (csrc/kernels/project.cuh): h = core(x Vh^T), P accumulated in fp32 on the
+// tensor cores, bf16 / f16 only; x, Vh 16-byte aligned, d_in % 8 == 0, r <= kProjectMaxR, k <= kProjectMaxLowRank.
+// Parameters are float arrays. p_out (n, r) optional (nullptr); workspace: project_workspace_elems floats.
+constexpr int64_t kProjectMaxR = 256;       // the CTA's tile spans all r columns
+constexpr int64_t kProjectMaxLowRank = 32;  // k of the dplr / ablate epilogue
+struct ProjectCall {
+  DType dtype = DType::bf16;
+  int64_t n = 0, d_in = 0;
+  CoreParams core;
+  const void* x = nullptr;
+  const void* Vh = nullptr;
+  void* h = nullptr;
+  void* p_out = nullptr;
+  void* workspace = nullptr;
+};
+
+// K elements per split of the split-K decode path (n <= 16 rows and d_in >= 1024; a multiple of 16), else d_in;
+// and its workspace in floats.
 inline int64_t project_k_split(int64_t n, int64_t d_in) {
   if (n > 16 || d_in < 1024) return d_in;
   int64_t splits = d_in / 512;
@@ -72,12 +116,42 @@ inline int64_t project_workspace_elems(int64_t n, int64_t d_in, int64_t r) {
   return splits > 1 ? splits * n * r : 0;
 }
 
+// Block Cayley rotations (docs/SPEC.md §2): forward t (n_blocks, bs(bs-1)/2) -> R (n_blocks, bs, bs);
+// backward grad_R, R, t -> dt. Accumulator arrays (double when f64).
+struct CayleyCall {
+  bool f64 = false;
+  int64_t n_blocks = 0, bs = 2;
+  double a_lim = 0, coeff = 1.0;
+  const void* t = nullptr;
+  void* R = nullptr;               // forward output; backward input (the forward's R)
+  const void* grad_R = nullptr;    // backward
+  void* dt = nullptr;              // backward
+};
+
+namespace cpu_impl {
+const char* kernel_set_name();
+void core_forward(const CoreCall& c, void* stream);
+void core_backward(const CoreCall& c, void* stream);
+void cayley_forward(const CayleyCall& c, void* stream);
+void cayley_backward(const CayleyCall& c, void* stream);
+}  // namespace cpu_impl
+
+// The CUDA kernel source, compiled by nvcc (cuda_impl) and through the emulator (emu_impl): the same API,
+// defined by csrc/kernels/launchers.cuh in each namespace, plus the fused projection.
+#define AX_CUDA_KERNEL_SET_API                                   \
+  const char* kernel_set_name();                                 \
+  void core_forward(const CoreCall& c, void* stream);            \
+  void core_backward(const CoreCall& c, void* stream);           \
+  void cayley_forward(const CayleyCall& c, void* stream);        \
+  void cayley_backward(const CayleyCall& c, void* stream);       \
+  void project_forward(const ProjectCall& c, void* stream);
+
 namespace cuda_impl {
-#include "csrc/kernels/api_decls.inc"
+AX_CUDA_KERNEL_SET_API
 }  // namespace cuda_impl
 
 namespace emu_impl {
-#include "csrc/kernels/api_decls.inc"
+AX_CUDA_KERNEL_SET_API
 // Emulator only: record the names of the kernels the calling thread launches (tests of the dispatch).
 void start_launch_log();
 std::vector<std::string> stop_launch_log();
@@ -88,5 +162,7 @@ void* op_stream();
 void* device_malloc(size_t bytes);
 void device_free(void* p);
 }  // namespace emu_impl
+
+#undef AX_CUDA_KERNEL_SET_API
 
 }  // namespace ax

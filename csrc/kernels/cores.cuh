@@ -1,4 +1,4 @@
-// r-space core kernels of the AntiPaSTO family (SPEC §1-5), forward and backward, on p (n, r)
+// r-space core kernels of the AntiPaSTO family (docs/SPEC.md §1-5), forward and backward, on p (n, r)
 // row-major in the activation dtype T (float, double, __half, __nv_bfloat16), accumulating in
 // acc_t (double for double, else float); small parameters come in acc_t.
 //
@@ -13,12 +13,13 @@
 // the same pointer from global memory when they do not fit next to a useful row tile).
 //
 // Backward: dp per row, and the parameter gradients reduced deterministically in two stages, no
-// float atomics: CTA c owns rows [c*chunk, (c+1)*chunk) (chunk = core_rows_per_cta(n), as the C++
-// CPU kernels chunk their rows), accumulates each parameter-gradient entry in row order into its own
+// float atomics: CTA c owns rows [c*chunk, (c+1)*chunk) (chunk = core_rows_per_chunk(n), as every
+// kernel set chunks its rows), accumulates each parameter-gradient entry in row order into its own
 // workspace slice (one thread per entry), and reduce_partials_kernel sums the slices in CTA order
-// and applies the per-entry chain-rule factor. The result is the same bits run to run; the per-entry
-// arithmetic mirrors csrc/kernels/rowcore.h expression for expression, so without FMA contraction
-// (the CPU emulation) it equals the C++ CPU kernels bit for bit.
+// and applies the per-entry chain-rule factor. The result is the same bits run to run. The per-entry
+// arithmetic mirrors csrc/kernels/rowcore.h (gain, rot: so without FMA contraction, in the CPU
+// emulation, it equals the C++ CPU kernel set bit for bit) and tests/cpp/row_oracles.h (dplr, ablate:
+// the CPU kernel set sums those in its own SIMD order).
 //
 // Torch-free; compiled by nvcc (kernels.cu) and by the host compiler with AX_EMULATE_CUDA.
 #pragma once
@@ -32,7 +33,6 @@
 #include "csrc/kernels/kernel_ns.h"
 #include "csrc/kernels/math.h"
 #include "emu/portability.cuh"
-#include "csrc/kernels/rowcore.h"
 
 namespace ax {
 namespace AX_KERNEL_NS {

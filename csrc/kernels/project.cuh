@@ -1,4 +1,4 @@
-// Stage 2: the S-space projection fused with the core, h = core(x Vh^T), for 16-bit activations.
+// The S-space projection fused with the core, h = core(x Vh^T), for 16-bit activations.
 //
 //   x (n, d_in) and Vh (r, d_in) in bf16 / f16, row-major, d_in % 8 == 0, 16-byte aligned rows;
 //   P = x Vh^T accumulated in fp32 on the tensor cores (ax::mma_m16n8k16_{bf16,f16}), never rounded
@@ -40,8 +40,8 @@ constexpr int kProjBM = 32;             // rows per CTA
 constexpr int kProjBK = 16;             // K per stage (one mma k-step)
 constexpr int kProjLd = kProjBK + 8;    // shared row stride in 16-bit elements: 48 bytes, conflict-free frags
 constexpr int kProjMaxR = int(ax::kProjectMaxR);
-enum ProjCore : int { kProjGain = int(kProjectGain), kProjRot = int(kProjectRot), kProjDplr = int(kProjectDplr),
-                      kProjAblate = int(kProjectAblate) };
+enum ProjCore : int { kProjGain = int(Core::gain), kProjRot = int(Core::rot), kProjDplr = int(Core::dplr),
+                      kProjAblate = int(Core::ablate) };
 
 // The core of the fused projection as the kernels take it (by value); float parameters on the device.
 struct ProjCoreArgs {

@@ -1,0 +1,51 @@
+// The r-space cores as the ops take them, and their packing into the kernels' CoreParams (csrc/kernels/api.h).
+//
+// Every core op and layer op carries a core as (core, S, params, coeff, option): `core` names it, `params` is
+// its list of parameters in a fixed order, `option` its one integer setting:
+//
+//   core     params               option           dparams (core_partials)
+//   gain     [g]                  suppress_only    dg
+//   rot      [delta_s, R]         side (0 none,    d delta_s | dR (sides V, U)
+//                                 1 V, 2 U)
+//   dplr     [g, A, B]            suppress_only    dg | dA | dB
+//   ablate   [C, a]               0                dC | da
+//
+// A core is packed in one function (csrc/cores.cpp): it checks the parameters' shapes (naming them) and
+// device, and lists the gradients the kernels write, in dparams order.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <utility>
+#include <vector>
+
+#include "csrc/kernels/api.h"
+
+namespace ax {
+
+struct CoreInputs {
+  Core core;
+  const at::Tensor& S;
+  at::TensorList params;
+  double coeff;
+  int64_t option;
+};
+
+// The core named `name` ("gain", "rot", "dplr", "ablate"); an error naming it otherwise.
+Core core_named(c10::string_view name);
+
+struct PackedCore {
+  CoreParams params;                                 // pointers into `keep`
+  std::vector<at::Tensor> keep;                      // S and the parameters as contiguous accumulators
+  std::vector<std::pair<size_t, int64_t>> grads;     // (parameter index, entries) of each dparams block, in order
+};
+
+// Checks the core's parameters against S (shapes, floating dtypes, all on `device`) and packs them as
+// contiguous `acc` arrays (float64 for float64 activations, float otherwise; float for the fused projection).
+PackedCore pack_core(const CoreInputs& in, const at::Device& device, at::ScalarType acc);
+
+// The parameters' gradients from the kernels' dparams (core_partials accumulators), each in its parameter's
+// shape and dtype; zeros for a parameter the core does not use (rot's R without a rotated side).
+std::vector<at::Tensor> unpack_grads(const CoreInputs& in, const PackedCore& packed, const at::Tensor& dparams);
+
+}  // namespace ax

@@ -1,0 +1,233 @@
+// Kernel tests (torch-free, ctest) of the r-space cores (csrc/kernels/cores.cuh): the kernels of csrc/kernels/ run through the CUDA emulator
+// via the kernel API (csrc/kernels/api.h, namespace ax::emu_impl), against the per-row math of csrc/kernels/rowcore.h
+// (gain, rot) and tests/cpp/row_oracles.h (dplr, ablate) summed in the same row chunks: the kernels mirror that
+// arithmetic, so results must agree bit for bit, for every emulator seed (block order and thread interleaving). Built twice (CMakeLists.txt):
+// under ASan + UBSan, and as the emulator's checked build (every memory access of kernel code checked:
+// shared-memory and inter-CTA races, cp.async in flight, uninitialised and out-of-bounds global accesses;
+// emu/checker.h). All device memory is ax_emu::DeviceBuffer: inputs initialised, outputs and workspaces
+// poisoned and uninitialised, so an entry a kernel forgets to write, or a partial it reads before writing,
+// fails; launches must use the stream the API was given.
+#include "csrc/kernels/launch_cores.cuh"
+#include "csrc/kernels/rowcore.h"
+#include "tests/cpp/kernel_test_util.h"
+#include "tests/cpp/row_oracles.h"
+
+using namespace kt;
+
+namespace {
+
+struct Shape {
+  int64_t n, r, k;  // k: low-rank / ablation rank, or the rotation block size
+  int64_t side;     // rot only
+};
+
+// One core, forward and backward, through the emulated kernels and the reference; checks bits.
+template <typename T>
+void check_core(ax::Core core, Shape sh, double coeff, bool suppress, uint64_t seed) {
+  using A = acc_of<T>;
+  const int64_t n = sh.n, r = sh.r, k = sh.k;
+  std::mt19937_64 rng(seed * 7919 + uint64_t(r));
+  const std::vector<T> p = randn<T>(static_cast<size_t>(n * r), rng), dh = randn<T>(static_cast<size_t>(n * r), rng);
+  std::vector<A> S = randn<A>(static_cast<size_t>(r), rng, 1.0, 2.0), g = randn<A>(static_cast<size_t>(r), rng);
+  std::vector<A> P1, P2;  // A, B (dplr) | R (rot) | C, a (ablate)
+  int64_t n_part = 0;
+  const int64_t bs = core == ax::Core::rot ? k : 1, side = core == ax::Core::rot ? sh.side : 0;
+  switch (core) {
+    case ax::Core::gain: n_part = r; break;
+    case ax::Core::dplr:
+      P1 = randn<A>(static_cast<size_t>(k * r), rng);
+      P2 = randn<A>(static_cast<size_t>(r * k), rng);
+      n_part = r + 2 * k * r;
+      break;
+    case ax::Core::rot: {
+      if (side != ax::kRotNone) {
+        const int64_t nb = r / bs, m = bs * (bs - 1) / 2;
+        std::vector<A> t = randn<A>(static_cast<size_t>(nb * m), rng), work(static_cast<size_t>(2 * bs * bs));
+        P1.resize(static_cast<size_t>(r * bs));
+        for (int64_t b = 0; b < nb; ++b)
+          ax::cayley_block_forward(t.data() + b * m, int(bs), A(0.9), A(1), work.data(), P1.data() + b * bs * bs);
+      }
+      n_part = r + (side != ax::kRotNone ? r * bs : 0);
+      break;
+    }
+    case ax::Core::ablate:
+      P1 = randn<A>(static_cast<size_t>(r * k), rng, 0.3);
+      P2.resize(static_cast<size_t>(k));
+      for (int64_t m = 0; m < k; ++m) P2[m] = A(0.1 + 0.8 * double(m + 1) / double(k + 1));
+      n_part = r * k + k;
+      break;
+  }
+
+  // ---- reference
+  std::vector<T> h_ref(static_cast<size_t>(n * r)), dp_ref(static_cast<size_t>(n * r));
+  std::vector<A> s(static_cast<size_t>(r)), dscale(static_cast<size_t>(r));
+  for (int64_t j = 0; j < r; ++j)
+    s[j] = core == ax::Core::rot ? S[j] + A(coeff) * g[j]
+                             : ax::gain_scale<A>(S[j], g[j], A(coeff), suppress, &dscale[j]);
+  std::vector<A> w(static_cast<size_t>(4 * r + 4 * k + 8)), tot;
+  for (int64_t i = 0; i < n; ++i) {
+    std::vector<A> x = row_acc(p, i, r), h(static_cast<size_t>(r));
+    switch (core) {
+      case ax::Core::gain: ax::gain_row_forward(x.data(), s.data(), int(r), h.data()); break;
+      case ax::Core::dplr:
+        ax::dplr_row_forward(x.data(), s.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(), h.data());
+        break;
+      case ax::Core::rot: ax::rot_row_forward(x.data(), s.data(), P1.data(), int(side), int(r), int(bs), h.data()); break;
+      case ax::Core::ablate:
+        ax::ablate_row_forward(x.data(), S.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(), h.data());
+        break;
+    }
+    store_row(h, h_ref, i, r);
+  }
+  tot = reduce_rows<A>(n, n_part, [&](int64_t i, A* part) {
+    std::vector<A> x = row_acc(p, i, r), d = row_acc(dh, i, r), dpr(static_cast<size_t>(r));
+    switch (core) {
+      case ax::Core::gain: ax::gain_row_backward(d.data(), x.data(), s.data(), int(r), dpr.data(), part); break;
+      case ax::Core::dplr:
+        ax::dplr_row_backward(d.data(), x.data(), s.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(),
+                              w.data() + k, dpr.data(), part, part + r, part + r + k * r);
+        break;
+      case ax::Core::rot:
+        ax::rot_row_backward(d.data(), x.data(), s.data(), P1.data(), int(side), int(r), int(bs), w.data(), dpr.data(),
+                             part, part + r);
+        break;
+      case ax::Core::ablate:
+        ax::ablate_row_backward(d.data(), x.data(), S.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(),
+                                w.data() + k, dpr.data(), part, part + r * k);
+        break;
+    }
+    store_row(dpr, dp_ref, i, r);
+  });
+  if (core == ax::Core::gain || core == ax::Core::dplr)
+    for (int64_t j = 0; j < r; ++j) tot[j] *= dscale[j];
+  if (core == ax::Core::rot)
+    for (int64_t j = 0; j < r; ++j) tot[j] *= A(coeff);
+
+  // ---- kernels (outputs and workspace uninitialised device memory)
+  Dev<T> p_d(p, "p"), dh_d(dh, "grad_h"), h_d(static_cast<size_t>(n * r), "h"), dp_d(static_cast<size_t>(n * r), "dp");
+  Dev<A> S_d(S, "S"), g_d(g, "g"), P1_d(P1, "A/R/C"), P2_d(P2, "B/a"), dparams_d(static_cast<size_t>(n_part), "dparams");
+  Dev<A> ws_d(static_cast<size_t>(ax::core_chunks(n) * n_part), "workspace");
+  void* st = test_stream();
+  ax::CoreCall call;
+  call.dtype = dtype_of<T>();
+  call.n = n;
+  ax::CoreParams& c = call.core;
+  c.core = core;
+  c.r = r;
+  c.coeff = coeff;
+  c.S = S_d.data();
+  switch (core) {
+    case ax::Core::gain:
+      c.g = g_d.data();
+      c.suppress_only = suppress;
+      break;
+    case ax::Core::dplr:
+      c.k = k;
+      c.g = g_d.data();
+      c.A = P1_d.data();
+      c.B = P2_d.data();
+      c.suppress_only = suppress;
+      break;
+    case ax::Core::rot:
+      c.g = g_d.data();
+      c.side = int(side);
+      c.bs = side == ax::kRotNone ? 1 : bs;
+      c.R = ptr_or_null(P1_d);
+      break;
+    case ax::Core::ablate:
+      c.k = k;
+      c.A = P1_d.data();
+      c.a = P2_d.data();
+      break;
+  }
+  AX_CHECK_EQ(ax::core_partials(c), n_part);
+  call.p = p_d.data();
+  call.h = h_d.data();
+  K::core_forward(call, st);
+  call.grad_h = dh_d.data();
+  call.dp = dp_d.data();
+  call.dparams = dparams_d.data();
+  call.workspace = ws_d.data();
+  K::core_backward(call, st);
+  const std::vector<T> h = h_d.to_host(), dp = dp_d.to_host();
+  const std::vector<A> dparams = dparams_d.to_host();
+  const std::string tag = std::string(name_of<T>()) + " n=" + std::to_string(n) + " r=" + std::to_string(r) +
+                          " k/bs=" + std::to_string(k) + " side=" + std::to_string(side);
+  AX_CHECK(same_bits(h, h_ref, ("h " + tag).c_str()));
+  AX_CHECK(same_bits(dp, dp_ref, ("dp " + tag).c_str()));
+  AX_CHECK(same_bits(dparams, tot, ("dparams " + tag).c_str()));
+}
+
+// Shapes: odd row counts, one and zero rows, r off every tile size, several reduction CTAs
+// (n > 16), several row tiles per CTA and parameters too large to stage (wide r / large k).
+const Shape kShapes[] = {{7, 12, 3, 1}, {33, 20, 4, 2}, {70, 36, 2, 1}, {1, 8, 8, 2}, {0, 12, 3, 1}, {150, 48, 16, 1}};
+
+template <typename T>
+void check_all_cores(uint64_t seed) {
+  for (const Shape& sh : kShapes) {
+    check_core<T>(ax::Core::gain, sh, 0.7, false, seed);
+    check_core<T>(ax::Core::gain, sh, -1.3, true, seed);
+    check_core<T>(ax::Core::dplr, sh, 0.9, false, seed);
+    for (int64_t side : {0, 1, 2}) check_core<T>(ax::Core::rot, Shape{sh.n, sh.r, sh.k, side}, -0.6, false, seed);
+    check_core<T>(ax::Core::ablate, sh, 0.8, false, seed);
+  }
+}
+
+}  // namespace
+
+AX_TEST(cores_f32_bit_exact) { check_all_cores<float>(1); }
+AX_TEST(cores_f64_bit_exact) { check_all_cores<double>(2); }
+AX_TEST(cores_f16_bit_exact) { check_all_cores<__half>(3); }
+AX_TEST(cores_bf16_bit_exact) { check_all_cores<__nv_bfloat16>(4); }
+
+// Several row tiles per reduction CTA for every tiled core: 4200 rows make 33-row chunks, two tiles of
+// at most 32 rows each (the barriers between tiles matter only there).
+AX_TEST(cores_several_row_tiles_per_cta) {
+  check_core<float>(ax::Core::dplr, Shape{4200, 20, 3, 0}, 0.9, false, 6);
+  check_core<__nv_bfloat16>(ax::Core::rot, Shape{4200, 20, 4, 1}, -0.6, false, 6);
+  check_core<float>(ax::Core::rot, Shape{4200, 24, 3, 2}, 0.7, false, 6);
+  check_core<__half>(ax::Core::ablate, Shape{4200, 20, 2, 0}, 0.8, false, 6);
+  check_core<float>(ax::Core::gain, Shape{4200, 20, 1, 0}, 0.5, true, 6);
+}
+
+AX_TEST(cores_wide_tiles_and_unstaged_params) {
+  check_core<float>(ax::Core::rot, Shape{40, 384, 32, 1}, 0.8, false, 5);   // R does not fit: read from global
+  check_core<float>(ax::Core::rot, Shape{40, 384, 4, 2}, 0.8, false, 5);    // 9-row tiles, 16-row chunks
+  check_core<float>(ax::Core::dplr, Shape{45, 96, 64, 0}, 0.9, false, 5);   // A, B do not fit
+  check_core<float>(ax::Core::ablate, Shape{33, 640, 20, 0}, 0.8, false, 5);  // C does not fit, 8-row tiles
+  check_core<double>(ax::Core::dplr, Shape{20, 200, 16, 0}, 0.9, true, 5);
+  check_core<float>(ax::Core::gain, Shape{21, 3000, 1, 0}, 0.5, false, 5);
+}
+
+AX_TEST(cores_same_bits_for_every_schedule) {
+  SeedGuard guard;
+  for (uint64_t seed : {11ull, 12ull, 13ull}) {
+    ax_emu::set_seed(seed);  // block order and thread interleaving
+    check_core<float>(ax::Core::dplr, Shape{100, 20, 3, 0}, 0.9, false, 9);
+    check_core<float>(ax::Core::rot, Shape{100, 20, 4, 1}, 0.9, false, 9);
+    check_core<float>(ax::Core::ablate, Shape{100, 20, 3, 0}, 0.9, false, 9);
+  }
+}
+AX_TEST(bad_sizes_throw) {
+  std::vector<float> x(4096 * 2, 1.f), S(4096, 1.f), R(4096 * 2, 0.f), out(4096 * 2), ws(1 << 16);
+  ax::CoreCall call;
+  call.n = 2;
+  call.core.core = ax::Core::rot;
+  call.core.r = 4096;
+  call.core.bs = 2;
+  call.core.side = ax::kRotV;
+  call.core.S = call.core.g = S.data();
+  call.core.R = R.data();
+  call.p = call.grad_h = x.data();
+  call.h = call.dp = call.dparams = out.data();
+  call.workspace = ws.data();
+  AX_CHECK_THROWS(std::invalid_argument, K::core_backward(call, nullptr), "too wide");
+  call.core.r = 12;
+  call.core.bs = 5;
+  AX_CHECK_THROWS(std::invalid_argument, K::core_forward(call, nullptr), "does not divide");
+  call.core.core = ax::Core::dplr;
+  call.core.k = 13;
+  AX_CHECK_THROWS(std::invalid_argument, K::core_forward(call, nullptr), "unsupported sizes");
+}
+
+int main(int argc, char** argv) { return ax_test::run_main(argc, argv); }

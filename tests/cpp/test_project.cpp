@@ -1,0 +1,180 @@
+// Kernel tests (torch-free, ctest) of the fused projection (csrc/kernels/project.cuh): the kernels of csrc/kernels/ run through the CUDA emulator
+// via the kernel API (csrc/kernels/api.h, namespace ax::emu_impl), against a float64 reference of h = core(x Vh^T)
+// (P exact from the 16-bit inputs; tolerance: P accumulated in fp32 on the emulated tensor cores, h rounded once
+// to 16 bits). Built twice (CMakeLists.txt):
+// under ASan + UBSan, and as the emulator's checked build (every memory access of kernel code checked:
+// shared-memory and inter-CTA races, cp.async in flight, uninitialised and out-of-bounds global accesses;
+// emu/checker.h). All device memory is ax_emu::DeviceBuffer: inputs initialised, outputs and workspaces
+// poisoned and uninitialised, so an entry a kernel forgets to write, or a partial it reads before writing,
+// fails; launches must use the stream the API was given.
+#include "csrc/kernels/launch_project.cuh"
+#include "csrc/kernels/rowcore.h"
+#include "tests/cpp/kernel_test_util.h"
+#include "tests/cpp/row_oracles.h"
+
+using namespace kt;
+
+namespace {
+// h = core(x Vh^T) through project_forward vs a float64 reference (P exact from the 16-bit inputs).
+// Tolerance: P accumulated in fp32 on the (emulated) tensor cores, h rounded once to 16 bits.
+// core: 0 gain, 1 rot (side, bs), 2 dplr (k), 3 ablate (k).
+template <typename T>
+void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int bs, uint64_t seed, int k = 0) {
+  std::mt19937_64 rng(seed);
+  const std::vector<T> x = randn<T>(static_cast<size_t>(n * d_in), rng), Vh = randn<T>(static_cast<size_t>(r * d_in), rng, 0.05);
+  std::vector<float> S = randn<float>(static_cast<size_t>(r), rng, 1.0, 2.0), g = randn<float>(static_cast<size_t>(r), rng, 0.5);
+  std::vector<float> R;
+  if (core == 1 && side != 0) {
+    const int64_t nb = r / bs, m = int64_t(bs) * (bs - 1) / 2;
+    std::vector<float> t = randn<float>(static_cast<size_t>(nb * m), rng), work(static_cast<size_t>(2 * bs * bs));
+    R.resize(static_cast<size_t>(r * bs));
+    for (int64_t b = 0; b < nb; ++b) ax::cayley_block_forward(t.data() + b * m, bs, 0.9f, 1.0f, work.data(), R.data() + b * bs * bs);
+  }
+  // dplr A (k, r), B (r, k); ablate C (r, k) in A, a (k) in [0, 1]
+  const std::vector<float> A = randn<float>(static_cast<size_t>(k * r), rng, 0.3), B = randn<float>(static_cast<size_t>(r * k), rng, 0.3);
+  std::vector<float> a = randn<float>(static_cast<size_t>(k), rng, 0.3, 0.5);
+  const double coeff = core == 0 || core == 2 ? 0.8 : -0.6;
+  const bool suppress = (core == 0 || core == 2) && (seed % 2 == 1);
+  // reference in double
+  std::vector<double> P(static_cast<size_t>(n * r)), href(static_cast<size_t>(n * r)), s(static_cast<size_t>(r));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < r; ++j) {
+      double acc = 0;
+      for (int64_t q = 0; q < d_in; ++q) acc += to_acc<double>(x[i * d_in + q]) * to_acc<double>(Vh[j * d_in + q]);
+      P[i * r + j] = acc;
+    }
+  for (int64_t j = 0; j < r; ++j)
+    s[j] = core == 1 ? double(S[j]) + coeff * double(g[j]) : ax::gain_scale<double>(S[j], g[j], coeff, suppress, nullptr);
+  const std::vector<double> Rd(R.begin(), R.end()), Ad(A.begin(), A.end()), Bd(B.begin(), B.end()), ad(a.begin(), a.end()),
+      Sd(S.begin(), S.end());
+  std::vector<double> tmp(static_cast<size_t>(std::max(k, 1)));
+  for (int64_t i = 0; i < n; ++i) {
+    const double* pi = P.data() + i * r;
+    double* hi = href.data() + i * r;
+    if (core <= 1) ax::rot_row_forward(pi, s.data(), Rd.data(), core == 0 ? 0 : side, int(r), int(core == 0 ? 1 : bs), hi);
+    else if (core == 2) ax::dplr_row_forward(pi, s.data(), Ad.data(), Bd.data(), coeff, int(r), k, tmp.data(), hi);
+    else ax::ablate_row_forward(pi, Sd.data(), Ad.data(), ad.data(), coeff, int(r), k, tmp.data(), hi);
+  }
+  // kernels
+  Dev<T> x_d(x, "x"), Vh_d(Vh, "Vh"), h_d(static_cast<size_t>(n * r), "h"), p_d(static_cast<size_t>(n * r), "p");
+  Dev<float> S_d(S, "S"), g_d(g, "g"), R_d(R, "R"), A_d(A, "A"), B_d(B, "B"), a_d(a, "a");
+  Dev<float> ws_d(static_cast<size_t>(ax::project_workspace_elems(n, d_in, r)), "workspace");
+  ax::ProjectCall call;
+  call.dtype = dtype_of<T>();
+  call.n = n;
+  call.d_in = d_in;
+  ax::CoreParams& c = call.core;
+  c.core = ax::Core(core);
+  c.r = r;
+  c.side = side;
+  c.bs = bs;
+  c.k = k;
+  c.S = S_d.data();
+  c.g = g_d.data();
+  c.R = ptr_or_null(R_d);
+  c.A = k ? A_d.data() : nullptr;
+  c.B = k && core == 2 ? B_d.data() : nullptr;
+  c.a = k ? a_d.data() : nullptr;
+  c.coeff = coeff;
+  c.suppress_only = suppress;
+  call.x = x_d.data();
+  call.Vh = Vh_d.data();
+  call.h = h_d.data();
+  call.p_out = p_d.data();
+  call.workspace = ptr_or_null(ws_d);
+  K::project_forward(call, test_stream());
+  const std::vector<T> h = h_d.to_host(), p = p_d.to_host();
+  double hmax = 0, pmax = 0, herr = 0, perr = 0;
+  for (int64_t e = 0; e < n * r; ++e) {
+    hmax = std::max(hmax, std::fabs(href[e]));
+    pmax = std::max(pmax, std::fabs(P[e]));
+    herr = std::max(herr, std::fabs(to_acc<double>(h[e]) - href[e]));  // NaN fails the check below
+    perr = std::max(perr, std::fabs(to_acc<double>(p[e]) - P[e]));
+    if (std::isnan(to_acc<double>(h[e])) || std::isnan(to_acc<double>(p[e]))) herr = perr = 1e30;
+  }
+  const double tol = std::is_same<T, __nv_bfloat16>::value ? 8e-3 : 1.5e-3;
+  std::printf("    %s n=%lld d_in=%lld r=%lld core=%d side=%d bs=%d k=%d splits=%lld: rel err h %.2g, p %.2g\n", name_of<T>(),
+              (long long)n, (long long)d_in, (long long)r, core, side, bs, k,
+              (long long)((d_in + ax::project_k_split(n, d_in) - 1) / ax::project_k_split(n, d_in)), herr / hmax, perr / pmax);
+  AX_CHECK(herr <= tol * hmax);
+  AX_CHECK(perr <= tol * pmax);
+}
+
+ax::ProjectCall gain_call(const void* S, const void* g, int64_t n, int64_t d_in, int64_t r) {
+  ax::ProjectCall c;
+  c.dtype = ax::DType::bf16;
+  c.n = n;
+  c.d_in = d_in;
+  c.core.r = r;
+  c.core.S = S;
+  c.core.g = g;
+  return c;
+}
+}  // namespace
+
+AX_TEST(project_prefill_matches_reference) {
+  check_project<__nv_bfloat16>(37, 72, 20, 0, 0, 1, 1);   // K tail (72 = 4.5 k-steps), r off the n-tiles
+  check_project<__half>(70, 64, 12, 1, 2, 3, 2);           // rot U, 3 row tiles
+  check_project<__nv_bfloat16>(33, 48, 48, 1, 1, 16, 3);  // rot V, bs 16
+  check_project<__half>(40, 128, 100, 0, 0, 1, 5);        // 8 n-tiles per warp
+  check_project<__nv_bfloat16>(9, 32, 256, 1, 0, 1, 4);    // r = 256 (16 n-tiles per warp), rot none
+  check_project<__nv_bfloat16>(45, 40, 24, 2, 0, 1, 11, 3);  // dplr k 3
+  check_project<__half>(33, 64, 72, 2, 0, 1, 12, 32);        // dplr k 32 (the largest tile of Q)
+  check_project<__nv_bfloat16>(20, 24, 36, 3, 0, 1, 13, 2);  // ablate k 2
+  check_project<__half>(64, 56, 256, 3, 0, 1, 14, 32);       // ablate, r 256 and k 32: the largest epilogue
+  check_project<__nv_bfloat16>(35, 96, 66, 0, 0, 1, 17);     // r just past 64 (8 n-tiles per warp), 6 K steps
+  check_project<__half>(19, 48, 130, 1, 2, 2, 18);           // r just past 128 (16 n-tiles), rot U, 3 K steps
+}
+
+AX_TEST(project_decode_split_k_matches_reference) {
+  check_project<__nv_bfloat16>(5, 2048, 36, 1, 1, 4, 6);  // 4 splits of 512
+  check_project<__half>(16, 1024, 64, 0, 0, 1, 7);        // 2 splits
+  check_project<__nv_bfloat16>(1, 1536, 20, 0, 0, 1, 9);  // one token
+  check_project<__half>(3, 1024, 40, 2, 0, 1, 15, 5);       // dplr through the finish kernel
+  check_project<__nv_bfloat16>(7, 2048, 24, 3, 0, 1, 16, 4);  // ablate through the finish kernel
+}
+
+AX_TEST(project_same_bits_for_every_schedule) {
+  SeedGuard guard;
+  std::mt19937_64 rng(3);
+  const int64_t n = 20, d_in = 96, r = 40;
+  Dev<__nv_bfloat16> x(randn<__nv_bfloat16>(static_cast<size_t>(n * d_in), rng), "x");
+  Dev<__nv_bfloat16> Vh(randn<__nv_bfloat16>(static_cast<size_t>(r * d_in), rng), "Vh");
+  Dev<float> S(std::vector<float>(static_cast<size_t>(r), 1.5f), "S"), g(std::vector<float>(static_cast<size_t>(r), 0.1f), "g");
+  std::vector<__nv_bfloat16> first;
+  for (uint64_t seed : {1ull, 2ull, 3ull}) {
+    ax_emu::set_seed(seed);
+    Dev<__nv_bfloat16> h_d(static_cast<size_t>(n * r), "h");
+    ax::ProjectCall call = gain_call(S.data(), g.data(), n, d_in, r);
+    call.x = x.data();
+    call.Vh = Vh.data();
+    call.h = h_d.data();
+    K::project_forward(call, test_stream());
+    const std::vector<__nv_bfloat16> h = h_d.to_host();
+    if (first.empty()) first = h;
+    AX_CHECK(same_bits(h, first, "h"));
+  }
+}
+
+AX_TEST(project_bad_input_throws) {
+  std::vector<__nv_bfloat16> x(64), Vh(64), h(64);
+  std::vector<float> S(8, 1.f);
+  ax::ProjectCall call = gain_call(S.data(), S.data(), 2, 12, 4);
+  call.x = x.data();
+  call.Vh = Vh.data();
+  call.h = h.data();
+  AX_CHECK_THROWS(std::invalid_argument, K::project_forward(call, nullptr), "multiple of 8");
+  call.d_in = 16;
+  call.dtype = ax::DType::f32;
+  AX_CHECK_THROWS(std::invalid_argument, K::project_forward(call, nullptr), "bfloat16 or float16");
+  call.dtype = ax::DType::bf16;
+  call.x = x.data() + 1;
+  AX_CHECK_THROWS(std::invalid_argument, K::project_forward(call, nullptr), "aligned");
+  call.x = x.data();
+  call.core.core = ax::Core::dplr;
+  call.core.k = 33;
+  call.core.A = call.core.B = S.data();
+  AX_CHECK_THROWS(std::invalid_argument, K::project_forward(call, nullptr), "low-rank");
+}
+
+int main(int argc, char** argv) { return ax_test::run_main(argc, argv); }
