@@ -79,13 +79,12 @@ std::tuple<T, std::vector<T>> core_backward(const CoreInputs& in, const T& grad_
   return {dp, unpack_grads(in, packed, dparams)};
 }
 
-// The shapes the fused kernel takes (csrc/kernels/project.cuh): 16-bit, contiguous, 16-byte aligned x and Vh,
-// d_in % 8 == 0, r <= kProjectMaxR, k <= kProjectMaxLowRank.
+// What the fused kernel takes (csrc/kernels/project.cuh): 16-bit, contiguous, 16-byte aligned x and Vh,
+// d_in % 8 == 0, and a core its epilogue applies (project_supports).
 inline bool fused_fits(const T& x, const T& Vh, const CoreParams& c) {
   const auto dt = x.scalar_type();
-  const bool lowrank = c.core == Core::dplr || c.core == Core::ablate;
   return (dt == at::kBFloat16 || dt == at::kHalf) && x.is_contiguous() && Vh.is_contiguous() && aligned16(x) &&
-         aligned16(Vh) && x.size(1) % 8 == 0 && c.r <= kProjectMaxR && (!lowrank || c.k <= kProjectMaxLowRank);
+         aligned16(Vh) && x.size(1) % 8 == 0 && project_supports(c);
 }
 
 // (h, p) of x (n, d_in): the fused kernel where the kernel set has it and it fits, else the BLAS GEMM and the core.

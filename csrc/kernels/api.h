@@ -20,14 +20,27 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 namespace ax {
 
 enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
 
-// The r-space cores (docs/SPEC.md): gain (antipasto, corda), rot, dplr, ablate.
+// The r-space cores (docs/SPEC.md): gain (antipasto, corda), rot, dplr, ablate. Numbered from 0 without gaps:
+// with_core dispatches over 0 .. kCoreCount - 1.
 enum class Core : int { gain = 0, rot = 1, dplr = 2, ablate = 3 };
+constexpr int kCoreCount = 4;
+
+// Calls fn(std::integral_constant<Core, c>{}): code per core picked at compile time (the kernel sets specialise a
+// template on Core; a new core needs no new case anywhere else). `c` must be a valid core.
+template <class Fn, int I = 0>
+decltype(auto) with_core(Core c, Fn&& fn) {
+  if constexpr (I + 1 < kCoreCount) {
+    if (int(c) != I) return with_core<Fn, I + 1>(c, static_cast<Fn&&>(fn));
+  }
+  return fn(std::integral_constant<Core, Core(I)>{});
+}
 // The side antipasto_rot rotates (rot's `side`).
 enum RotSide : int { kRotNone = 0, kRotV = 1, kRotU = 2 };
 
@@ -91,6 +104,12 @@ struct CoreCall {
 // Parameters are float arrays. p_out (n, r) optional (nullptr); workspace: project_workspace_elems floats.
 constexpr int64_t kProjectMaxR = 256;       // the CTA's tile spans all r columns
 constexpr int64_t kProjectMaxLowRank = 32;  // k of the dplr / ablate epilogue
+// The cores the fused kernel's epilogue applies (another core takes the BLAS + core kernel path).
+inline bool project_supports(const CoreParams& c) {
+  const bool lowrank = c.core == Core::dplr || c.core == Core::ablate;
+  return (c.core == Core::gain || c.core == Core::rot || lowrank) && c.r <= kProjectMaxR &&
+         (!lowrank || c.k <= kProjectMaxLowRank);
+}
 struct ProjectCall {
   DType dtype = DType::bf16;
   int64_t n = 0, d_in = 0;

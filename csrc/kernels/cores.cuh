@@ -24,10 +24,12 @@
 // Torch-free; compiled by nvcc (kernels.cu) and by the host compiler with AX_EMULATE_CUDA.
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "csrc/kernels/api.h"
 #include "csrc/kernels/kernel_ns.h"
@@ -41,12 +43,42 @@ namespace kern {
 constexpr int kCoreThreads = 256;
 constexpr size_t kCoreSmemBudget = 48 * 1024;  // dynamic shared memory without an opt-in
 constexpr int kCoreMaxTileRows = 32;
-constexpr int kDiagRowsPerCta = 16;            // rows per CTA of the elementwise forward (x r elements)
+constexpr int64_t kDiagElemsPerCta = 8192;     // elements (rows x r) per CTA of the elementwise forward
 
 inline unsigned blocks_for(int64_t n, int64_t per_block) { return unsigned((n + per_block - 1) / per_block); }
 
 enum ScaleMode : int { kScaleGain = 0, kScaleAdditive = 1 };
 enum FinalMode : int { kFinalNone = 0, kFinalGain = 1, kFinalCoeff = 2 };
+
+// Row tile of a CTA: `fixed` accumulators always staged, `params` staged when they leave room for
+// 8 rows (else read from global), `per_row` accumulators per tile row; at most max_rows rows.
+struct TilePlan {
+  int rows;
+  bool stage;
+  size_t smem;
+};
+inline TilePlan plan_tile(const char* op, int64_t r, int64_t fixed, int64_t params, int64_t per_row,
+                          size_t acc_bytes, int64_t max_rows) {
+  const int64_t budget = int64_t(kCoreSmemBudget / acc_bytes);
+  const int64_t want = std::max<int64_t>(1, std::min<int64_t>(max_rows, kCoreMaxTileRows));
+  const bool stage = fixed + params + per_row * std::min<int64_t>(want, 8) <= budget;
+  const int64_t avail = budget - fixed - (stage ? params : 0);
+  const int64_t rows = per_row > 0 ? std::min(want, avail / per_row) : want;
+  if (avail < 0 || rows < 1)
+    throw std::invalid_argument(std::string("antipasto_ext ") + op + ": r = " + std::to_string(r) +
+                                " is too wide for one row tile in " + std::to_string(kCoreSmemBudget) +
+                                " bytes of shared memory");
+  return TilePlan{int(rows), stage, size_t(fixed + (stage ? params : 0) + rows * per_row) * acc_bytes};
+}
+
+// The launches of core C, next to its kernels; the launchers (launch_cores.cuh) reach them through with_core:
+//   static constexpr int final_mode;   the chain-rule factor of dparams entries < r in the second stage
+//   static TilePlan tile(const CoreParams&, bool backward, size_t acc_bytes, int64_t max_rows);
+//   template <typename T> static void forward(const CoreCall&, const TilePlan&, ax::stream_t);         n > 0
+//   template <typename T> static void backward(const CoreCall&, const TilePlan&, int64_t chunk, ax::stream_t);
+//     the first stage (dp and the per-CTA partials of dparams in the workspace), n > 0
+template <Core C>
+struct CoreLaunch;
 
 // ---------------------------------------------------------------------------------- element access
 
@@ -145,6 +177,48 @@ __global__ void __launch_bounds__(kCoreThreads)
     part[j] = acc;
   }
 }
+
+// The elementwise cores: gain (mode kScaleGain) and rot without a rotated side (kScaleAdditive).
+struct DiagLaunch {
+  static TilePlan tile(const CoreParams& k, size_t acc_bytes) {
+    return plan_tile("core", k.r, k.r, 0, 0, acc_bytes, 1);  // s (r) in shared memory
+  }
+  template <typename T>
+  static void forward(const CoreCall& c, const TilePlan& pl, int mode, ax::stream_t st) {
+    using acc_t = typename acc_of<T>::type;
+    const CoreParams& k = c.core;
+    const int rows = int(std::max<int64_t>(1, kDiagElemsPerCta / k.r));
+    AX_LAUNCH((diag_forward_kernel<T>), dim3(blocks_for(c.n, rows)), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.p), c.n, int(k.r), rows, static_cast<const acc_t*>(k.S),
+              static_cast<const acc_t*>(k.g), acc_t(k.coeff), k.suppress_only, mode, static_cast<T*>(c.h));
+    AX_CHECK_LAUNCH();
+  }
+  template <typename T>
+  static void backward(const CoreCall& c, int64_t chunk, int mode, ax::stream_t st) {
+    using acc_t = typename acc_of<T>::type;
+    const CoreParams& k = c.core;
+    const int threads = int(std::min<int64_t>(kCoreThreads, (k.r + 31) / 32 * 32));
+    AX_LAUNCH((diag_backward_kernel<T>), dim3(unsigned(core_chunks(c.n))), dim3(threads), 0, st,
+              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), c.n, int(k.r), chunk,
+              static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g), acc_t(k.coeff), k.suppress_only, mode,
+              static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
+    AX_CHECK_LAUNCH();
+  }
+};
+
+template <>
+struct CoreLaunch<Core::gain> {
+  static constexpr int final_mode = kFinalGain;
+  static TilePlan tile(const CoreParams& k, bool, size_t acc_bytes, int64_t) { return DiagLaunch::tile(k, acc_bytes); }
+  template <typename T>
+  static void forward(const CoreCall& c, const TilePlan& pl, ax::stream_t st) {
+    DiagLaunch::forward<T>(c, pl, kScaleGain, st);
+  }
+  template <typename T>
+  static void backward(const CoreCall& c, const TilePlan&, int64_t chunk, ax::stream_t st) {
+    DiagLaunch::backward<T>(c, chunk, kScaleGain, st);
+  }
+};
 
 // --------------------------------------------------------------------------------------------- rot
 
@@ -254,6 +328,42 @@ __global__ void __launch_bounds__(kCoreThreads)
     __syncthreads();
   }
 }
+
+template <>
+struct CoreLaunch<Core::rot> {
+  static constexpr int final_mode = kFinalCoeff;
+  static TilePlan tile(const CoreParams& k, bool backward, size_t acc_bytes, int64_t max_rows) {
+    if (k.side != kRotNone && k.side != kRotV && k.side != kRotU)
+      throw std::invalid_argument("antipasto_ext rot core: side must be 0, 1 or 2, got " + std::to_string(k.side));
+    if (k.side == kRotNone) return DiagLaunch::tile(k, acc_bytes);
+    if (k.bs < 1 || k.r % k.bs != 0)
+      throw std::invalid_argument("antipasto_ext rot core: block size " + std::to_string(k.bs) +
+                                  " does not divide r = " + std::to_string(k.r));
+    return plan_tile("rot core", k.r, k.r, k.r * k.bs, backward ? 3 * k.r : k.r, acc_bytes, max_rows);
+  }
+  template <typename T>
+  static void forward(const CoreCall& c, const TilePlan& pl, ax::stream_t st) {
+    using acc_t = typename acc_of<T>::type;
+    const CoreParams& k = c.core;
+    if (k.side == kRotNone) return DiagLaunch::forward<T>(c, pl, kScaleAdditive, st);
+    AX_LAUNCH((rot_forward_kernel<T>), dim3(blocks_for(c.n, pl.rows)), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.p), c.n, int(k.r), int(k.bs), k.side, pl.rows, pl.stage,
+              static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g), static_cast<const acc_t*>(k.R),
+              acc_t(k.coeff), static_cast<T*>(c.h));
+    AX_CHECK_LAUNCH();
+  }
+  template <typename T>
+  static void backward(const CoreCall& c, const TilePlan& pl, int64_t chunk, ax::stream_t st) {
+    using acc_t = typename acc_of<T>::type;
+    const CoreParams& k = c.core;
+    if (k.side == kRotNone) return DiagLaunch::backward<T>(c, chunk, kScaleAdditive, st);
+    AX_LAUNCH((rot_backward_kernel<T>), dim3(unsigned(core_chunks(c.n))), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), c.n, int(k.r), int(k.bs), k.side, chunk,
+              pl.rows, pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g),
+              static_cast<const acc_t*>(k.R), acc_t(k.coeff), static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
+    AX_CHECK_LAUNCH();
+  }
+};
 
 // -------------------------------------------------------------------------------------------- dplr
 
@@ -375,6 +485,36 @@ __global__ void __launch_bounds__(kCoreThreads)
   }
 }
 
+template <>
+struct CoreLaunch<Core::dplr> {
+  static constexpr int final_mode = kFinalGain;
+  static TilePlan tile(const CoreParams& k, bool backward, size_t acc_bytes, int64_t max_rows) {
+    return plan_tile("dplr core", k.r, k.r, 2 * k.k * k.r, backward ? 2 * k.r + 2 * k.k : k.r + k.k, acc_bytes,
+                     max_rows);
+  }
+  template <typename T>
+  static void forward(const CoreCall& c, const TilePlan& pl, ax::stream_t st) {
+    using acc_t = typename acc_of<T>::type;
+    const CoreParams& k = c.core;
+    AX_LAUNCH((dplr_forward_kernel<T>), dim3(blocks_for(c.n, pl.rows)), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.p), c.n, int(k.r), int(k.k), pl.rows, pl.stage, static_cast<const acc_t*>(k.S),
+              static_cast<const acc_t*>(k.g), static_cast<const acc_t*>(k.A), static_cast<const acc_t*>(k.B),
+              acc_t(k.coeff), k.suppress_only, static_cast<T*>(c.h));
+    AX_CHECK_LAUNCH();
+  }
+  template <typename T>
+  static void backward(const CoreCall& c, const TilePlan& pl, int64_t chunk, ax::stream_t st) {
+    using acc_t = typename acc_of<T>::type;
+    const CoreParams& k = c.core;
+    AX_LAUNCH((dplr_backward_kernel<T>), dim3(unsigned(core_chunks(c.n))), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), c.n, int(k.r), int(k.k), chunk, pl.rows,
+              pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g), static_cast<const acc_t*>(k.A),
+              static_cast<const acc_t*>(k.B), acc_t(k.coeff), k.suppress_only, static_cast<T*>(c.dp),
+              static_cast<acc_t*>(c.workspace));
+    AX_CHECK_LAUNCH();
+  }
+};
+
 // ------------------------------------------------------------------------------------------ ablate
 
 // Shared: S (r) | a (k) | C (r*k, when staged) | P (tile * r) | V (tile * k).
@@ -488,6 +628,34 @@ __global__ void __launch_bounds__(kCoreThreads)
     __syncthreads();
   }
 }
+
+template <>
+struct CoreLaunch<Core::ablate> {
+  static constexpr int final_mode = kFinalNone;
+  static TilePlan tile(const CoreParams& k, bool backward, size_t acc_bytes, int64_t max_rows) {
+    return plan_tile("ablate core", k.r, k.r + k.k, k.r * k.k, backward ? 2 * k.r + 2 * k.k : k.r + k.k, acc_bytes,
+                     max_rows);
+  }
+  template <typename T>
+  static void forward(const CoreCall& c, const TilePlan& pl, ax::stream_t st) {
+    using acc_t = typename acc_of<T>::type;
+    const CoreParams& k = c.core;
+    AX_LAUNCH((ablate_forward_kernel<T>), dim3(blocks_for(c.n, pl.rows)), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.p), c.n, int(k.r), int(k.k), pl.rows, pl.stage, static_cast<const acc_t*>(k.S),
+              static_cast<const acc_t*>(k.A), static_cast<const acc_t*>(k.a), acc_t(k.coeff), static_cast<T*>(c.h));
+    AX_CHECK_LAUNCH();
+  }
+  template <typename T>
+  static void backward(const CoreCall& c, const TilePlan& pl, int64_t chunk, ax::stream_t st) {
+    using acc_t = typename acc_of<T>::type;
+    const CoreParams& k = c.core;
+    AX_LAUNCH((ablate_backward_kernel<T>), dim3(unsigned(core_chunks(c.n))), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), c.n, int(k.r), int(k.k), chunk, pl.rows,
+              pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.A), static_cast<const acc_t*>(k.a),
+              acc_t(k.coeff), static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
+    AX_CHECK_LAUNCH();
+  }
+};
 
 // ------------------------------------------------------------------------------------ second stage
 
