@@ -20,7 +20,7 @@ import torch
 
 METHODS = ("auto", "exact", "randomized")
 # Randomized defaults and where "auto" uses them: chosen from benchmarks/results/attach_svd_cpu.md.
-OVERSAMPLE_MIN = 16  # oversample = max(r, OVERSAMPLE_MIN) extra columns
+OVERSAMPLE_MIN = 32  # oversample = max(r, OVERSAMPLE_MIN) extra columns
 POWER_ITERS = 6
 SEED = 0
 AUTO_MIN_DIM = 1024  # randomized when min(d_out, d_in) >= this and r + oversample <= min(d_out, d_in) / 4

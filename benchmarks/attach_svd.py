@@ -36,8 +36,8 @@ from _common import ax  # noqa: E402
 
 SHAPES_FULL = ["1024x1024", "2048x2048", "4096x4096", "8192x8192", "8192x2048"]  # d_out x d_in
 RANKS_FULL = [16, 64, 256]
-# oversample:power_iters; "r" = max(r, 16), the default oversampling (antipasto_ext.svd.OVERSAMPLE_MIN)
-RECIPES_FULL = ["16:2", "r:4", "r:6", "r:8"]
+# oversample:power_iters; "r" = max(r, antipasto_ext.svd.OVERSAMPLE_MIN), the default oversampling
+RECIPES_FULL = ["16:2", "16:6", "r:4", "r:6", "r:8"]
 
 
 def parse_shape(s: str):
