@@ -8,7 +8,6 @@ import io
 import json
 import math
 import os
-import re
 import sys
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import torch
 from torch import nn
 
 import antipasto_ext as ax
-from antipasto_ext import files, svd
+from antipasto_ext import svd
 
 pytest.importorskip("safetensors")
 from safetensors import safe_open  # noqa: E402
