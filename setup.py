@@ -6,9 +6,18 @@ Environment:
   CUDA_HOME                the CUDA toolkit (else the toolkit of `nvcc` on PATH, else /usr/local/cuda)
   TORCH_CUDA_ARCH_LIST     CUDA archs (default "8.0;9.0")
   MAX_JOBS                 parallel compile jobs (default 2)
+  ANTIPASTO_EXT_REBUILD=1  compile even when build/antipasto_ext-cache holds this exact build
 
 Build against the torch already installed: `pip install --no-build-isolation .`
+
+A finished build is kept in build/antipasto_ext-cache/<key>/, the key a hash of everything that goes into
+it: the contents of csrc/ and of this file, the sources, flags and defines, the torch version (its
+headers) and build, the Python version, the C++ compiler and nvcc. A later install with the same key
+copies it instead of compiling. ninja alone cannot tell: it compares file times, and a reinstalled torch
+(a fresh virtual environment, .ci/run) has new header times; an editable install (`pip install -e`) builds
+in a new temporary directory every time; switching ANTIPASTO_EXT_CUDA back and forth changes the flags.
 """
+import hashlib
 import os
 import re
 import shutil
@@ -91,8 +100,53 @@ else:
     say(f"CPU kernels only: CUDA not built because {why_not_cuda}")
 say("CUDA kernel emulation engine: " + ("built" if with_emulation else "not built (needs csrc/emulated and the CUDA headers)"))
 
+
+
+def _tool_version(cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+class CachedBuildExtension(BuildExtension.with_options(use_ninja=True)):
+    """BuildExtension that reuses a finished build of identical inputs (see the module docstring)."""
+
+    CACHE = ROOT / "build" / "antipasto_ext-cache"
+    KEEP = 3  # cached builds kept (the most recently used)
+
+    def _key(self, ext) -> str:
+        h = hashlib.sha256()
+        for path in sorted((ROOT / "csrc").rglob("*")) + [ROOT / "setup.py"]:
+            if path.is_file():
+                h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+        compiler = getattr(self.compiler, "compiler_so", None) or ["c++"]
+        h.update(repr((ext.name, ext.sources, ext.define_macros, ext.extra_compile_args, ext.include_dirs,
+                       ext.library_dirs, ext.libraries, ext.extra_link_args, torch.__version__,
+                       torch.version.git_version, torch.version.cuda, sys.version, compiler,
+                       _tool_version([compiler[0], "--version"]),
+                       _tool_version([str(nvcc_path), "--version"]) if with_cuda else "")).encode())
+        return h.hexdigest()[:20]
+
+    def build_extension(self, ext):
+        out = Path(self.get_ext_fullpath(ext.name))
+        cached = self.CACHE / self._key(ext) / out.name
+        if cached.is_file() and os.environ.get("ANTIPASTO_EXT_REBUILD") != "1":
+            say(f"reusing the build of identical sources, flags and toolchain: {cached.parent}")
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(cached, out)
+            os.utime(cached.parent)
+            return
+        super().build_extension(ext)
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(out, cached)
+        entries = sorted((p for p in self.CACHE.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+        for old in entries[:-self.KEEP]:
+            shutil.rmtree(old, ignore_errors=True)
+
+
 setup(
     packages=find_packages(include=["antipasto_ext", "antipasto_ext.*"]),
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExtension.with_options(use_ninja=True)},
+    cmdclass={"build_ext": CachedBuildExtension},
 )

@@ -3,15 +3,16 @@
     import antipasto_ext as ax
     m = ax.DPLRLinear.from_linear(torch.nn.Linear(1024, 2048), r=256, lora_rank=8)
 """
-from . import ops, reference
+from . import ops, reference, svd
 from ._loader import build_info
 from .ablate import AblateLinear
 from .antipasto import AntiPaSTOLinear
 from .corda import CorDALinear
 from .dplr import DPLRLinear
-from .model import adapters, attach, calibrate, detach, load, merge, save, set_coeff, steer, unmerge
+from .files import basis_differences, load, save, shares_basis
+from .model import adapters, attach, calibrate, detach, merge, set_coeff, steer, unmerge
 from .rot import RotLinear
 
 __all__ = ["AntiPaSTOLinear", "RotLinear", "AblateLinear", "CorDALinear", "DPLRLinear", "build_info", "ops",
            "reference", "attach", "detach", "calibrate", "save", "load", "merge", "unmerge", "set_coeff", "steer",
-           "adapters"]
+           "adapters", "shares_basis", "basis_differences", "svd"]

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from . import _loader, reference
+from . import svd as _svd
 
 BACKENDS = ("ext", "eager")
 
@@ -44,26 +45,52 @@ class SVDAdapter(nn.Module):
         self.register_buffer("_merged_core", None)
         self._backend = None
         self._calibration = None
+        # How the current basis was made, for saving a file that recomputes it instead of storing it:
+        # the SVD recipe of from_linear (None: built otherwise, the basis is not reproducible from the weight),
+        # the number of calibrations since, and the fingerprint (files.basis_fingerprint) of the from_linear
+        # split that the first calibration replaced (a file uses it to rebuild the residual bit for bit).
+        self._split_svd = None
+        self._calibrations = 0
+        self._split_fingerprint = None
 
     # ----------------------------------------------------------------------------- construction
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, r: int, **kwargs):
+    def from_linear(cls, linear: nn.Linear, r: int, svd="auto", **kwargs):
         """Split ``linear`` into the frozen top-r SVD basis and the residual weight; the module keeps
-        the linear's device and dtype. The trainable core starts at the variant's init."""
+        the linear's device and dtype. The trainable core starts at the variant's init.
+
+        ``svd``: ``"exact"`` (full LAPACK / cuSOLVER SVD), ``"randomized"`` (subspace iteration, see
+        ``antipasto_ext.svd``) or ``"auto"`` (randomized for large layers, where it was measured faster and
+        accurate). The split is exact either way: the residual weight absorbs what the basis leaves out."""
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
         W = linear.weight
         m = cls(linear.in_features, linear.out_features, r, dtype=W.dtype, device=W.device, **kwargs)
+        spec = _svd.resolve(svd, tuple(W.shape), r)
         with torch.no_grad():
-            m._set_basis(*reference.svd_split(W, r))
+            m._split_from(*_svd.top_r(W, r, spec), W)
             if linear.bias is not None:
                 m.bias = nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        m._split_svd = spec
         m._snapshot_init()
         return m
 
+    def _split_from(self, U, S, in_basis, W):
+        """Store the basis once in the layer's dtype and W_res = W - U diag(S) in_basis computed in the SVD
+        dtype from the stored (rounded) basis, rounded once to the layer's dtype. The residual depends only on
+        W and the stored basis, so a file holding the basis (or a recipe to recompute it) rebuilds it exactly;
+        the stored W_res + U diag(S) Vh rebuilds W to within one rounding of the layer's dtype."""
+        dtype, ct = self.weight.dtype, S.dtype
+        self.U.copy_(U.to(dtype))
+        self.S.copy_(S)
+        getattr(self, self.in_basis).copy_(in_basis.to(dtype))
+        U_st, B_st = self.U.to(ct), getattr(self, self.in_basis).to(ct)
+        self.weight.copy_((W.detach().to(ct) - (U_st * self.S) @ B_st).to(dtype))
+
     def _set_basis(self, U, S, in_basis, W_res):
-        """Store the basis once in the dtype the forward computes in (no per-forward casts)."""
+        """Store a split computed elsewhere, (U, S, in_basis, W_res = W - U diag(S) in_basis) in the SVD dtype
+        (the benchmarks share one SVD between variants), once in the dtype the forward computes in."""
         dtype, ct = self.weight.dtype, S.dtype
         self.U.copy_(U.to(dtype))
         self.S.copy_(S)
@@ -266,16 +293,23 @@ class SVDAdapter(nn.Module):
         if c is None:
             raise RuntimeError("calibration_end without calibration_begin")
         with torch.no_grad():
+            W = self.full_weight()
             if "xtx" in c:
                 if c["n"] == 0:
                     raise ValueError("calibration saw no tokens")
-                basis = reference.corda_basis(self.full_weight(), c["xtx"], c["n"], self.r, self.cov_eps)
+                basis = reference.corda_basis(W, c["xtx"], c["n"], self.r, self.cov_eps)
             else:
                 if c["n"] < self.r:
                     raise ValueError(f"calibration needs at least r={self.r} tokens, got {c['n']}")
                 U_f, S_f, Vh_f = c["svd"]
-                basis = reference.select_directions(self.full_weight(), c["sum"], c["n"], self.r, Vh_f, S_f, U_f, c["pool"])
-            self._set_basis(*basis)
+                basis = reference.select_directions(W, c["sum"], c["n"], self.r, Vh_f, S_f, U_f, c["pool"])
+            if self._calibrations == 0 and self._split_svd is not None:
+                from .files import basis_fingerprint  # the from_linear split this calibration replaces
+                self._split_fingerprint = basis_fingerprint(self).cpu()
+            else:  # a second calibration starts from a calibrated residual that no file can rebuild exactly
+                self._split_fingerprint = None
+            self._split_from(*basis[:3], W)
+            self._calibrations += 1
 
     def calibrate(self, inputs, pool: str = "rms"):
         """Calibrate from this layer's inputs: a tensor (..., in_features) or an iterable of them.

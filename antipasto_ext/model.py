@@ -1,4 +1,5 @@
-"""Model-level use of the adapters: attach / detach on a whole model, calibrate, steer, save / load, merge.
+"""Model-level use of the adapters: attach / detach on a whole model, calibrate, steer, merge (save / load
+and shares_basis live in antipasto_ext.files).
 
     import antipasto_ext as ax
     ax.attach(model, "dplr", targets=r"(q|v)_proj$", r=16)   # swaps the matching nn.Linears, freezes the rest
@@ -7,17 +8,18 @@
     ax.save(model, "adapter.safetensors"); ax.load(fresh_model, "adapter.safetensors")
     ax.merge(model)                                           # one F.linear per layer; coeff changes re-merge
 
-Only torch is needed to import this module; safetensors (save / load) and tqdm (progress bar) are imported
+Only torch is needed to import this module; safetensors (save / load) and tqdm (progress bars) are imported
 when used. See docs/model_level.md.
 """
 import contextlib
-import json
 import re
+import sys
 from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from . import svd as _svd
 from ._base import SVDAdapter
 from .ablate import AblateLinear
 from .antipasto import AntiPaSTOLinear
@@ -30,12 +32,6 @@ VARIANTS = {"antipasto": AntiPaSTOLinear, "rot": RotLinear, "ablate": AblateLine
 _NAMES = {cls: name for name, cls in VARIANTS.items()}
 # the research code's names
 _ALIASES = {f"antipasto_{name}": name for name in VARIANTS if name != "antipasto"}
-
-FILE_FORMAT = "antipasto_ext.adapters"
-FILE_VERSION = "1"
-# load refuses a file whose W_res + U S Vh is farther than this (relative Frobenius) from the target's weight
-BASE_RTOL = 1e-2
-
 
 def _variant_class(variant: str):
     name = _ALIASES.get(variant, variant) if isinstance(variant, str) else None
@@ -99,10 +95,14 @@ def _adapters_or_raise(model):
 # ------------------------------------------------------------------------------------------ attach / detach
 
 
-def attach(model: nn.Module, variant: str = "dplr", targets=r"(q|v)_proj$", r: int = 16, **variant_kwargs) -> list:
+def attach(model: nn.Module, variant: str = "dplr", targets=r"(q|v)_proj$", r: int = 16, svd="auto",
+           progress: bool = True, **variant_kwargs) -> list:
     """Replace every nn.Linear whose full dotted name matches ``targets`` (``re.search``) by the variant
-    built with ``from_linear(linear, r=r, **variant_kwargs)`` and freeze every other parameter of the
-    model. Returns the replaced names. Every layer's arguments are checked before any layer is replaced."""
+    built with ``from_linear(linear, r=r, svd=svd, **variant_kwargs)`` and freeze every other parameter of
+    the model. Returns the replaced names. Every layer's arguments are checked before any layer is replaced.
+    ``svd``: how the top-r basis is computed, "auto" (randomized subspace iteration for large layers, the
+    exact SVD otherwise), "exact" or "randomized" (see antipasto_ext.svd). ``progress``: a bar over layers
+    on stderr when it is a terminal."""
     cls = _variant_class(variant)
     pattern = _compile(targets)
     linears = _occurrences(model, nn.Linear)
@@ -126,12 +126,14 @@ def attach(model: nn.Module, variant: str = "dplr", targets=r"(q|v)_proj$", r: i
             raise ValueError(f"{names[0]}: weight dtype {lin.weight.dtype} is not a float dtype")
         try:  # argument checks only: a meta module allocates nothing
             cls(lin.in_features, lin.out_features, r, dtype=lin.weight.dtype, device="meta", **variant_kwargs)
+            _svd.resolve(svd, tuple(lin.weight.shape), r)
         except (ValueError, TypeError) as e:
             raise type(e)(f"{e} (layer {names[0]!r}: in_features={lin.in_features}, "
                           f"out_features={lin.out_features})") from e
     replaced = []
-    for lin, names in matched.values():  # one layer at a time: the old Linear can go before the next SVD
-        adapter = cls.from_linear(lin, r=r, **variant_kwargs)
+    # one layer at a time: the old Linear can go before the next SVD
+    for lin, names in _progress_layers(list(matched.values()), progress, "antipasto_ext.attach", len(matched)):
+        adapter = cls.from_linear(lin, r=r, svd=svd, **variant_kwargs)
         for n in names:
             _set_submodule(model, n, adapter)
         replaced += names
@@ -210,6 +212,26 @@ def _progress(batches, enabled: bool):
     return tqdm(batches, desc="antipasto_ext.calibrate", total=total, leave=False)
 
 
+def _progress_layers(items, enabled: bool, desc: str, total: int):
+    """A bar over layers on stderr when it is a terminal: tqdm when installed, else one rewritten line."""
+    if not enabled or total < 2 or not getattr(sys.stderr, "isatty", lambda: False)():
+        yield from items
+        return
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = None
+    if tqdm is not None:
+        yield from tqdm(items, desc=desc, total=total, leave=False, unit="layer")
+        return
+    for i, item in enumerate(items):
+        sys.stderr.write(f"\r{desc}: layer {i + 1}/{total}")
+        sys.stderr.flush()
+        yield item
+    sys.stderr.write("\r" + " " * (len(desc) + 24) + "\r")
+    sys.stderr.flush()
+
+
 def calibrate(model: nn.Module, batches, pool: str = "rms", progress: bool = True) -> list:
     """One no-grad pass of ``model`` over ``batches`` (a tensor -> model(b), tuple/list -> model(*b),
     dict -> model(**b)) in eval mode, every adapter streaming its statistics (CorDA / ablate with
@@ -275,137 +297,3 @@ def unmerge(model: nn.Module) -> list:
     for m in found.values():
         m.unmerge()
     return list(found)
-
-
-# ------------------------------------------------------------------------------------------ save / load
-
-
-def _config(m: SVDAdapter, aliases) -> dict:
-    import inspect
-    skip = {"self", "in_features", "out_features", "r", "coeff", "dtype", "device"}
-    kwargs = {k: getattr(m, k) for k in inspect.signature(type(m).__init__).parameters
-              if k not in skip and k in vars(m)}  # init-only arguments (init_alpha) live in the saved tensors
-    return {"variant": _variant_name(m), "r": m.r, "in_features": m.in_features, "out_features": m.out_features,
-            "bias": m.bias is not None, "kwargs": kwargs, "coeff": m.coeff,
-            "dtype": str(m.weight.dtype).removeprefix("torch."), "merged": m.merged, "backend": m._backend,
-            "aliases": list(aliases)}
-
-
-def save(model: nn.Module, path) -> list:
-    """Write every adapter to a safetensors file: its state (residual weight, bias, frozen basis U, S,
-    Vh | P, trainable parameters, their init snapshot, the merged core when merged) and a JSON config per
-    layer (variant, r, kwargs, coeff, dtype) in the metadata. Returns the saved names."""
-    from safetensors.torch import save_file
-
-    found = _occurrences(model, SVDAdapter)
-    if not found:
-        raise ValueError("the model has no antipasto_ext adapters (call antipasto_ext.attach first)")
-    tensors, config = {}, {}
-    for m, names in found.values():
-        name = names[0]
-        config[name] = _config(m, names[1:])
-        state = dict(m.state_dict())
-        state.update({f"_init.{k}": t for k, t in m._init_state.items()})
-        if m.merged:
-            state["_merged_core"] = m._merged_core
-        for k, t in state.items():
-            tensors[f"{name}.{k}"] = t.detach().to("cpu", copy=True).contiguous()
-    metadata = {"format": FILE_FORMAT, "format_version": FILE_VERSION, "layers": json.dumps(config)}
-    save_file(tensors, str(path), metadata=metadata)
-    return list(config)
-
-
-def _build_from_file(model, name, cfg, f, keys, check_base):
-    """One layer's adapter, built and filled from the file, checked against the model; raises ValueError
-    without touching the model."""
-    cls = _variant_class(cfg.get("variant"))
-    try:
-        target = model.get_submodule(name)
-        for alias in cfg.get("aliases", []):
-            model.get_submodule(alias)
-    except AttributeError as e:
-        raise ValueError(f"{name}: no such module in the model ({e})") from None
-    if isinstance(target, SVDAdapter):
-        base_weight = target.full_weight()
-    elif isinstance(target, nn.Linear):
-        base_weight = target.weight
-    else:
-        raise ValueError(f"{name}: expected an nn.Linear (or an adapter), found {type(target).__name__}")
-    shape = (cfg["in_features"], cfg["out_features"])
-    if (target.in_features, target.out_features) != shape:
-        raise ValueError(f"{name}: the file's layer is (in_features, out_features)={shape}, the model's is "
-                         f"{(target.in_features, target.out_features)}")
-    device, dtype = target.weight.device, getattr(torch, cfg["dtype"])
-    try:
-        m = cls(*shape, cfg["r"], coeff=cfg["coeff"], dtype=dtype, device=device, **cfg["kwargs"])
-    except (ValueError, TypeError) as e:
-        raise ValueError(f"{name}: bad config {cfg}: {e}") from e
-    if cfg["bias"]:
-        m.bias = nn.Parameter(torch.empty(m.out_features, dtype=dtype, device=device), requires_grad=False)
-    expected = m.state_dict()
-    special = {"_merged_core"} | {f"_init.{k}" for k, p in m.named_parameters() if p.requires_grad}
-    prefix = name + "."
-    mine = {k[len(prefix):] for k in keys if k.startswith(prefix)}
-    missing = [k for k in expected if k not in mine]
-    unexpected = [k for k in mine if k not in expected and k not in special]
-    if missing or unexpected:
-        raise ValueError(f"{name}: tensors missing {missing}, unexpected {unexpected} for {cfg['variant']}")
-    state = {}
-    for k in list(expected) + sorted(mine - set(expected)):  # a deterministic order for the error message
-        t = f.get_tensor(prefix + k)
-        ref = expected[k] if k in expected else (m._parameters[k[len("_init."):]] if k.startswith("_init.") else None)
-        want_shape = (m.r, m.r) if k == "_merged_core" else tuple(ref.shape)
-        want_dtype = m.S.dtype if k == "_merged_core" else ref.dtype
-        if tuple(t.shape) != want_shape or t.dtype != want_dtype:
-            raise ValueError(f"{name}.{k}: the file holds {tuple(t.shape)} {t.dtype}, "
-                             f"the {cfg['variant']} layer needs {want_shape} {want_dtype}")
-        state[k] = t
-    m.load_state_dict({k: state[k] for k in expected})
-    m._init_state = {k[len("_init."):]: t.to(device) for k, t in state.items() if k.startswith("_init.")}
-    if not m._init_state:
-        m._snapshot_init()
-    if cfg["merged"]:
-        if "_merged_core" not in state:
-            raise ValueError(f"{name}: marked merged but the file has no merged core")
-        m._merged_core = state["_merged_core"].to(device)
-    if cfg.get("backend") and cfg["backend"] in ("ext", "eager"):
-        try:
-            m.backend = cfg["backend"]
-        except RuntimeError:
-            pass  # not available here: the default backend computes the same function
-    if target.weight.dtype != dtype:
-        m.to(target.weight.dtype)
-    if check_base:
-        with torch.no_grad():
-            ref = base_weight.detach().to(m.S.dtype)
-            rel = ((m.full_weight() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
-        if not rel <= BASE_RTOL:
-            raise ValueError(f"{name}: the file's adapter was built from another weight (relative difference "
-                             f"{rel:.3g} from this model's); pass check_base=False to load it anyway")
-    return m
-
-
-def load(model: nn.Module, path, check_base: bool = True) -> list:
-    """Attach the adapters saved by ``save`` to ``model`` (a fresh copy of the base model: plain
-    nn.Linears there, or adapters that get replaced), restoring state, coeff and merge state; then only
-    adapter parameters are trainable. On the same device and dtype the outputs are bit-identical to the
-    saved model's. Everything is validated before the model is touched: unknown variant, missing layer,
-    wrong shapes or another base weight (``check_base``) raise ValueError. Returns the loaded names."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != FILE_FORMAT:
-            raise ValueError(f"{path} is not an antipasto_ext adapter file (metadata format={meta.get('format')!r})")
-        if meta.get("format_version") != FILE_VERSION:
-            raise ValueError(f"{path}: unsupported format_version {meta.get('format_version')!r}")
-        config = json.loads(meta["layers"])
-        keys = list(f.keys())
-        built = [(name, cfg, _build_from_file(model, name, cfg, f, keys, check_base)) for name, cfg in config.items()]
-    loaded = []
-    for name, cfg, m in built:
-        for n in [name] + cfg.get("aliases", []):
-            _set_submodule(model, n, m)
-            loaded.append(n)
-    _freeze_base(model)
-    return loaded
