@@ -11,7 +11,7 @@ Environment:
 Build against the torch already installed: `pip install --no-build-isolation .`
 
 A finished build is kept in build/antipasto_ext-cache/<key>/, the key a hash of everything that goes into
-it: the contents of csrc/ and of this file, the sources, flags and defines, the torch version (its
+it: the contents of csrc/, emu/ and this file, the sources, flags and defines, the torch version (its
 headers) and build, the Python version, the C++ compiler and nvcc. A later install with the same key
 copies it instead of compiling. ninja alone cannot tell: it compares file times, and a reinstalled torch
 (a fresh virtual environment, .ci/run) has new header times; an editable install (`pip install -e`) builds
@@ -117,7 +117,7 @@ class CachedBuildExtension(BuildExtension.with_options(use_ninja=True)):
 
     def _key(self, ext) -> str:
         h = hashlib.sha256()
-        for path in sorted((ROOT / "csrc").rglob("*")) + [ROOT / "setup.py"]:
+        for path in sorted([*(ROOT / "csrc").rglob("*"), *(ROOT / "emu").rglob("*")]) + [ROOT / "setup.py"]:
             if path.is_file():
                 h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
         compiler = getattr(self.compiler, "compiler_so", None) or ["c++"]
