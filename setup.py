@@ -79,9 +79,10 @@ with_cuda = why_not_cuda is None
 emulation_sources = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "csrc/emulated").glob("*.cpp"))
 with_emulation = bool(emulation_sources) and cuda_include is not None and (cuda_include / "cuda_bf16.h").exists()
 
-# the glue, schemas and autograd (csrc/*.cpp), the C++ CPU kernel set (csrc/cpu), the emulated kernel set
-# (csrc/emulated) where the CUDA headers are found, the CUDA kernel set (csrc/cuda) where CUDA is built
-sources = sorted(str(p.relative_to(ROOT)) for p in [*(ROOT / "csrc").glob("*.cpp"), *(ROOT / "csrc/cpu").glob("*.cpp")])
+# the glue, schemas and autograd (csrc/*.cpp), each core's host side (csrc/cores), the C++ CPU kernel set
+# (csrc/cpu), the emulated kernel set (csrc/emulated) where the CUDA headers are found, the CUDA kernel set
+# (csrc/cuda) where CUDA is built
+sources = sorted(str(p.relative_to(ROOT)) for d in ("csrc", "csrc/cores", "csrc/cpu") for p in (ROOT / d).glob("*.cpp"))
 cxx_flags = ["-O3", f"-I{ROOT}"]
 archs = os.environ["TORCH_CUDA_ARCH_LIST"] if with_cuda else ""
 defines = [("AX_WITH_CUDA", "1" if with_cuda else "0"), ("AX_CUDA_ARCHS", f'"{archs}"'),

@@ -3,7 +3,7 @@
     import antipasto_ext as ax
     m = ax.DPLRLinear.from_linear(torch.nn.Linear(1024, 2048), r=256, lora_rank=8)
 """
-from . import ops, reference, svd
+from . import ops, reference, svd, variants
 from ._loader import build_info
 from .ablate import AblateLinear
 from .antipasto import AntiPaSTOLinear
@@ -15,4 +15,4 @@ from .rot import RotLinear
 
 __all__ = ["AntiPaSTOLinear", "RotLinear", "AblateLinear", "CorDALinear", "DPLRLinear", "build_info", "ops",
            "reference", "attach", "detach", "calibrate", "save", "load", "merge", "unmerge", "set_coeff", "steer",
-           "adapters", "shares_basis", "basis_differences", "svd"]
+           "adapters", "shares_basis", "basis_differences", "svd", "variants"]

@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from . import _loader, reference
+from . import _loader, ops, reference
 from . import svd as _svd
 
 BACKENDS = ("ext", "eager")
@@ -19,8 +19,9 @@ def check_int_range(name: str, value, lo: int, hi: int):
 class SVDAdapter(nn.Module):
     """Base of the variants: ``out = x W_res^T + b + core(x Vh^T) U^T``.
 
-    Subclasses create their trainable parameters in ``__init__`` and define ``_layer`` (the ext backend's layer op
-    with the variant's core) and ``_eager`` (the reference forward). ``in_basis`` names the input-side basis buffer ("Vh", or
+    Subclasses create their trainable parameters in ``__init__``, name their r-space core (``core``, one of the
+    ops' cores) and define ``_core_args`` (its parameters and option for the ops) and ``_eager`` (the reference
+    forward). ``in_basis`` names the input-side basis buffer ("Vh", or
     "P" for CorDA).
     """
 
@@ -194,7 +195,12 @@ class SVDAdapter(nn.Module):
         return self._layer(*frozen).reshape(*x.shape[:-1], self.out_features)
 
     def _layer(self, x2, W, bias, U, basis) -> torch.Tensor:
-        """x2 W^T + bias + core(x2 basis^T) U^T through the variant's layer op (one op, one autograd node)."""
+        """x2 W^T + bias + core(x2 basis^T) U^T through the layer op (one op, one autograd node)."""
+        params, option = self._core_args()
+        return ops.layer(self.core, x2, W, bias, U, basis, self.S, params, self.coeff, option)[0]
+
+    def _core_args(self):
+        """(params, option) of the variant's r-space core ``self.core`` as the ops take them (antipasto_ext/ops.py)."""
         raise NotImplementedError
 
     def _eager(self, x: torch.Tensor) -> torch.Tensor:

@@ -5,13 +5,15 @@ import math
 import torch
 from torch import nn
 
-from . import ops, reference
+from . import reference
 from ._base import SVDAdapter, check_int_range
 
 
 class AblateLinear(SVDAdapter):
     """Trainable ``c`` (r, k) ~ N(0, 1/sqrt(r)) and ``alpha`` (k,) = init_alpha. With ``cov_orient``,
     ``calibrate`` builds the covariance-oriented basis of CorDA (SPEC §4) instead of choosing directions."""
+
+    core = "ablate"
 
     def __init__(self, in_features, out_features, r, k=1, init_alpha=0.05, coeff=1.0, cov_orient=False,
                  cov_eps=1e-3, *, dtype=None, device=None):
@@ -32,9 +34,8 @@ class AblateLinear(SVDAdapter):
         M = torch.eye(self.r, dtype=self.S.dtype, device=self.S.device) - coeff * (C_hat * self.alpha.to(self.S.dtype).clamp(0, 1)) @ C_hat.T
         return M * self.S
 
-    def _layer(self, x2, W, bias, U, basis):
-        return ops.layer_ablate(x2, W, bias, U, basis, self.S, reference.ablation_basis(self.c),
-                                self.alpha.clamp(0, 1), self.coeff)
+    def _core_args(self):
+        return [reference.ablation_basis(self.c), self.alpha.clamp(0, 1)], 0
 
     def _eager(self, x):
         return reference.antipasto_ablate(x, self.weight, self.bias, self.U, self.S, self.Vh, self.c, self.alpha,

@@ -2,20 +2,22 @@
 import torch
 from torch import nn
 
-from . import ops, reference
+from . import reference
 from ._base import SVDAdapter
 
 
 class AntiPaSTOLinear(SVDAdapter):
     """``out = x W_res^T + b + ((x Vh^T) * S_eff) U^T``; trainable ``g`` (r,), zero at init (identity)."""
 
+    core = "gain"
+
     def __init__(self, in_features, out_features, r, coeff=1.0, suppress_only=False, *, dtype=None, device=None):
         super().__init__(in_features, out_features, r, coeff, dtype=dtype, device=device)
         self.suppress_only = bool(suppress_only)
         self.g = nn.Parameter(torch.zeros(r, dtype=self.S.dtype, device=self.S.device))
 
-    def _layer(self, x2, W, bias, U, basis):
-        return ops.layer_gain(x2, W, bias, U, basis, self.S, self.g, self.coeff, self.suppress_only)
+    def _core_args(self):
+        return [self.g], int(self.suppress_only)
 
     def core_matrix(self, coeff=None):
         """C = diag(S_eff) (Delta W = U C Vh)."""

@@ -10,13 +10,8 @@ from torch import nn
 
 import antipasto_ext as ax
 
-VARIANTS = [
-    ("antipasto", ax.AntiPaSTOLinear, {}),
-    ("antipasto_rot", ax.RotLinear, {"block_size": 4}),
-    ("antipasto_ablate", ax.AblateLinear, {"k": 2}),
-    ("antipasto_corda", ax.CorDALinear, {}),
-    ("antipasto_dplr", ax.DPLRLinear, {"lora_rank": 8}),
-]
+# (research name, class, kwargs) of every variant
+VARIANTS = [(ax.variants.research_name(v.name), v.cls, v.demo) for v in ax.variants.VARIANTS.values()]
 
 
 def step_ms(module, x, target, steps, warmup=2):

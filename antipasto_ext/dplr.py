@@ -4,7 +4,7 @@ import math
 import torch
 from torch import nn
 
-from . import ops, reference
+from . import reference
 from ._base import check_int_range
 from .antipasto import AntiPaSTOLinear
 
@@ -12,6 +12,8 @@ from .antipasto import AntiPaSTOLinear
 class DPLRLinear(AntiPaSTOLinear):
     """``h = p * S_eff + coeff (p A^T) B^T``; trainable ``g`` (r,) = 0, ``A`` (k, r) kaiming-uniform,
     ``B`` (r, k) = 0 (identity at init)."""
+
+    core = "dplr"
 
     def __init__(self, in_features, out_features, r, lora_rank=8, coeff=1.0, suppress_only=False, *, dtype=None,
                  device=None):
@@ -23,8 +25,8 @@ class DPLRLinear(AntiPaSTOLinear):
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.B = nn.Parameter(torch.zeros(r, lora_rank, **kw))
 
-    def _layer(self, x2, W, bias, U, basis):
-        return ops.layer_dplr(x2, W, bias, U, basis, self.S, self.g, self.A, self.B, self.coeff, self.suppress_only)
+    def _core_args(self):
+        return [self.g, self.A, self.B], int(self.suppress_only)
 
     def core_matrix(self, coeff=None):
         """C = diag(S_eff) + coeff B A."""

@@ -28,8 +28,9 @@ import torch
 from torch import nn
 
 from . import svd as _svd
+from . import variants as _variants
 from ._base import SVDAdapter
-from .model import _freeze_base, _occurrences, _progress_layers, _set_submodule, _variant_class, _variant_name
+from .model import _freeze_base, _occurrences, _progress_layers, _set_submodule
 
 FILE_FORMAT = "antipasto_ext.adapters"
 FILE_VERSION = "2"
@@ -125,7 +126,8 @@ def _config(m: SVDAdapter, aliases) -> dict:
     skip = {"self", "in_features", "out_features", "r", "coeff", "dtype", "device"}
     kwargs = {k: getattr(m, k) for k in inspect.signature(type(m).__init__).parameters
               if k not in skip and k in vars(m)}  # init-only arguments (init_alpha) live in the saved tensors
-    return {"variant": _variant_name(m), "r": m.r, "in_features": m.in_features, "out_features": m.out_features,
+    return {"variant": _variants.variant_of(m).name, "r": m.r, "in_features": m.in_features,
+            "out_features": m.out_features,
             "bias": m.bias is not None, "kwargs": kwargs, "coeff": m.coeff,
             "dtype": str(m.weight.dtype).removeprefix("torch."), "merged": m.merged, "backend": m._backend,
             "aliases": list(aliases)}
@@ -258,7 +260,7 @@ def _plan_layer(file: _File, model, name: str, cfg: dict, check_base: bool) -> d
     where = f"{file.path}: layer {name!r}"
     variant = _cfg(file, name, cfg, "variant", str)
     try:
-        cls = _variant_class(variant)
+        cls = _variants.variant(variant).cls
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     r = _cfg(file, name, cfg, "r", int)
@@ -431,7 +433,7 @@ def _build_v1(file: _File, model, name, cfg, check_base):
     the model."""
     where = f"{file.path}: layer {name!r}"
     try:
-        cls = _variant_class(cfg.get("variant"))
+        cls = _variants.variant(cfg.get("variant")).cls
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
     try:
@@ -542,7 +544,7 @@ def _fingerprints(file: _File) -> dict:
     out = {}
     for name, cfg in file.layers.items():
         try:
-            cls = _variant_class(cfg.get("variant"))
+            cls = _variants.variant(cfg.get("variant")).cls
             dims = (cfg["in_features"], cfg["out_features"], cfg["r"], cls.in_basis)
         except (KeyError, ValueError) as e:
             raise ValueError(f"{file.path}: layer {name!r}: bad config ({e})") from None

@@ -21,30 +21,7 @@ from torch import nn
 
 from . import svd as _svd
 from ._base import SVDAdapter
-from .ablate import AblateLinear
-from .antipasto import AntiPaSTOLinear
-from .corda import CorDALinear
-from .dplr import DPLRLinear
-from .rot import RotLinear
-
-VARIANTS = {"antipasto": AntiPaSTOLinear, "rot": RotLinear, "ablate": AblateLinear, "corda": CorDALinear,
-            "dplr": DPLRLinear}
-_NAMES = {cls: name for name, cls in VARIANTS.items()}
-# the research code's names
-_ALIASES = {f"antipasto_{name}": name for name in VARIANTS if name != "antipasto"}
-
-def _variant_class(variant: str):
-    name = _ALIASES.get(variant, variant) if isinstance(variant, str) else None
-    if name not in VARIANTS:
-        raise ValueError(f"unknown variant {variant!r}; expected one of {sorted(VARIANTS) + sorted(_ALIASES)}")
-    return VARIANTS[name]
-
-
-def _variant_name(m: SVDAdapter) -> str:
-    for cls in type(m).__mro__:
-        if cls in _NAMES:
-            return _NAMES[cls]
-    raise ValueError(f"{type(m).__name__} is not one of the variants {sorted(VARIANTS)}")
+from . import variants as _variants
 
 
 def _compile(targets):
@@ -103,7 +80,7 @@ def attach(model: nn.Module, variant: str = "dplr", targets=r"(q|v)_proj$", r: i
     ``svd``: how the top-r basis is computed, "auto" (randomized subspace iteration for large layers, the
     exact SVD otherwise), "exact" or "randomized" (see antipasto_ext.svd). ``progress``: a bar over layers
     on stderr when it is a terminal."""
-    cls = _variant_class(variant)
+    cls = _variants.variant(variant).cls
     pattern = _compile(targets)
     linears = _occurrences(model, nn.Linear)
     matched = {}

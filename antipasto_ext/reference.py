@@ -64,6 +64,21 @@ def ablate_core(p, S, C, a, coeff=1.0):
     return h - coeff * ((h @ C) * a) @ C.T
 
 
+_ROT_SIDES = {0: "none", 1: "V", 2: "U"}
+# core name -> h = core(p, S, params, coeff, option), the ops' argument order (antipasto_ext/ops.py)
+CORES = {
+    "gain": lambda p, S, params, coeff, option: gain_core(p, S, *params, coeff, bool(option)),
+    "rot": lambda p, S, params, coeff, option: rot_core(p, S, *params, coeff, _ROT_SIDES[option]),
+    "dplr": lambda p, S, params, coeff, option: dplr_core(p, S, *params, coeff, bool(option)),
+    "ablate": lambda p, S, params, coeff, option: ablate_core(p, S, *params, coeff),
+}
+
+
+def core(name, p, S, params, coeff=1.0, option=0):
+    """The r-space core ``name`` as the ops take it: ``params`` in the core's order, ``option`` its setting."""
+    return CORES[name](p, S, params, coeff, option)
+
+
 def antipasto(x, weight, bias, U, S, Vh, g, coeff=1.0, suppress_only=False):
     """SPEC §1 (and §4 with Vh = P): out = y_base + ((x Vh^T) * S_eff) U^T."""
     ct = _core_dtype(x, g)

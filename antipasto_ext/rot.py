@@ -14,6 +14,8 @@ ROTATE_BASIS = ("V", "U", "none")
 class RotLinear(SVDAdapter):
     """Trainable ``delta_s`` (r,) ~ N(4e-4, 4e-4) and ``rot_T`` (r / block_size, bs (bs - 1) / 2) = 0."""
 
+    core = "rot"
+
     def __init__(self, in_features, out_features, r, block_size=4, max_rotation_angle=0.5, rotate_basis="V",
                  coeff=1.0, *, dtype=None, device=None):
         super().__init__(in_features, out_features, r, coeff, dtype=dtype, device=device)
@@ -61,9 +63,9 @@ class RotLinear(SVDAdapter):
                 self._rotation_cache = (key, self.rotation())
         return self._rotation_cache[1]
 
-    def _layer(self, x2, W, bias, U, basis):
+    def _core_args(self):
         R = self.S.new_empty(0) if self.rot_T is None else self._forward_rotation()
-        return ops.layer_rot(x2, W, bias, U, basis, self.S, self.delta_s, R, self.coeff, self.rotate_basis)
+        return [self.delta_s, R], ops.ROT_SIDES[self.rotate_basis]
 
     def _eager(self, x):
         return reference.antipasto_rot(x, self.weight, self.bias, self.U, self.S, self.Vh, self.delta_s, self.rot_T,

@@ -390,9 +390,9 @@ def profile_calls(fns: dict, device, calls: int = 3, trace_path: Path | None = N
 
 # ----------------------------------------------------------------------------------------- builders
 
-VARIANTS = ("antipasto", "antipasto_rot", "antipasto_ablate", "antipasto_corda", "antipasto_dplr")
-CLASSES = {"antipasto": ax.AntiPaSTOLinear, "antipasto_rot": ax.RotLinear, "antipasto_ablate": ax.AblateLinear,
-           "antipasto_corda": ax.CorDALinear, "antipasto_dplr": ax.DPLRLinear}
+# every variant by its research name (antipasto_rot, ...), from the registry
+CLASSES = {ax.variants.research_name(v.name): v.cls for v in ax.variants.VARIANTS.values()}
+VARIANTS = tuple(CLASSES)
 
 
 @dataclasses.dataclass

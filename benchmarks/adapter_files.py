@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
 from _common import ax  # noqa: E402
 
-VARIANTS = ["antipasto", "rot", "ablate", "corda", "dplr"]
+VARIANTS = list(ax.variants.VARIANTS)
 MINILM_TARGETS = r"encoder\..*(query|value|dense)$"  # the example of docs/model_level.md: 30 layers
 LLAMA_TARGETS = r"(q|k|v|o|gate|up|down)_proj$"  # every linear of the decoder layers: 112
 LLAMA_1B = dict(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,

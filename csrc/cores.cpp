@@ -1,116 +1,79 @@
-// Packing of each core (csrc/cores.h): one function per core, and the name table.
+// The registry of the cores' host sides (csrc/cores/core_host.h) and the packing entry points of csrc/cores.h.
 #include "csrc/cores.h"
 
+#include <array>
+#include <cmath>
 #include <string>
 
 #include "csrc/checks.h"
+#include "csrc/cores/core_host.h"
 
 namespace ax {
 namespace {
 
-// Collects the accumulator copies and the gradient layout while a core's pack function checks its inputs.
-class Packer {
- public:
-  Packer(const CoreInputs& in, const at::Device& device, at::ScalarType acc) : in_(in), device_(device), acc_(acc) {
-    out_.params.core = in.core;
-    out_.params.r = in.S.size(0);
-    out_.params.coeff = in.coeff;
-    out_.params.S = keep(in.S);
-  }
-  int64_t r() const { return out_.params.r; }
-  const at::Tensor& raw(size_t i) const { return in_.params[i]; }
-
-  // Parameter i, called `name` in errors, must have `shape`; `grad`: the kernels write its gradient next.
-  const void* param(size_t i, const char* name, at::IntArrayRef shape, bool grad = true) {
-    const at::Tensor& t = in_.params[i];
-    check_float(t, name);
-    TORCH_CHECK(t.sizes() == shape, "antipasto_ext: ", name, " must have shape ", shape, ", got ", t.sizes());
-    TORCH_CHECK(t.device() == device_, "antipasto_ext: ", name, " is on ", t.device(), " but the activations are on ",
-                device_);
-    if (grad) out_.grads.emplace_back(i, t.numel());
-    return keep(t);
-  }
-  void count(size_t n, const char* names) {
-    TORCH_CHECK(in_.params.size() == n, "antipasto_ext: the ", core_name(), " core takes ", n, " parameter(s) (",
-                names, "), got ", in_.params.size());
-  }
-  const char* core_name() const {
-    static const char* names[] = {"gain", "rot", "dplr", "ablate"};
-    return names[int(in_.core)];
-  }
-  CoreParams& params() { return out_.params; }
-  PackedCore done() { return std::move(out_); }
-
- private:
-  const void* keep(const at::Tensor& t) {
-    out_.keep.push_back(t.to(acc_).contiguous());
-    return out_.keep.back().data_ptr();
-  }
-  const CoreInputs& in_;
-  at::Device device_;
-  at::ScalarType acc_;
-  PackedCore out_;
-};
-
-void pack_gain(Packer& p, int64_t option) {
-  p.count(1, "g");
-  CoreParams& c = p.params();
-  c.suppress_only = option != 0;
-  c.g = p.param(0, "g", {p.r()});
+// Indexed by Core; an entry with no name is a core without a registered host side.
+std::array<CoreHost, kCoreCount>& registry() {
+  static std::array<CoreHost, kCoreCount> r{};
+  return r;
 }
 
-void pack_rot(Packer& p, int64_t option) {
-  p.count(2, "delta_s, R");
-  CoreParams& c = p.params();
-  TORCH_CHECK(option == kRotNone || option == kRotV || option == kRotU,
-              "antipasto_ext: side must be 0 (none), 1 (V) or 2 (U), got ", option);
-  c.side = int(option);
-  c.g = p.param(0, "delta_s", {p.r()});
-  if (c.side == kRotNone) return;
-  const at::Tensor& R = p.raw(1);
-  check_float(R, "R");
-  const int64_t bs = R.dim() == 3 ? R.size(1) : 0;
-  TORCH_CHECK(R.dim() == 3 && R.size(1) == R.size(2) && bs >= 2 && bs * R.size(0) == p.r(),
-              "antipasto_ext: R must have shape (r / block_size, block_size, block_size) with r = ", p.r(), ", got ",
-              R.sizes());
-  c.bs = bs;
-  c.R = p.param(1, "R", R.sizes());
-}
-
-void pack_dplr(Packer& p, int64_t option) {
-  p.count(3, "g, A, B");
-  CoreParams& c = p.params();
-  const at::Tensor& A = p.raw(1);
-  const int64_t r = p.r(), k = A.dim() == 2 ? A.size(0) : 0;
-  TORCH_CHECK(k >= 1, "antipasto_ext: A must have shape (k, r) with k >= 1 and r = ", r, ", got ", A.sizes());
-  c.suppress_only = option != 0;
-  c.k = k;
-  c.g = p.param(0, "g", {r});
-  c.A = p.param(1, "A", {k, r});
-  c.B = p.param(2, "B", {r, k});
-}
-
-void pack_ablate(Packer& p, int64_t option) {
-  p.count(2, "C, a");
-  TORCH_CHECK(option == 0, "antipasto_ext: the ablate core has no option, got ", option);
-  CoreParams& c = p.params();
-  const at::Tensor& C = p.raw(0);
-  const int64_t r = p.r(), k = C.dim() == 2 ? C.size(1) : 0;
-  TORCH_CHECK(k >= 1, "antipasto_ext: C must have shape (r, k) with k >= 1 and r = ", r, ", got ", C.sizes());
-  c.k = k;
-  c.A = p.param(0, "C", {r, k});
-  c.a = p.param(1, "a", {k});
+std::string known_names() {
+  std::string s;
+  for (const CoreHost& h : registry())
+    if (h.name) s += (s.empty() ? "'" : ", '") + std::string(h.name) + "'";
+  return s;
 }
 
 }  // namespace
 
-Core core_named(c10::string_view name) {
-  if (name == "gain") return Core::gain;
-  if (name == "rot") return Core::rot;
-  if (name == "dplr") return Core::dplr;
-  TORCH_CHECK(name == "ablate", "antipasto_ext: core must be 'gain', 'rot', 'dplr' or 'ablate', got '",
-              std::string(name), "'");
-  return Core::ablate;
+bool register_core(const CoreHost& host) {
+  TORCH_CHECK(int(host.core) >= 0 && int(host.core) < kCoreCount && registry()[int(host.core)].name == nullptr,
+              "antipasto_ext: core ", host.name, " registered twice or out of range (kCoreCount in api.h)");
+  registry()[int(host.core)] = host;
+  return true;
+}
+
+const CoreHost& core_host(Core c) {
+  TORCH_CHECK(int(c) >= 0 && int(c) < kCoreCount && registry()[int(c)].name != nullptr, "antipasto_ext: core ", int(c),
+              " has no host side (csrc/cores/*.cpp)");
+  return registry()[int(c)];
+}
+
+const CoreHost& core_host(c10::string_view name) {
+  for (const CoreHost& h : registry())
+    if (h.name && name == h.name) return h;
+  TORCH_CHECK(false, "antipasto_ext: core must be one of ", known_names(), ", got '", std::string(name), "'");
+  return registry()[0];  // not reached
+}
+
+Core core_named(c10::string_view name) { return core_host(name).core; }
+
+Packer::Packer(const CoreInputs& in, const at::Device& device, at::ScalarType acc)
+    : in_(in), device_(device), acc_(acc) {
+  out_.params.core = in.core;
+  out_.params.r = in.S.size(0);
+  out_.params.coeff = in.coeff;
+  out_.params.S = keep(in.S);
+}
+
+const void* Packer::param(size_t i, const char* name, at::IntArrayRef shape, bool grad) {
+  const at::Tensor& t = in_.params[i];
+  check_float(t, name);
+  TORCH_CHECK(t.sizes() == shape, "antipasto_ext: ", name, " must have shape ", shape, ", got ", t.sizes());
+  TORCH_CHECK(t.device() == device_, "antipasto_ext: ", name, " is on ", t.device(), " but the activations are on ",
+              device_);
+  if (grad) out_.grads.emplace_back(i, t.numel());
+  return keep(t);
+}
+
+void Packer::count(size_t n, const char* names) const {
+  TORCH_CHECK(in_.params.size() == n, "antipasto_ext: the ", core_host(in_.core).name, " core takes ", n,
+              " parameter(s) (", names, "), got ", in_.params.size());
+}
+
+const void* Packer::keep(const at::Tensor& t) {
+  out_.keep.push_back(t.to(acc_).contiguous());
+  return out_.keep.back().data_ptr();
 }
 
 PackedCore pack_core(const CoreInputs& in, const at::Device& device, at::ScalarType acc) {
@@ -120,12 +83,7 @@ PackedCore pack_core(const CoreInputs& in, const at::Device& device, at::ScalarT
   TORCH_CHECK(in.S.device() == device, "antipasto_ext: S is on ", in.S.device(), " but the activations are on ", device);
   TORCH_CHECK(std::isfinite(in.coeff), "antipasto_ext: coeff must be finite, got ", in.coeff);
   Packer p(in, device, acc);
-  switch (in.core) {
-    case Core::gain: pack_gain(p, in.option); break;
-    case Core::rot: pack_rot(p, in.option); break;
-    case Core::dplr: pack_dplr(p, in.option); break;
-    case Core::ablate: pack_ablate(p, in.option); break;
-  }
+  core_host(in.core).pack(p, in.option);
   return p.done();
 }
 

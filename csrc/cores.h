@@ -10,8 +10,9 @@
 //   dplr     [g, A, B]            suppress_only    dg | dA | dB
 //   ablate   [C, a]               0                dC | da
 //
-// A core is packed in one function (csrc/cores.cpp): it checks the parameters' shapes (naming them) and
-// device, and lists the gradients the kernels write, in dparams order.
+// Each core's host side is one file, csrc/cores/<core>.cpp (csrc/cores/core_host.h): its packing, which checks
+// the parameters' shapes (naming them) and device and lists the gradients the kernels write, in dparams order;
+// and its C++ CPU kernels.
 #pragma once
 
 #include <ATen/ATen.h>

@@ -15,19 +15,9 @@ from torch import nn
 import antipasto_ext as ax
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = {  # name: (attach variant, kwargs)
-    "antipasto": ("antipasto", {}),
-    "antipasto_suppress": ("antipasto", {"suppress_only": True}),
-    "rot_V": ("rot", {"block_size": 4}),
-    "rot_U": ("antipasto_rot", {"block_size": 2, "rotate_basis": "U"}),
-    "rot_none": ("rot", {"rotate_basis": "none"}),
-    "ablate": ("ablate", {}),
-    "ablate_k3_cov": ("antipasto_ablate", {"k": 3, "cov_orient": True}),
-    "corda": ("corda", {}),
-    "dplr": ("dplr", {"lora_rank": 3}),
-}
-IDENTITY_AT_INIT = {"antipasto", "antipasto_suppress", "corda", "dplr"}
-FIVE = ["antipasto", "rot", "ablate", "corda", "dplr"]
+VARIANTS = ax.variants.EXAMPLES  # example name: (attach variant, kwargs)
+IDENTITY_AT_INIT = {ex for ex, (v, _) in VARIANTS.items() if ax.variants.VARIANTS[v].identity_at_init}
+FIVE = list(ax.variants.VARIANTS)
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -360,7 +350,7 @@ def test_merged_state_dict_says_it_is_merged():
 def test_core_matrix_is_the_forward_core():
     """x W_res^T + b + x Vh^T C^T U^T equals the forward, for every variant at a few coeffs."""
     for variant, (name, kw) in VARIANTS.items():
-        cls = ax.model._variant_class(name)
+        cls = ax.variants.variant(name).cls
         m = cls.from_linear(nn.Linear(20, 16).double(), r=8, **kw)
         with torch.no_grad():
             for p in m.parameters():

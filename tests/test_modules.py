@@ -9,20 +9,11 @@ from torch import nn
 import antipasto_ext as ax
 from conftest import DEVICES, ENGINES, assert_close
 
-VARIANTS = {
-    "antipasto": (ax.AntiPaSTOLinear, {}),
-    "antipasto_suppress": (ax.AntiPaSTOLinear, {"suppress_only": True}),
-    "rot_V": (ax.RotLinear, {"block_size": 4}),
-    "rot_U": (ax.RotLinear, {"block_size": 2, "rotate_basis": "U"}),
-    "rot_none": (ax.RotLinear, {"block_size": 4, "rotate_basis": "none"}),
-    "ablate": (ax.AblateLinear, {"k": 1}),
-    "ablate_k3": (ax.AblateLinear, {"k": 3}),
-    "corda": (ax.CorDALinear, {}),
-    "dplr": (ax.DPLRLinear, {"lora_rank": 3}),
-}
+# every example configuration of the registry: name -> (class, kwargs)
+VARIANTS = {ex: (ax.variants.VARIANTS[v].cls, kw) for ex, (v, kw) in ax.variants.EXAMPLES.items()}
 # (d_in, d_out, r, leading shape of x)
 SHAPES = [(24, 20, 12, (7,)), (37, 29, 20, (2, 3)), (16, 40, 16, (1, 2, 5))]
-IDENTITY_AT_INIT = {"antipasto", "antipasto_suppress", "corda", "dplr"}
+IDENTITY_AT_INIT = {ex for ex, (v, _) in ax.variants.EXAMPLES.items() if ax.variants.VARIANTS[v].identity_at_init}
 
 
 def make(variant, d_in, d_out, r, dtype=torch.float32, device="cpu", perturb=True):

@@ -1,7 +1,8 @@
 """Every op registered under antipasto_ext:: has its Python wrapper (antipasto_ext.ops.OPS), a fake kernel that
 traces, autograd (C++, or the refusal of double backward), and a kernel for every engine: the C++ CPU kernels, the
 emulated CUDA kernels (which must launch at least one emulated kernel) and, when built, CUDA. An op added without
-one of these, or without a sample below, fails here."""
+one of these, or without a sample below, fails here. And the core of every variant of the registry, as its module
+hands it to the ops, matches the float64 reference on every engine."""
 import pytest
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
@@ -60,3 +61,32 @@ def test_op_has_wrapper_fake_autograd_and_kernels(name, monkeypatch):
         launched = _C._emulator_launch_log(False)
         assert launched, f"{name} launched no emulated kernel on the cuda-emulated engine"
         assert shapes(emulated) == shapes(real)
+
+
+@pytest.mark.parametrize("example", sorted(ax.variants.EXAMPLES))
+def test_every_variant_core_matches_the_reference(example, engine):
+    """The core of every registry example, as its module hands it to the ops (_core_args), against
+    reference.core in float64: forward and the gradient of p and of every parameter. A new variant is tested
+    here without a new test case."""
+    name, kw = ax.variants.EXAMPLES[example]
+    m = ax.variants.VARIANTS[name].cls(24, 20, 12, **kw)
+    with torch.no_grad():
+        for t in m.parameters():
+            if t.requires_grad:
+                t.add_(torch.randn_like(t) * 0.3)
+    params, option = m._core_args()
+    params = [t.detach().double().requires_grad_() for t in params]
+    params_ref = [t.detach().clone().requires_grad_() for t in params]
+    S = m.S.double()
+    p = torch.randn(7, 12, dtype=torch.float64, requires_grad=True)
+    p_ref = p.detach().clone().requires_grad_()
+    h = ops.core(m.core, p, S, params, 0.8, option)
+    h_ref = ax.reference.core(m.core, p_ref, S, params_ref, 0.8, option)
+    torch.testing.assert_close(h, h_ref, rtol=1e-10, atol=1e-12)
+    grad = torch.randn_like(h)
+    h.backward(grad)
+    h_ref.backward(grad)
+    torch.testing.assert_close(p.grad, p_ref.grad, rtol=1e-10, atol=1e-12)
+    for t, t_ref in zip(params, params_ref):
+        if t.numel():
+            torch.testing.assert_close(t.grad, t_ref.grad, rtol=1e-10, atol=1e-12)
