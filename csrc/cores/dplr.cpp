@@ -20,76 +20,51 @@ void pack(Packer& p, int64_t option) {
   c.B = p.param(2, "B", {r, k});
 }
 
-// t = A p; h = p * s + coeff Bt^T t.
-template <typename acc_t>
-void row_forward(const acc_t* p, const acc_t* s, const acc_t* A, const acc_t* Bt, acc_t coeff, int64_t r, int64_t k,
-                 acc_t* h) {
-  for (int64_t j = 0; j < r; ++j) h[j] = p[j] * s[j];
-  for (int64_t m = 0; m < k; ++m) cpu::axpy(coeff * cpu::dot(p, A + m * r, r), Bt + m * r, r, h);
-}
-// u = coeff Bt dh; dp = dh * s + A^T u; ds += dh * p; dA += u p^T; dBt += coeff t dh^T.
-template <typename acc_t>
-void row_backward(const acc_t* dh, const acc_t* p, const acc_t* s, const acc_t* A, const acc_t* Bt, acc_t coeff,
-                  int64_t r, int64_t k, acc_t* dp, acc_t* ds, acc_t* dA, acc_t* dBt) {
-  for (int64_t j = 0; j < r; ++j) {
-    dp[j] = dh[j] * s[j];
-    ds[j] += dh[j] * p[j];
-  }
-  for (int64_t m = 0; m < k; ++m) {
-    const acc_t t = cpu::dot(p, A + m * r, r), u = coeff * cpu::dot(dh, Bt + m * r, r);
-    cpu::axpy(u, A + m * r, r, dp);
-    cpu::axpy(u, p, r, dA + m * r);
-    cpu::axpy(coeff * t, dh, r, dBt + m * r);
-  }
-}
-
 void forward(const CoreCall& call) {
-  cpu::dispatch_dtype(call.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using acc_t = cpu::acc_of<T>;
-    const CoreParams& c = call.core;
-    const int64_t r = c.r, k = c.k;
-    const T* x = static_cast<const T*>(call.p);
-    T* h = static_cast<T*>(call.h);
-    const std::vector<acc_t> s = cpu::gain_scales<acc_t>(c, nullptr);
-    const acc_t* A = static_cast<const acc_t*>(c.A);
-    const std::vector<acc_t> Bt = cpu::transposed(static_cast<const acc_t*>(c.B), r, k);
-    cpu::for_rows<acc_t>(call.n, 2 * r * k + r, 2 * r, [&](int64_t i, acc_t* w) {
-      cpu::load_row(x + i * r, r, w);
-      row_forward(w, s.data(), A, Bt.data(), acc_t(c.coeff), r, k, w + r);
-      cpu::store_row(w + r, r, h + i * r);
-    });
+  const CoreParams& c = call.core;
+  const int64_t r = c.r, k = c.k;
+  cpu::forward_rows(call, 2 * r * k + r, 0, [&](auto acc) {
+    using A = decltype(acc);
+    // t = A p; h = p * s + coeff Bt^T t
+    return [=, s = cpu::gain_scales<A>(c, nullptr), Am = static_cast<const A*>(c.A),
+            Bt = cpu::transposed(static_cast<const A*>(c.B), r, k), coeff = A(c.coeff)](const A* p, A* h, A*) {
+      for (int64_t j = 0; j < r; ++j) h[j] = p[j] * s[j];
+      for (int64_t m = 0; m < k; ++m) cpu::axpy(coeff * cpu::dot(p, Am + m * r, r), Bt.data() + m * r, r, h);
+    };
   });
 }
 
 void backward(const CoreCall& call) {
-  cpu::dispatch_dtype(call.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using acc_t = cpu::acc_of<T>;
-    const CoreParams& c = call.core;
-    const int64_t r = c.r, k = c.k;
-    const T *x = static_cast<const T*>(call.p), *dy = static_cast<const T*>(call.grad_h);
-    T* dp = static_cast<T*>(call.dp);
-    acc_t* tot = static_cast<acc_t*>(call.dparams);
-    std::vector<acc_t> dscale;
-    const std::vector<acc_t> s = cpu::gain_scales<acc_t>(c, &dscale);
-    const acc_t* A = static_cast<const acc_t*>(c.A);
-    const std::vector<acc_t> Bt = cpu::transposed(static_cast<const acc_t*>(c.B), r, k);
-    // partial layout: ds (r) | dA (k r) | dB^T (k r)
-    std::vector<acc_t> all(static_cast<size_t>(r + 2 * k * r));
-    cpu::reduce_rows<acc_t>(call.n, 5 * r * k + 2 * r, r + 2 * k * r, 3 * r, all.data(),
-                            [&](int64_t i, acc_t* w, acc_t* part) {
-                              cpu::load_row(x + i * r, r, w);
-                              cpu::load_row(dy + i * r, r, w + r);
-                              row_backward(w + r, w, s.data(), A, Bt.data(), acc_t(c.coeff), r, k, w + 2 * r, part,
-                                           part + r, part + r + k * r);
-                              cpu::store_row(w + 2 * r, r, dp + i * r);
-                            });
-    for (int64_t j = 0; j < r; ++j) tot[j] = all[j] * dscale[j];
-    std::copy(all.begin() + r, all.begin() + r + k * r, tot + r);
-    const acc_t* dBt = all.data() + r + k * r;
-    for (int64_t j = 0; j < r; ++j)
-      for (int64_t m = 0; m < k; ++m) tot[r + k * r + j * k + m] = dBt[m * r + j];
+  const CoreParams& c = call.core;
+  const int64_t r = c.r, k = c.k;
+  // partial layout: ds (r) | dA (k r) | dB^T (k r)
+  cpu::backward_rows(call, 5 * r * k + 2 * r, r + 2 * k * r, 0, [&](auto acc) {
+    using A = decltype(acc);
+    std::vector<A> dscale;
+    std::vector<A> s = cpu::gain_scales<A>(c, &dscale);
+    // u = coeff Bt dh; dp = dh * s + A^T u; ds += dh * p; dA += u p^T; dBt += coeff t dh^T
+    auto row = [=, Am = static_cast<const A*>(c.A), Bt = cpu::transposed(static_cast<const A*>(c.B), r, k),
+                coeff = A(c.coeff)](const A* p, const A* dh, A* dp, A*, A* part) {
+      A *ds = part, *dA = part + r, *dBt = part + r + k * r;
+      for (int64_t j = 0; j < r; ++j) {
+        dp[j] = dh[j] * s[j];
+        ds[j] += dh[j] * p[j];
+      }
+      for (int64_t m = 0; m < k; ++m) {
+        const A t = cpu::dot(p, Am + m * r, r), u = coeff * cpu::dot(dh, Bt.data() + m * r, r);
+        cpu::axpy(u, Am + m * r, r, dp);
+        cpu::axpy(u, p, r, dA + m * r);
+        cpu::axpy(coeff * t, dh, r, dBt + m * r);
+      }
+    };
+    auto finish = [=](const A* total, A* dparams) {
+      for (int64_t j = 0; j < r; ++j) dparams[j] = total[j] * dscale[j];
+      std::copy(total + r, total + r + k * r, dparams + r);
+      const A* dBt = total + r + k * r;
+      for (int64_t j = 0; j < r; ++j)
+        for (int64_t m = 0; m < k; ++m) dparams[r + k * r + j * k + m] = dBt[m * r + j];
+    };
+    return std::make_pair(row, finish);
   });
 }
 

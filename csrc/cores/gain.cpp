@@ -15,40 +15,24 @@ void pack(Packer& p, int64_t option) {
 }
 
 void forward(const CoreCall& call) {
-  cpu::dispatch_dtype(call.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using acc_t = cpu::acc_of<T>;
-    const CoreParams& c = call.core;
-    const int64_t r = c.r;
-    const T* x = static_cast<const T*>(call.p);
-    T* h = static_cast<T*>(call.h);
-    const std::vector<acc_t> s = cpu::gain_scales<acc_t>(c, nullptr);
-    cpu::for_rows<acc_t>(call.n, r, 2 * r, [&](int64_t i, acc_t* w) {
-      cpu::load_row(x + i * r, r, w);
-      gain_row_forward(w, s.data(), int(r), w + r);
-      cpu::store_row(w + r, r, h + i * r);
-    });
+  const int r = int(call.core.r);
+  cpu::forward_rows(call, r, 0, [&](auto acc) {
+    using A = decltype(acc);
+    return [r, s = cpu::gain_scales<A>(call.core, nullptr)](const A* p, A* h, A*) { gain_row_forward(p, s.data(), r, h); };
   });
 }
 
 void backward(const CoreCall& call) {
-  cpu::dispatch_dtype(call.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using acc_t = cpu::acc_of<T>;
-    const CoreParams& c = call.core;
-    const int64_t r = c.r;
-    const T *x = static_cast<const T*>(call.p), *dy = static_cast<const T*>(call.grad_h);
-    T* dp = static_cast<T*>(call.dp);
-    acc_t* tot = static_cast<acc_t*>(call.dparams);
-    std::vector<acc_t> dscale;
-    const std::vector<acc_t> s = cpu::gain_scales<acc_t>(c, &dscale);
-    cpu::reduce_rows<acc_t>(call.n, 2 * r, r, 3 * r, tot, [&](int64_t i, acc_t* w, acc_t* part) {
-      cpu::load_row(x + i * r, r, w);
-      cpu::load_row(dy + i * r, r, w + r);
-      gain_row_backward(w + r, w, s.data(), int(r), w + 2 * r, part);
-      cpu::store_row(w + 2 * r, r, dp + i * r);
-    });
-    for (int64_t j = 0; j < r; ++j) tot[j] *= dscale[j];
+  const int r = int(call.core.r);
+  cpu::backward_rows(call, 2 * r, r, 0, [&](auto acc) {
+    using A = decltype(acc);
+    std::vector<A> dscale;
+    std::vector<A> s = cpu::gain_scales<A>(call.core, &dscale);
+    auto row = [r, s](const A* p, const A* dh, A* dp, A*, A* part) { gain_row_backward(dh, p, s.data(), r, dp, part); };
+    auto finish = [r, dscale](const A* total, A* dparams) {
+      for (int j = 0; j < r; ++j) dparams[j] = total[j] * dscale[j];
+    };
+    return std::make_pair(row, finish);
   });
 }
 

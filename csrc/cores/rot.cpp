@@ -27,6 +27,7 @@ void pack(Packer& p, int64_t option) {
   c.R = p.param(1, "R", R.sizes());
 }
 
+// s = S + coeff delta_s.
 template <typename acc_t>
 std::vector<acc_t> scales(const CoreParams& c) {
   const acc_t *S = static_cast<const acc_t*>(c.S), *ds = static_cast<const acc_t*>(c.g);
@@ -35,49 +36,35 @@ std::vector<acc_t> scales(const CoreParams& c) {
   return s;
 }
 
+// A constant block size unrolls the per-block loops (2, 3, 4, 8).
 void forward(const CoreCall& call) {
-  cpu::dispatch_dtype(call.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using acc_t = cpu::acc_of<T>;
-    const CoreParams& c = call.core;
-    const int64_t r = c.r;
-    const T* x = static_cast<const T*>(call.p);
-    T* h = static_cast<T*>(call.h);
-    const std::vector<acc_t> s = scales<acc_t>(c);
-    const acc_t* R = static_cast<const acc_t*>(c.R);
-    cpu::with_block_size(c.bs, [&](auto BS) {  // a constant block size unrolls the per-block loops
-      cpu::for_rows<acc_t>(call.n, r * c.bs + r, 2 * r, [&](int64_t i, acc_t* w) {
-        cpu::load_row(x + i * r, r, w);
-        rot_row_forward(w, s.data(), R, c.side, int(r), int(BS), w + r);
-        cpu::store_row(w + r, r, h + i * r);
-      });
+  const CoreParams& c = call.core;
+  const int r = int(c.r), side = c.side;
+  cpu::with_block_size(c.bs, [&](auto BS) {
+    cpu::forward_rows(call, r * c.bs + r, 0, [&](auto acc) {
+      using A = decltype(acc);
+      return [=, R = static_cast<const A*>(c.R), s = scales<A>(c)](const A* p, A* h, A*) {
+        rot_row_forward(p, s.data(), R, side, r, int(BS), h);
+      };
     });
   });
 }
 
 void backward(const CoreCall& call) {
-  cpu::dispatch_dtype(call.dtype, [&](auto tag) {
-    using T = decltype(tag);
-    using acc_t = cpu::acc_of<T>;
-    const CoreParams& c = call.core;
-    const int64_t r = c.r;
-    const T *x = static_cast<const T*>(call.p), *dy = static_cast<const T*>(call.grad_h);
-    T* dp = static_cast<T*>(call.dp);
-    acc_t* tot = static_cast<acc_t*>(call.dparams);
-    const std::vector<acc_t> s = scales<acc_t>(c);
-    const acc_t* R = static_cast<const acc_t*>(c.R);
-    const int64_t n_rot = c.side == kRotNone ? 0 : r * c.bs;  // partial layout: ds (r) | dR (n_blocks bs bs)
-    cpu::with_block_size(c.bs, [&](auto BS) {
-      cpu::reduce_rows<acc_t>(call.n, 3 * r * c.bs + 2 * r, r + n_rot, 3 * r + c.bs, tot,
-                              [&](int64_t i, acc_t* w, acc_t* part) {
-                                cpu::load_row(x + i * r, r, w);
-                                cpu::load_row(dy + i * r, r, w + r);
-                                rot_row_backward(w + r, w, s.data(), R, c.side, int(r), int(BS), w + 3 * r,
-                                                 w + 2 * r, part, part + r);
-                                cpu::store_row(w + 2 * r, r, dp + i * r);
-                              });
+  const CoreParams& c = call.core;
+  const int r = int(c.r), side = c.side;
+  const int64_t n_part = r + (side == kRotNone ? 0 : r * c.bs);  // ds (r) | dR (n_blocks bs bs)
+  cpu::with_block_size(c.bs, [&](auto BS) {
+    cpu::backward_rows(call, 3 * r * c.bs + 2 * r, n_part, c.bs, [&](auto acc) {
+      using A = decltype(acc);
+      auto row = [=, R = static_cast<const A*>(c.R), s = scales<A>(c)](const A* p, const A* dh, A* dp, A* q, A* part) {
+        rot_row_backward(dh, p, s.data(), R, side, r, int(BS), q, dp, part, part + r);
+      };
+      auto finish = [=, coeff = A(c.coeff)](const A* total, A* dparams) {
+        for (int64_t j = 0; j < n_part; ++j) dparams[j] = j < r ? total[j] * coeff : total[j];
+      };
+      return std::make_pair(row, finish);
     });
-    for (int64_t j = 0; j < r; ++j) tot[j] *= acc_t(c.coeff);
   });
 }
 

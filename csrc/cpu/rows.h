@@ -124,5 +124,47 @@ void dispatch_dtype(DType d, const Fn& fn) {
   throw std::invalid_argument("antipasto_ext CPU kernels: unknown dtype code " + std::to_string(int(d)));
 }
 
+// A core's forward on the CPU, one call per row in the accumulation type: make(acc_t{}) returns the row function
+// h_row(p, h, scratch) (p and h r accumulators, `n_scratch` of scratch); `row_cost` sizes the parallel tasks.
+template <typename Make>
+void forward_rows(const CoreCall& call, int64_t row_cost, int64_t n_scratch, const Make& make) {
+  dispatch_dtype(call.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = acc_of<T>;
+    const int64_t r = call.core.r;
+    const T* x = static_cast<const T*>(call.p);
+    T* h = static_cast<T*>(call.h);
+    const auto row = make(acc_t{});
+    for_rows<acc_t>(call.n, row_cost, 2 * r + n_scratch, [&](int64_t i, acc_t* w) {
+      load_row(x + i * r, r, w);
+      row(w, w + r, w + 2 * r);
+      store_row(w + r, r, h + i * r);
+    });
+  });
+}
+
+// A core's backward on the CPU: make(acc_t{}) returns the pair (row, finish): row(p, dh, dp, scratch, partial)
+// writes the row's dp and adds its contribution to the n_partial partial sums (reduced in fixed chunks), and
+// finish(total, dparams) turns their sum into the core's dparams (chain-rule factors, layouts).
+template <typename Make>
+void backward_rows(const CoreCall& call, int64_t row_cost, int64_t n_partial, int64_t n_scratch, const Make& make) {
+  dispatch_dtype(call.dtype, [&](auto tag) {
+    using T = decltype(tag);
+    using acc_t = acc_of<T>;
+    const int64_t r = call.core.r;
+    const T *x = static_cast<const T*>(call.p), *dy = static_cast<const T*>(call.grad_h);
+    T* dp = static_cast<T*>(call.dp);
+    const auto [row, finish] = make(acc_t{});
+    std::vector<acc_t> total(static_cast<size_t>(n_partial));
+    reduce_rows<acc_t>(call.n, row_cost, n_partial, 3 * r + n_scratch, total.data(), [&](int64_t i, acc_t* w, acc_t* part) {
+      load_row(x + i * r, r, w);
+      load_row(dy + i * r, r, w + r);
+      row(w, w + r, w + 2 * r, w + 3 * r, part);
+      store_row(w + 2 * r, r, dp + i * r);
+    });
+    finish(total.data(), static_cast<acc_t*>(call.dparams));
+  });
+}
+
 }  // namespace cpu
 }  // namespace ax
