@@ -254,6 +254,19 @@ def _target_weight(target) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------ load (version 2)
 
 
+def _target(model, name: str, cfg: dict, where: str):
+    """The model's module the file's layer `name` (and its aliases) goes to: an nn.Linear or an adapter."""
+    try:
+        target = model.get_submodule(name)
+        for alias in cfg.get("aliases", []):
+            model.get_submodule(alias)
+    except AttributeError as e:
+        raise ValueError(f"{where}: no such module in the model ({e})") from None
+    if not isinstance(target, (nn.Linear, SVDAdapter)):
+        raise ValueError(f"{where}: expected an nn.Linear (or an adapter), found {type(target).__name__}")
+    return target
+
+
 def _plan_layer(file: _File, model, name: str, cfg: dict, check_base: bool) -> dict:
     """Everything about one layer that can be checked, computed without touching the model (the basis to
     use, the SVD split to replay, the tensors of the core); raises ValueError naming file and layer."""
@@ -275,14 +288,7 @@ def _plan_layer(file: _File, model, name: str, cfg: dict, check_base: bool) -> d
         raise ValueError(f"{where}: bad config, dtype {cfg['dtype']!r}")
     if source not in ("svd", "file"):
         raise ValueError(f"{where}: bad config, basis {source!r} (expected 'svd' or 'file')")
-    try:
-        target = model.get_submodule(name)
-        for alias in cfg.get("aliases", []):
-            model.get_submodule(alias)
-    except AttributeError as e:
-        raise ValueError(f"{where}: no such module in the model ({e})") from None
-    if not isinstance(target, (nn.Linear, SVDAdapter)):
-        raise ValueError(f"{where}: expected an nn.Linear (or an adapter), found {type(target).__name__}")
+    target = _target(model, name, cfg, where)
     if (target.in_features, target.out_features) != shape:
         raise ValueError(f"{where}: the file's layer is (in_features, out_features)={shape}, the model's is "
                          f"{(target.in_features, target.out_features)}")
@@ -436,14 +442,7 @@ def _build_v1(file: _File, model, name, cfg, check_base):
         cls = _variants.variant(cfg.get("variant")).cls
     except ValueError as e:
         raise ValueError(f"{where}: {e}") from None
-    try:
-        target = model.get_submodule(name)
-        for alias in cfg.get("aliases", []):
-            model.get_submodule(alias)
-    except AttributeError as e:
-        raise ValueError(f"{where}: no such module in the model ({e})") from None
-    if not isinstance(target, (nn.Linear, SVDAdapter)):
-        raise ValueError(f"{where}: expected an nn.Linear (or an adapter), found {type(target).__name__}")
+    target = _target(model, name, cfg, where)
     shape = (cfg["in_features"], cfg["out_features"])
     if (target.in_features, target.out_features) != shape:
         raise ValueError(f"{where}: the file's layer is (in_features, out_features)={shape}, the model's is "

@@ -16,12 +16,6 @@
 
 #include "csrc/kernels/api.h"
 
-#ifndef AX_WITH_CUDA
-#define AX_WITH_CUDA 0
-#endif
-#ifndef AX_WITH_EMULATION
-#define AX_WITH_EMULATION 0
-#endif
 #if AX_WITH_CUDA
 #include "csrc/cuda/kernel_set.h"
 #endif

@@ -7,18 +7,7 @@
 #include <string>
 #include <vector>
 
-#ifndef AX_WITH_CUDA
-#define AX_WITH_CUDA 0
-#endif
-#ifndef AX_WITH_EMULATION
-#define AX_WITH_EMULATION 0
-#endif
-#if AX_WITH_EMULATION
 #include "csrc/kernels/api.h"
-#endif
-#ifndef AX_CUDA_ARCHS
-#define AX_CUDA_ARCHS ""
-#endif
 
 // A core is (core, S, params, coeff, option): its name, the frozen singular values, its parameters in a fixed
 // order and its one integer setting (csrc/cores.h has the table).

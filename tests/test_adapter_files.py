@@ -22,20 +22,14 @@ pytest.importorskip("safetensors")
 from safetensors import safe_open  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
-from test_model_level import VARIANTS, perturb, tiny  # noqa: E402
+# one thread (autouse): tiny models, and LAPACK's results stay the same from call to call
+from test_model_level import VARIANTS, _one_thread, perturb, tiny  # noqa: E402,F401
 
 DATA = Path(__file__).resolve().parent / "data"
 LAYERS = ["blocks.0.q_proj", "blocks.0.v_proj", "blocks.0.up", "blocks.0.down", "blocks.1.q_proj",
           "blocks.1.v_proj", "blocks.1.up", "blocks.1.down", "head"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models, and one thread keeps LAPACK's results the same from call to call."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def keys(path):

@@ -23,6 +23,17 @@
 #include <type_traits>
 #include <vector>
 
+// What this build holds (setup.py defines them; 0 / "" elsewhere, e.g. the torch-free tests).
+#ifndef AX_WITH_CUDA
+#define AX_WITH_CUDA 0
+#endif
+#ifndef AX_WITH_EMULATION
+#define AX_WITH_EMULATION 0
+#endif
+#ifndef AX_CUDA_ARCHS
+#define AX_CUDA_ARCHS ""
+#endif
+
 namespace ax {
 
 enum class DType : int { f32 = 0, f64 = 1, f16 = 2, bf16 = 3 };
