@@ -16,6 +16,14 @@ def check_int_range(name: str, value, lo: int, hi: int):
         raise ValueError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
 
 
+def check_coeff_tensor(c: torch.Tensor):
+    """A coefficient tensor: real (float or integer), no autograd (no gradient flows to a coefficient)."""
+    if c.dtype == torch.bool or c.is_complex():
+        raise ValueError(f"coeff: a coefficient tensor must be real, got dtype {c.dtype}")
+    if c.requires_grad:
+        raise ValueError("coeff: a coefficient tensor must not require grad (no gradient flows to the coefficient)")
+
+
 class SVDAdapter(nn.Module):
     """Base of the variants: ``out = x W_res^T + b + core(x Vh^T) U^T``.
 
@@ -23,6 +31,11 @@ class SVDAdapter(nn.Module):
     ops' cores) and define ``_core_args`` (its parameters and option for the ops) and ``_eager`` (the reference
     forward). ``in_basis`` names the input-side basis buffer ("Vh", or
     "P" for CorDA).
+
+    ``coeff`` is a float, or a tensor that steers each sample or token: shape ``(B,)`` for x ``(B, ..., d_in)``
+    (sample b at ``coeff[b]``), ``x.shape[:-1]`` (one per token) or ``()``. Row for row the output and the gradients
+    equal the module's at that row's float coefficient (parameter gradients summed over the rows); the kernels read
+    the tensor on its device (no host synchronisation).
     """
 
     in_basis = "Vh"
@@ -139,11 +152,20 @@ class SVDAdapter(nn.Module):
     # ----------------------------------------------------------------------------- runtime knobs
 
     @property
-    def coeff(self) -> float:
+    def coeff(self):
         return self._coeff
 
     @coeff.setter
     def coeff(self, value):
+        if isinstance(value, torch.Tensor):
+            check_coeff_tensor(value)
+            if self._buffers.get("_merged_core") is not None:
+                raise ValueError("coeff: a merged layer folds one coefficient; a coefficient tensor needs the "
+                                 "unmerged layer (unmerge first)")
+            self._coeff = value
+            return
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ValueError(f"coeff must be a float or a tensor, got {type(value).__name__}")
         value = float(value)
         if not math.isfinite(value):
             raise ValueError(f"coeff must be finite, got {value}")
@@ -186,24 +208,50 @@ class SVDAdapter(nn.Module):
             return torch.nn.functional.linear(x, self.weight, self.bias)
         if self._calibration is not None:
             self._calibration_update(x)
+        coeff = self._coeff_for(x)
         if self.backend == "eager":
-            return self._eager(x)
+            return self._eager_steered(x, coeff)
         frozen = (x.reshape(-1, self.in_features), self.weight, self.bias, self.U, getattr(self, self.in_basis))
         if torch.is_autocast_enabled(x.device.type):  # as F.linear would: every GEMM operand in the autocast dtype
             dtype = torch.get_autocast_dtype(x.device.type)
             frozen = tuple(None if t is None else t.to(dtype) for t in frozen)
-        return self._layer(*frozen).reshape(*x.shape[:-1], self.out_features)
+        return self._layer(*frozen, coeff).reshape(*x.shape[:-1], self.out_features)
 
-    def _layer(self, x2, W, bias, U, basis) -> torch.Tensor:
+    def _coeff_for(self, x: torch.Tensor):
+        """The coefficient of this forward: the float, or the tensor as one coefficient per group of consecutive
+        rows of x.reshape(-1, d_in) (1-D, in the S dtype), after checking that it fits x."""
+        c = self._coeff
+        if not isinstance(c, torch.Tensor):
+            return c
+        batch = x.shape[:-1]
+        if c.shape not in ((), batch, batch[:1]):
+            raise ValueError(f"coeff: a tensor of shape {tuple(c.shape)} fits neither the batch ({batch[0] if batch else 1},)"
+                             f" nor x.shape[:-1] = {tuple(batch)} of x {tuple(x.shape)}")
+        if c.device != x.device:
+            raise ValueError(f"coeff is on {c.device} but x is on {x.device}")
+        return c.reshape(-1).to(self.S.dtype)
+
+    def _layer(self, x2, W, bias, U, basis, coeff) -> torch.Tensor:
         """x2 W^T + bias + core(x2 basis^T) U^T through the layer op (one op, one autograd node)."""
-        params, option = self._core_args()
-        return ops.layer(self.core, x2, W, bias, U, basis, self.S, params, self.coeff, option)[0]
+        params, option = self._core_args(coeff)
+        return ops.layer(self.core, x2, W, bias, U, basis, self.S, params, coeff, option)[0]
 
-    def _core_args(self):
-        """(params, option) of the variant's r-space core ``self.core`` as the ops take them (antipasto_ext/ops.py)."""
+    def _core_args(self, coeff):
+        """(params, option) of the variant's r-space core ``self.core`` as the ops take them (antipasto_ext/ops.py)
+        at ``coeff`` (a float, or the per-group tensor of _coeff_for)."""
         raise NotImplementedError
 
-    def _eager(self, x: torch.Tensor) -> torch.Tensor:
+    def _eager_steered(self, x: torch.Tensor, coeff) -> torch.Tensor:
+        """The reference forward at a float, or group by group at a per-group tensor (no host synchronisation:
+        the coefficient stays a tensor)."""
+        if not isinstance(coeff, torch.Tensor):
+            return self._eager(x, coeff)
+        x2 = x.reshape(coeff.shape[0], -1, self.in_features)
+        out = torch.cat([self._eager(x2[e], coeff[e]) for e in range(coeff.shape[0])])
+        return out.reshape(*x.shape[:-1], self.out_features)
+
+    def _eager(self, x: torch.Tensor, coeff) -> torch.Tensor:
+        """The reference forward (antipasto_ext.reference) at a float or 0-dim tensor coefficient."""
         raise NotImplementedError
 
     # ----------------------------------------------------------------------------- merge
@@ -231,6 +279,8 @@ class SVDAdapter(nn.Module):
         parameters get no gradient while merged). Setting ``coeff`` while merged re-merges at once."""
         if self._calibration is not None:
             raise RuntimeError("cannot merge during calibration (call calibration_end first)")
+        if isinstance(self._coeff, torch.Tensor):
+            raise ValueError("coeff: merge folds one coefficient; set a float coeff before merging, not a tensor")
         if not self.merged:
             C = self.core_matrix().detach().to(self.S.dtype)
             self._fold(C)
@@ -333,5 +383,7 @@ class SVDAdapter(nn.Module):
         return self
 
     def extra_repr(self) -> str:
+        c = self.coeff
+        c = f"tensor{tuple(c.shape)}" if isinstance(c, torch.Tensor) else c
         return (f"in_features={self.in_features}, out_features={self.out_features}, r={self.r}, "
-                f"coeff={self.coeff}, backend={self.backend!r}" + (", merged" if self.merged else ""))
+                f"coeff={c}, backend={self.backend!r}" + (", merged" if self.merged else ""))

@@ -16,7 +16,7 @@ class AntiPaSTOLinear(SVDAdapter):
         self.suppress_only = bool(suppress_only)
         self.g = nn.Parameter(torch.zeros(r, dtype=self.S.dtype, device=self.S.device))
 
-    def _core_args(self):
+    def _core_args(self, coeff):
         return [self.g], int(self.suppress_only)
 
     def core_matrix(self, coeff=None):
@@ -24,6 +24,6 @@ class AntiPaSTOLinear(SVDAdapter):
         coeff = self.coeff if coeff is None else coeff
         return torch.diag(reference.gain_scale(self.S, self.g.to(self.S.dtype), coeff, self.suppress_only))
 
-    def _eager(self, x):
+    def _eager(self, x, coeff):
         return reference.antipasto(x, self.weight, self.bias, self.U, self.S, getattr(self, self.in_basis), self.g,
-                                   self.coeff, self.suppress_only)
+                                   coeff, self.suppress_only)

@@ -25,7 +25,7 @@ class DPLRLinear(AntiPaSTOLinear):
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.B = nn.Parameter(torch.zeros(r, lora_rank, **kw))
 
-    def _core_args(self):
+    def _core_args(self, coeff):
         return [self.g, self.A, self.B], int(self.suppress_only)
 
     def core_matrix(self, coeff=None):
@@ -33,6 +33,6 @@ class DPLRLinear(AntiPaSTOLinear):
         coeff = self.coeff if coeff is None else coeff
         return super().core_matrix(coeff) + coeff * (self.B @ self.A).to(self.S.dtype)
 
-    def _eager(self, x):
+    def _eager(self, x, coeff):
         return reference.antipasto_dplr(x, self.weight, self.bias, self.U, self.S, self.Vh, self.g, self.A, self.B,
-                                        self.coeff, self.suppress_only)
+                                        coeff, self.suppress_only)

@@ -123,6 +123,9 @@ def _version() -> str:
 
 def _config(m: SVDAdapter, aliases) -> dict:
     import inspect
+    if isinstance(m.coeff, torch.Tensor):
+        raise ValueError("coeff: a layer steered by a coefficient tensor has no one coefficient to save; set a float "
+                         "coeff first (ax.set_coeff(model, 1.0))")
     skip = {"self", "in_features", "out_features", "r", "coeff", "dtype", "device"}
     kwargs = {k: getattr(m, k) for k in inspect.signature(type(m).__init__).parameters
               if k not in skip and k in vars(m)}  # init-only arguments (init_alpha) live in the saved tensors

@@ -146,17 +146,22 @@ def detach(model: nn.Module) -> list:
 # ------------------------------------------------------------------------------------------ coeff
 
 
-def set_coeff(model: nn.Module, value: float):
-    """Set ``coeff`` on every adapter (merged ones re-merge)."""
+def set_coeff(model: nn.Module, value):
+    """Set ``coeff`` on every adapter: a float (merged adapters re-merge) or a tensor that steers each sample
+    (``(B,)``) or token (``x.shape[:-1]``), the same tensor for every layer (see SVDAdapter)."""
     mods = list(_adapters_or_raise(model).values())
+    if isinstance(value, torch.Tensor) and any(m.merged for m in mods):
+        raise ValueError("coeff: the model has merged adapters, which fold one coefficient; a coefficient tensor "
+                         "needs unmerged ones (ax.unmerge(model))")
     mods[0].coeff = value  # validates before any layer changes
     for m in mods[1:]:
         m.coeff = value
 
 
 @contextlib.contextmanager
-def steer(model: nn.Module, coeff: float):
-    """``with steer(model, -1.0): ...`` runs the block at ``coeff`` and restores every adapter's coeff."""
+def steer(model: nn.Module, coeff):
+    """``with steer(model, -1.0): ...`` (or a per-sample tensor, ``steer(model, torch.tensor([1., -1.]))``) runs
+    the block at ``coeff`` and restores every adapter's coeff."""
     mods = list(_adapters_or_raise(model).values())
     old = [m.coeff for m in mods]
     try:

@@ -28,8 +28,16 @@ ROT_SIDES = {"none": 0, "V": 1, "U": 2}
 MAX_BLOCK_SIZE = 64
 
 
-def block_cayley(rot_T: torch.Tensor, block_size: int, max_angle: float = 0.5, coeff: float = 1.0) -> torch.Tensor:
-    """Per-block Cayley rotations of SPEC §2, shape (n_blocks, block_size, block_size).
+def _coeff_args(coeff):
+    """(coeff, coeffs) of the ops from a float or a 1-D tensor of per-group coefficients."""
+    if isinstance(coeff, torch.Tensor):
+        return 1.0, coeff
+    return float(coeff), None
+
+
+def block_cayley(rot_T: torch.Tensor, block_size: int, max_angle: float = 0.5, coeff=1.0) -> torch.Tensor:
+    """Per-block Cayley rotations of SPEC §2, shape (n_blocks, block_size, block_size); for a 1-D tensor
+    ``coeff`` (G,), one set per coefficient, (G, n_blocks, block_size, block_size).
 
     ``rot_T`` is (n_blocks, block_size*(block_size-1)/2): the strict upper triangle of each block's
     generator in ``torch.triu_indices`` order. Exact solve, no pivoting, no host synchronisation.
@@ -41,12 +49,12 @@ def block_cayley(rot_T: torch.Tensor, block_size: int, max_angle: float = 0.5, c
     m = block_size * (block_size - 1) // 2
     if rot_T.dim() != 2 or rot_T.shape[1] != m:
         raise ValueError(f"rot_T must have shape (n_blocks, {m}) for block_size {block_size}, got {tuple(rot_T.shape)}")
-    return _ops.block_cayley(rot_T, block_size, float(max_angle), float(coeff))
+    return _ops.block_cayley(rot_T, block_size, float(max_angle), *_coeff_args(coeff))
 
 
-def block_cayley_backward(grad_R, R, rot_T, block_size: int, max_angle: float = 0.5, coeff: float = 1.0):
+def block_cayley_backward(grad_R, R, rot_T, block_size: int, max_angle: float = 0.5, coeff=1.0):
     """d rot_T of block_cayley from grad_R = dL/dR and the forward's R (no second solve)."""
-    return _ops.block_cayley_backward(grad_R, R, rot_T, int(block_size), float(max_angle), float(coeff))
+    return _ops.block_cayley_backward(grad_R, R, rot_T, int(block_size), float(max_angle), *_coeff_args(coeff))
 
 
 # ------------------------------------------------------------------------------------------ the cores
@@ -54,27 +62,33 @@ def block_cayley_backward(grad_R, R, rot_T, block_size: int, max_angle: float = 
 # fixed order and its one integer setting (csrc/cores.h):
 #   gain   [g]              option: suppress_only         rot     [delta_s, R]   option: side (0 none, 1 V, 2 U)
 #   dplr   [g, A, B]        option: suppress_only         ablate  [C, a]         option: 0
-# The per-core functions below name the parameters; the generic ones take the list.
+# ``coeff`` is a float, or a 1-D tensor of G coefficients that steers G equal groups of consecutive rows (row i of
+# n uses coeff[i // (n // G)]); rot's R is then one rotation set per group (G, r / bs, bs, bs), what
+# ``block_cayley`` gives for that tensor. The per-core functions below name the parameters; the generic ones take
+# the list.
 
 
-def core(core: str, p, S, params, coeff: float = 1.0, option: int = 0):
+def core(core: str, p, S, params, coeff=1.0, option: int = 0):
     """h = core(p): the r-space core ``core`` on p (..., r) (docs/SPEC.md §1-5)."""
-    return _ops.core(core, p, S, list(params), float(coeff), int(option))
+    c, cs = _coeff_args(coeff)
+    return _ops.core(core, p, S, list(params), c, int(option), cs)
 
 
-def core_backward(core: str, grad_h, p, S, params, coeff: float = 1.0, option: int = 0):
+def core_backward(core: str, grad_h, p, S, params, coeff=1.0, option: int = 0):
     """(dp, [d param for param in params]) of core(p)."""
-    return _ops.core_backward(core, grad_h, p, S, list(params), float(coeff), int(option))
+    c, cs = _coeff_args(coeff)
+    return _ops.core_backward(core, grad_h, p, S, list(params), c, int(option), cs)
 
 
-def layer(core: str, x, W, bias, U, Vh, S, params, coeff: float = 1.0, option: int = 0, need_p: bool = False):
+def layer(core: str, x, W, bias, U, Vh, S, params, coeff=1.0, option: int = 0, need_p: bool = False):
     """(y, p): the whole adapter layer y = x W^T + b + core(x Vh^T) U^T as one op and one autograd node, x (tokens,
     d_in), W (d_out, d_in), bias (d_out) or None, U (d_out, r), Vh (r, d_in), all in x's dtype; p = x Vh^T when
     need_p (else an empty (0, r) tensor). h = core(x Vh^T) runs the fused tensor-core kernel on CUDA for 16-bit
     activations and few rows (the decode path), else the BLAS GEMM and the core kernel; the output GEMM accumulates
     into the frozen one (beta = 1), and in backward dx = dY W + dp Vh is one GEMM accumulated into the other. p is
     kept for backward only when autograd records."""
-    return _ops.layer(core, x, W, bias, U, Vh, S, list(params), float(coeff), int(option), bool(need_p))
+    c, cs = _coeff_args(coeff)
+    return _ops.layer(core, x, W, bias, U, Vh, S, list(params), c, int(option), bool(need_p), cs)
 
 
 def gain_core(p, S, g, coeff: float = 1.0, suppress_only: bool = False):
@@ -130,23 +144,24 @@ def _no_double_backward(ctx, *grads):
 # ------------------------------------------------------------------------------------------ fake kernels
 
 
-def _fake_block_cayley(rot_T, block_size, max_angle, coeff):
-    return rot_T.new_empty(rot_T.shape[0], block_size, block_size)
+def _fake_block_cayley(rot_T, block_size, max_angle, coeff, coeffs=None):
+    sets = () if coeffs is None else (coeffs.shape[0],)
+    return rot_T.new_empty(*sets, rot_T.shape[0], block_size, block_size)
 
 
-def _fake_block_cayley_backward(grad_R, R, rot_T, block_size, max_angle, coeff):
+def _fake_block_cayley_backward(grad_R, R, rot_T, block_size, max_angle, coeff, coeffs=None):
     return rot_T.new_empty(rot_T.shape)
 
 
-def _fake_core(core, p, S, params, coeff, option):
+def _fake_core(core, p, S, params, coeff, option, coeffs=None):
     return p.new_empty(p.shape)
 
 
-def _fake_core_backward(core, grad_h, p, S, params, coeff, option):
+def _fake_core_backward(core, grad_h, p, S, params, coeff, option, coeffs=None):
     return p.new_empty(p.shape), [t.new_empty(t.shape) for t in params]
 
 
-def _fake_layer(core, x, W, bias, U, Vh, S, params, coeff, option, need_p):
+def _fake_layer(core, x, W, bias, U, Vh, S, params, coeff, option, need_p, coeffs=None):
     n, r = x.shape[0], Vh.shape[0]
     return x.new_empty(n, W.shape[0]), x.new_empty(n if need_p else 0, r)
 

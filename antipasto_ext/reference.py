@@ -75,8 +75,17 @@ CORES = {
 
 
 def core(name, p, S, params, coeff=1.0, option=0):
-    """The r-space core ``name`` as the ops take it: ``params`` in the core's order, ``option`` its setting."""
-    return CORES[name](p, S, params, coeff, option)
+    """The r-space core ``name`` as the ops take it: ``params`` in the core's order, ``option`` its setting.
+    A 1-D tensor ``coeff`` of G coefficients steers G equal groups of consecutive rows of p (rot's R is then one
+    rotation set per group): computed group by group, each at its own coefficient."""
+    if not isinstance(coeff, torch.Tensor) or coeff.dim() == 0:
+        return CORES[name](p, S, params, coeff, option)
+    G = coeff.shape[0]
+    groups = p.reshape(G, -1, p.shape[-1])
+    per_group = name == "rot" and option != 0
+    out = [CORES[name](groups[e], S, [params[0], params[1][e]] if per_group else params, coeff[e], option)
+           for e in range(G)]
+    return torch.cat(out).reshape(p.shape)
 
 
 def antipasto(x, weight, bias, U, S, Vh, g, coeff=1.0, suppress_only=False):

@@ -36,9 +36,13 @@ class RotLinear(SVDAdapter):
             self.register_parameter("rot_T", None)
         self._rotation_cache = None  # (key, R) of the last forward without autograd; see _forward_rotation
 
-    def rotation(self) -> torch.Tensor:
-        """The per-block rotations R (n_blocks, bs, bs) at the current coeff."""
-        return ops.block_cayley(self.rot_T, self.block_size, self.max_rotation_angle, self.coeff)
+    def rotation(self, coeff=None) -> torch.Tensor:
+        """The per-block rotations R (n_blocks, bs, bs) at ``coeff`` (default: the module's float coeff); one set
+        per coefficient, (G, n_blocks, bs, bs), for a 1-D tensor of G coefficients."""
+        coeff = self.coeff if coeff is None else coeff
+        if isinstance(coeff, torch.Tensor):
+            coeff = coeff.reshape(-1)
+        return ops.block_cayley(self.rot_T, self.block_size, self.max_rotation_angle, coeff)
 
     def core_matrix(self, coeff=None):
         """C = diag(S_eff) blockdiag(R) (V side), blockdiag(R)^T diag(S_eff) (U side), diag(S_eff) (none)."""
@@ -50,23 +54,27 @@ class RotLinear(SVDAdapter):
         R = torch.block_diag(*reference.cayley_blocks(self.rot_T.to(ct), self.block_size, self.max_rotation_angle, coeff))
         return s_eff[:, None] * R if self.rotate_basis == "V" else R.T * s_eff
 
-    def _forward_rotation(self) -> torch.Tensor:
-        """R for this forward. Without autograd on rot_T (decode, eval) the last R is reused until rot_T
-        (its storage or version: an optimizer step, load_state_dict, .to) or coeff changes, so a
-        generation step does not re-run the Cayley solve; with autograd, or while compiling, it is computed."""
+    def _forward_rotation(self, coeff) -> torch.Tensor:
+        """R for this forward at ``coeff`` (a float, or a per-group tensor: one set per group). Without autograd on
+        rot_T (decode, eval) the last R is reused until rot_T (its storage or version: an optimizer step,
+        load_state_dict, .to) or the coefficient changes (a float's value; the module's coefficient tensor, its
+        storage or version), so a generation step does not re-run the Cayley solve; with autograd, or while
+        compiling, it is computed."""
         t = self.rot_T
         if (torch.is_grad_enabled() and t.requires_grad) or torch.compiler.is_compiling():
-            return self.rotation()
-        key = (t.data_ptr(), t._version, t.device, t.dtype, self.coeff)
+            return self.rotation(coeff)
+        c = self._coeff
+        c_key = (c.data_ptr(), c._version, c.dtype, tuple(c.shape)) if isinstance(c, torch.Tensor) else c
+        key = (t.data_ptr(), t._version, t.device, t.dtype, c_key)
         if self._rotation_cache is None or self._rotation_cache[0] != key:
             with torch.no_grad():
-                self._rotation_cache = (key, self.rotation())
+                self._rotation_cache = (key, self.rotation(coeff))
         return self._rotation_cache[1]
 
-    def _core_args(self):
-        R = self.S.new_empty(0) if self.rot_T is None else self._forward_rotation()
+    def _core_args(self, coeff):
+        R = self.S.new_empty(0) if self.rot_T is None else self._forward_rotation(coeff)
         return [self.delta_s, R], ops.ROT_SIDES[self.rotate_basis]
 
-    def _eager(self, x):
+    def _eager(self, x, coeff):
         return reference.antipasto_rot(x, self.weight, self.bias, self.U, self.S, self.Vh, self.delta_s, self.rot_T,
-                                       self.block_size, self.max_rotation_angle, self.rotate_basis, self.coeff)
+                                       self.block_size, self.max_rotation_angle, self.rotate_basis, coeff)

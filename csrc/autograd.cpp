@@ -22,65 +22,78 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
-using CoreSig = T(c10::string_view, const T&, const T&, at::TensorList, double, int64_t);
-using CoreBackwardSig =
-    std::tuple<T, std::vector<T>>(c10::string_view, const T&, const T&, const T&, at::TensorList, double, int64_t);
+using CoreSig = T(c10::string_view, const T&, const T&, at::TensorList, double, int64_t, const OptT&);
+using CoreBackwardSig = std::tuple<T, std::vector<T>>(c10::string_view, const T&, const T&, const T&, at::TensorList,
+                                                      double, int64_t, const OptT&);
 using LayerSig = std::tuple<T, T>(c10::string_view, const T&, const T&, const OptT&, const T&, const T&, const T&,
-                                  at::TensorList, double, int64_t, bool);
+                                  at::TensorList, double, int64_t, bool, const OptT&);
+using CayleySig = T(const T&, int64_t, double, double, const OptT&);
+using CayleyBackwardSig = T(const T&, const T&, const T&, int64_t, double, double, const OptT&);
 
+// The steering coefficients (not differentiated) kept by a Function.
+void save_coeffs(AutogradContext* ctx, const OptT& coeffs) {
+  ctx->saved_data["coeffs"] = coeffs.has_value() && coeffs->defined() ? c10::IValue(*coeffs) : c10::IValue();
+}
+OptT saved_coeffs(AutogradContext* ctx) {
+  const c10::IValue& v = ctx->saved_data.at("coeffs");
+  return v.isNone() ? OptT() : OptT(v.toTensor());
+}
+
+// block_cayley(rot_T, bs, max_angle, coeff, coeffs): one entry per argument in backward.
 struct BlockCayley : torch::autograd::Function<BlockCayley> {
-  static T forward(AutogradContext* ctx, const T& rot_T, int64_t bs, double max_angle, double coeff) {
-    static auto fwd = op<T(const T&, int64_t, double, double)>("antipasto_ext::block_cayley");
+  static T forward(AutogradContext* ctx, const T& rot_T, int64_t bs, double max_angle, double coeff,
+                   const OptT& coeffs) {
+    static auto fwd = op<CayleySig>("antipasto_ext::block_cayley");
     at::AutoDispatchBelowADInplaceOrView guard;
-    T R = fwd.call(rot_T, bs, max_angle, coeff);
+    T R = fwd.call(rot_T, bs, max_angle, coeff, coeffs);
     ctx->save_for_backward({rot_T, R});
     ctx->saved_data["bs"] = bs;
     ctx->saved_data["max_angle"] = max_angle;
     ctx->saved_data["coeff"] = coeff;
+    save_coeffs(ctx, coeffs);
     return R;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
-    static auto bwd = op<T(const T&, const T&, const T&, int64_t, double, double)>(
-        "antipasto_ext::block_cayley_backward");
+    static auto bwd = op<CayleyBackwardSig>("antipasto_ext::block_cayley_backward");
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
-    return {bwd.call(grads[0], s[1], s[0], d.at("bs").toInt(), d.at("max_angle").toDouble(), d.at("coeff").toDouble()),
-            T(), T(), T()};
+    return {bwd.call(grads[0], s[1], s[0], d.at("bs").toInt(), d.at("max_angle").toDouble(), d.at("coeff").toDouble(),
+                     saved_coeffs(ctx)),
+            T(), T(), T(), T()};
   }
 };
 
-// The core's settings saved by a Function: name, coeff, option.
-void save_core(AutogradContext* ctx, c10::string_view core, double coeff, int64_t option, size_t n_params) {
+// The core's settings saved by a Function: name, coeff, option, coeffs.
+void save_core(AutogradContext* ctx, c10::string_view core, double coeff, int64_t option, const OptT& coeffs) {
   ctx->saved_data["core"] = std::string(core);
   ctx->saved_data["coeff"] = coeff;
   ctx->saved_data["option"] = option;
-  ctx->saved_data["n_params"] = int64_t(n_params);
+  save_coeffs(ctx, coeffs);
 }
 std::string saved_core(AutogradContext* ctx) { return ctx->saved_data.at("core").toStringRef(); }
 
-// core(core, p, S, params, coeff, option). backward returns one entry per argument (core | p | S | params... |
-// coeff | option); needs_input_grad numbers the tensors only (p 0, S 1, params from 2).
+// core(core, p, S, params, coeff, option, coeffs). backward returns one entry per argument (core | p | S |
+// params... | coeff | option | coeffs); needs_input_grad numbers the tensors only (p 0, S 1, params from 2).
 struct CoreFn : torch::autograd::Function<CoreFn> {
   static T forward(AutogradContext* ctx, c10::string_view core, const T& p, const T& S, at::TensorList params,
-                   double coeff, int64_t option) {
+                   double coeff, int64_t option, const OptT& coeffs) {
     static auto fwd = op<CoreSig>("antipasto_ext::core");
     at::AutoDispatchBelowADInplaceOrView guard;
     std::vector<T> saved{p, S};
     saved.insert(saved.end(), params.begin(), params.end());
     ctx->save_for_backward(saved);
-    save_core(ctx, core, coeff, option, params.size());
-    return fwd.call(core, p, S, params, coeff, option);
+    save_core(ctx, core, coeff, option, coeffs);
+    return fwd.call(core, p, S, params, coeff, option, coeffs);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto bwd = op<CoreBackwardSig>("antipasto_ext::core_backward");
     const auto s = ctx->get_saved_variables();
     const std::vector<T> params(s.begin() + 2, s.end());
-    auto [dp, dparams] = bwd.call(saved_core(ctx), grads[0], s[0], s[1], params,
-                                  ctx->saved_data.at("coeff").toDouble(), ctx->saved_data.at("option").toInt());
+    auto [dp, dparams] = bwd.call(saved_core(ctx), grads[0], s[0], s[1], params, ctx->saved_data.at("coeff").toDouble(),
+                                  ctx->saved_data.at("option").toInt(), saved_coeffs(ctx));
     variable_list out{T(), dp, T()};
     for (size_t i = 0; i < dparams.size(); ++i) out.push_back(ctx->needs_input_grad(2 + i) ? dparams[i] : T());
-    out.push_back(T());
-    out.push_back(T());
+    out.insert(out.end(), {T(), T(), T()});
     return out;
   }
 };
@@ -90,20 +103,20 @@ struct CoreFn : torch::autograd::Function<CoreFn> {
 //   dh = dY U;  (dp, core parameter grads) = core_backward on p;
 //   dx = dY W + dp Vh   (one GEMM accumulated into the other: addmm_, no extra pass over dx);
 //   dW = dY^T x, dU = dY^T h (h recomputed from p), dVh = dp^T x (frozen in the modules), db = sum dY.
-// Arguments: core | x | W | U | Vh | S | params... | coeff | option | need_p | bias; needs_input_grad numbers the
-// tensors only (x 0, W 1, U 2, Vh 3, S 4, params from 5, then the bias when there is one, last).
+// Arguments: core | x | W | U | Vh | S | params... | coeff | option | need_p | bias | coeffs; needs_input_grad
+// numbers the tensors only (x 0, W 1, U 2, Vh 3, S 4, params from 5, then the bias when there is one).
 struct LayerFn : torch::autograd::Function<LayerFn> {
   static variable_list forward(AutogradContext* ctx, c10::string_view core, const T& x, const T& W, const T& U,
                                const T& Vh, const T& S, at::TensorList params, double coeff, int64_t option,
-                               bool need_p, const OptT& bias) {
+                               bool need_p, const OptT& bias, const OptT& coeffs) {
     static auto fwd = op<LayerSig>("antipasto_ext::layer");
     std::vector<T> saved{x, W, U, Vh, S};
     saved.insert(saved.end(), params.begin(), params.end());
     ctx->save_for_backward(saved);
-    save_core(ctx, core, coeff, option, params.size());
+    save_core(ctx, core, coeff, option, coeffs);
     ctx->saved_data["bias"] = bias.has_value() && bias->defined();
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, p] = fwd.call(core, x, W, bias, U, Vh, S, params, coeff, option, true);
+    auto [y, p] = fwd.call(core, x, W, bias, U, Vh, S, params, coeff, option, true, coeffs);
     ctx->saved_data["p"] = p;
     T p_out = need_p ? p : p.new_empty({0, p.size(1)});
     ctx->mark_non_differentiable({p_out});
@@ -119,17 +132,19 @@ struct LayerFn : torch::autograd::Function<LayerFn> {
     const double coeff = ctx->saved_data.at("coeff").toDouble();
     const int64_t option = ctx->saved_data.at("option").toInt();
     const T p = ctx->saved_data.at("p").toTensor(), dY = grads[0];
-    auto [dp, dparams] = core_bwd.call(core, at::mm(dY, U), p, S, params, coeff, option);
+    const OptT coeffs = saved_coeffs(ctx);
+    auto [dp, dparams] = core_bwd.call(core, at::mm(dY, U), p, S, params, coeff, option, coeffs);
     const size_t n = params.size();
     variable_list out{T(),
                       ctx->needs_input_grad(0) ? at::mm(dY, W).addmm_(dp, Vh) : T(),
                       ctx->needs_input_grad(1) ? at::mm(dY.t(), x) : T(),
-                      ctx->needs_input_grad(2) ? at::mm(dY.t(), core_fwd.call(core, p, S, params, coeff, option)) : T(),
+                      ctx->needs_input_grad(2) ? at::mm(dY.t(), core_fwd.call(core, p, S, params, coeff, option, coeffs)) : T(),
                       ctx->needs_input_grad(3) ? at::mm(dp.t(), x) : T(),
                       T()};
     for (size_t i = 0; i < n; ++i) out.push_back(ctx->needs_input_grad(5 + i) ? dparams[i] : T());
     out.insert(out.end(), {T(), T(), T()});
     out.push_back(ctx->saved_data.at("bias").toBool() && ctx->needs_input_grad(5 + n) ? dY.sum(0) : T());
+    out.push_back(T());
     return out;
   }
 };
@@ -145,23 +160,25 @@ bool records(std::initializer_list<const T*> inputs, at::TensorList params, cons
 
 // The layer op's Autograd kernel: the Function when autograd records, else the op below autograd.
 std::tuple<T, T> layer(c10::string_view core, const T& x, const T& W, const OptT& bias, const T& U, const T& Vh,
-                       const T& S, at::TensorList params, double coeff, int64_t option, bool need_p) {
+                       const T& S, at::TensorList params, double coeff, int64_t option, bool need_p,
+                       const OptT& coeffs) {
   if (records({&x, &W, &U, &Vh}, params, bias)) {
-    auto out = LayerFn::apply(core, x, W, U, Vh, S, params, coeff, option, need_p, bias);
+    auto out = LayerFn::apply(core, x, W, U, Vh, S, params, coeff, option, need_p, bias, coeffs);
     return {out[0], out[1]};
   }
   static auto fwd = op<LayerSig>("antipasto_ext::layer");
   at::AutoDispatchBelowADInplaceOrView guard;
-  return fwd.call(core, x, W, bias, U, Vh, S, params, coeff, option, need_p);
+  return fwd.call(core, x, W, bias, U, Vh, S, params, coeff, option, need_p, coeffs);
 }
 
 }  // namespace
 
 TORCH_LIBRARY_IMPL(antipasto_ext, Autograd, m) {
-  m.impl("block_cayley", [](const T& t, int64_t bs, double a, double c) { return BlockCayley::apply(t, bs, a, c); });
-  m.impl("core", [](c10::string_view core, const T& p, const T& S, at::TensorList params, double c, int64_t option) {
-    return CoreFn::apply(core, p, S, params, c, option);
+  m.impl("block_cayley", [](const T& t, int64_t bs, double a, double c, const OptT& coeffs) {
+    return BlockCayley::apply(t, bs, a, c, coeffs);
   });
+  m.impl("core", [](c10::string_view core, const T& p, const T& S, at::TensorList params, double c, int64_t option,
+                    const OptT& coeffs) { return CoreFn::apply(core, p, S, params, c, option, coeffs); });
   m.impl("layer", &layer);
 }
 

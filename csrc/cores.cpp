@@ -54,6 +54,10 @@ Packer::Packer(const CoreInputs& in, const at::Device& device, at::ScalarType ac
   out_.params.r = in.S.size(0);
   out_.params.coeff = in.coeff;
   out_.params.S = keep(in.S);
+  if (in.coeffs.has_value() && in.coeffs->defined()) {
+    out_.params.entries = in.coeffs->numel();
+    out_.params.coeffs = keep(*in.coeffs);
+  }
 }
 
 const void* Packer::param(size_t i, const char* name, at::IntArrayRef shape, bool grad) {
@@ -76,8 +80,17 @@ const void* Packer::keep(const at::Tensor& t) {
   return out_.keep.back().data_ptr();
 }
 
-PackedCore pack_core(const CoreInputs& in, const at::Device& device, at::ScalarType acc) {
+PackedCore pack_core(const CoreInputs& in, const at::Device& device, at::ScalarType acc, int64_t n) {
   check_float(in.S, "S");
+  if (in.coeffs.has_value() && in.coeffs->defined()) {
+    const at::Tensor& c = *in.coeffs;
+    check_float(c, "coeffs");
+    TORCH_CHECK(c.dim() == 1 && c.numel() > 0, "antipasto_ext: coeffs must be a non-empty 1-D tensor, got ", c.sizes());
+    TORCH_CHECK(c.device() == device, "antipasto_ext: coeffs is on ", c.device(), " but the activations are on ",
+                device);
+    TORCH_CHECK(n % c.numel() == 0, "antipasto_ext: coeffs has ", c.numel(), " entries, which do not split the ", n,
+                " rows into equal groups");
+  }
   TORCH_CHECK(in.S.dim() == 1 && in.S.size(0) > 0, "antipasto_ext: S must be a non-empty 1-D tensor, got ",
               in.S.sizes());
   TORCH_CHECK(in.S.device() == device, "antipasto_ext: S is on ", in.S.device(), " but the activations are on ", device);

@@ -1,7 +1,9 @@
 // The r-space cores as the ops take them, and their packing into the kernels' CoreParams (csrc/kernels/api.h).
 //
-// Every core op and layer op carries a core as (core, S, params, coeff, option): `core` names it, `params` is
-// its list of parameters in a fixed order, `option` its one integer setting:
+// Every core op and layer op carries a core as (core, S, params, coeff, option, coeffs): `core` names it, `params`
+// is its list of parameters in a fixed order, `option` its one integer setting, and `coeffs` (optional) steers it:
+// a 1-D tensor of G coefficients for G equal groups of consecutive rows (row i of n uses coeffs[i / (n / G)]),
+// `coeff` unused then; rot's R is then one rotation set per group, (G, r / bs, bs, bs).
 //
 //   core     params               option           dparams (core_partials)
 //   gain     [g]                  suppress_only    dg
@@ -30,6 +32,7 @@ struct CoreInputs {
   at::TensorList params;
   double coeff;
   int64_t option;
+  const c10::optional<at::Tensor>& coeffs;
 };
 
 // The core named `name` ("gain", "rot", "dplr", "ablate"); an error naming it otherwise.
@@ -42,10 +45,11 @@ struct PackedCore {
 };
 
 // Checks the core's parameters against S (shapes, floating dtypes, all on `device`) and packs them as
-// contiguous `acc` arrays (float64 for float64 activations, float otherwise; float for the fused projection).
-PackedCore pack_core(const CoreInputs& in, const at::Device& device, at::ScalarType acc);
+// contiguous `acc` arrays (float64 for float64 activations, float otherwise; float for the fused projection); with
+// coeffs, checks that the n rows split into its groups.
+PackedCore pack_core(const CoreInputs& in, const at::Device& device, at::ScalarType acc, int64_t n);
 
-// The parameters' gradients from the kernels' dparams (core_partials accumulators), each in its parameter's
+// The parameters' gradients from the kernels' dparams (core_dparams_elems accumulators), each in its parameter's
 // shape and dtype; zeros for a parameter the core does not use (rot's R without a rotated side).
 std::vector<at::Tensor> unpack_grads(const CoreInputs& in, const PackedCore& packed, const at::Tensor& dparams);
 

@@ -49,7 +49,7 @@ T core_forward(const CoreInputs& in, const T& p) {
   check_core_activations(p, in.S);
   typename K::Guard guard(p.device());
   const T x = p.contiguous();
-  return core_forward_packed<K>(pack_core(in, x.device(), acc_dtype(x.scalar_type())), x);
+  return core_forward_packed<K>(pack_core(in, x.device(), acc_dtype(x.scalar_type()), rows_of(x, in.S.size(0))), x);
 }
 
 template <class K>
@@ -61,10 +61,10 @@ std::tuple<T, std::vector<T>> core_backward(const CoreInputs& in, const T& grad_
   typename K::Guard guard(p.device());
   const T x = p.contiguous(), dy = grad_h.to(p.scalar_type()).contiguous();
   const auto acc = acc_dtype(x.scalar_type());
-  const PackedCore packed = pack_core(in, x.device(), acc);
-  const int64_t n = rows_of(x, packed.params.r);
+  const int64_t n = rows_of(x, in.S.size(0));
+  const PackedCore packed = pack_core(in, x.device(), acc, n);
   T dp = K::empty(x.sizes(), x.options());
-  T dparams = K::empty({core_partials(packed.params)}, x.options().dtype(acc));
+  T dparams = K::empty({core_dparams_elems(packed.params)}, x.options().dtype(acc));
   T ws = K::empty({core_workspace_elems(n, packed.params)}, x.options().dtype(acc));
   CoreCall call;
   call.dtype = kernel_dtype(x);
@@ -122,58 +122,90 @@ std::tuple<T, T> layer(const CoreInputs& in, const T& x, const T& W, const c10::
   typename K::Guard guard(x.device());
   // The fused kernel reads float parameters; the unfused path accumulates in float too for 16-bit x.
   const auto acc = acc_dtype(x.scalar_type());
-  auto [h, p] = project<K>(pack_core(in, x.device(), acc), x, Vh, need_p);
+  auto [h, p] = project<K>(pack_core(in, x.device(), acc, x.size(0)), x, Vh, need_p);
   T y = bias.has_value() && bias->defined() ? at::addmm(*bias, x, W.t()) : at::mm(x, W.t());
   y.addmm_(h, U.t());
   return {y, p};
 }
 
+// With coeffs (G,): the rotation sets at each coefficient, (G, n_blocks, bs, bs), one Cayley block per set and
+// block (the generator repeated per set).
+struct CayleyInputs {
+  T t;       // (sets * n_blocks, bs (bs - 1) / 2) accumulators
+  T coeffs;  // (sets,) accumulators, or undefined
+  int64_t sets;
+};
+inline CayleyInputs cayley_inputs(const T& rot_T, const c10::optional<T>& coeffs) {
+  const auto acc = acc_dtype(rot_T.scalar_type());
+  if (!coeffs.has_value() || !coeffs->defined()) return {rot_T.to(acc).contiguous(), T(), 0};
+  check_float(*coeffs, "coeffs");
+  TORCH_CHECK(coeffs->dim() == 1 && coeffs->numel() > 0, "antipasto_ext: coeffs must be a non-empty 1-D tensor, got ",
+              coeffs->sizes());
+  TORCH_CHECK(coeffs->device() == rot_T.device(), "antipasto_ext: coeffs is on ", coeffs->device(),
+              " but rot_T is on ", rot_T.device());
+  const int64_t sets = coeffs->numel();
+  return {rot_T.to(acc).repeat({sets, 1}).contiguous(), coeffs->to(acc).contiguous(), sets};
+}
+inline void set_cayley_coeffs(CayleyCall& call, const CayleyInputs& in, int64_t n_blocks) {
+  if (!in.coeffs.defined()) return;
+  call.coeffs = in.coeffs.data_ptr();
+  call.blocks_per_coeff = n_blocks;
+}
+
 template <class K>
-T block_cayley(const T& rot_T, int64_t block_size, double max_angle, double coeff) {
+T block_cayley(const T& rot_T, int64_t block_size, double max_angle, double coeff, const c10::optional<T>& coeffs) {
   check_block_cayley_args(rot_T, block_size, max_angle);
   typename K::Guard guard(rot_T.device());
-  const auto acc = acc_dtype(rot_T.scalar_type());
-  const T t = rot_T.to(acc).contiguous();
+  const CayleyInputs in = cayley_inputs(rot_T, coeffs);
+  const T& t = in.t;
   T R = K::empty({t.size(0), block_size, block_size}, t.options());
   CayleyCall call;
-  call.f64 = acc == at::kDouble;
+  call.f64 = t.scalar_type() == at::kDouble;
   call.n_blocks = t.size(0);
   call.bs = block_size;
   call.a_lim = cayley_a_lim(max_angle);
   call.coeff = coeff;
+  set_cayley_coeffs(call, in, rot_T.size(0));
   call.t = t.data_ptr();
   call.R = R.data_ptr();
   K::cayley_forward(call, K::stream(t));
+  if (in.sets) R = R.view({in.sets, rot_T.size(0), block_size, block_size});
   return R.to(rot_T.scalar_type());
 }
 
+// With coeffs: d rot_T summed over the sets.
 template <class K>
 T block_cayley_backward(const T& grad_R, const T& R, const T& rot_T, int64_t block_size, double max_angle,
-                        double coeff) {
+                        double coeff, const c10::optional<T>& coeffs) {
   check_block_cayley_args(rot_T, block_size, max_angle);
   const int64_t n = rot_T.size(0), bs = block_size;
   check_float(grad_R, "grad_R");
   check_float(R, "R");
-  TORCH_CHECK(R.sizes() == at::IntArrayRef({n, bs, bs}) && grad_R.sizes() == R.sizes(),
-              "antipasto_ext: R and grad_R must have shape (", n, ", ", bs, ", ", bs, "), got ", R.sizes(), " and ",
-              grad_R.sizes());
+  typename K::Guard guard(rot_T.device());
+  const CayleyInputs in = cayley_inputs(rot_T, coeffs);
+  std::vector<int64_t> shape{n, bs, bs};
+  if (in.sets) shape.insert(shape.begin(), in.sets);
+  TORCH_CHECK(R.sizes() == at::IntArrayRef(shape) && grad_R.sizes() == R.sizes(), "antipasto_ext: R and grad_R must have shape ",
+              at::IntArrayRef(shape), ", got ", R.sizes(), " and ", grad_R.sizes());
   TORCH_CHECK(R.device() == rot_T.device() && grad_R.device() == rot_T.device(),
               "antipasto_ext: grad_R, R and rot_T must be on one device");
-  typename K::Guard guard(rot_T.device());
-  const auto acc = acc_dtype(rot_T.scalar_type());
-  const T t = rot_T.to(acc).contiguous(), Ra = R.to(acc).contiguous(), G = grad_R.to(acc).contiguous();
+  const T& t = in.t;
+  const auto acc = t.scalar_type();
+  const T Ra = R.to(acc).contiguous(), G = grad_R.to(acc).contiguous();
   T dt = K::empty(t.sizes(), t.options());
   CayleyCall call;
   call.f64 = acc == at::kDouble;
-  call.n_blocks = n;
+  call.n_blocks = t.size(0);
   call.bs = bs;
   call.a_lim = cayley_a_lim(max_angle);
   call.coeff = coeff;
+  set_cayley_coeffs(call, in, n);
   call.t = t.data_ptr();
   call.R = Ra.data_ptr();
   call.grad_R = G.data_ptr();
   call.dt = dt.data_ptr();
   K::cayley_backward(call, K::stream(t));
+  if (in.sets) dt = dt.view({in.sets, n, t.size(1)}).sum(0);
   return dt.to(rot_T.scalar_type());
 }
 

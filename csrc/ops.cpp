@@ -13,33 +13,37 @@ namespace ax {
 namespace {
 
 using T = at::Tensor;
+using OptT = c10::optional<T>;
 
-T core(c10::string_view name, const T& p, const T& S, at::TensorList params, double coeff, int64_t option) {
-  const CoreInputs in{core_named(name), S, params, coeff, option};
+T core(c10::string_view name, const T& p, const T& S, at::TensorList params, double coeff, int64_t option,
+       const OptT& coeffs) {
+  const CoreInputs in{core_named(name), S, params, coeff, option, coeffs};
   return with_kernel_set(p.device(), [&](auto k) { return glue::core_forward<decltype(k)>(in, p); });
 }
 
 std::tuple<T, std::vector<T>> core_backward(c10::string_view name, const T& grad_h, const T& p, const T& S,
-                                            at::TensorList params, double coeff, int64_t option) {
-  const CoreInputs in{core_named(name), S, params, coeff, option};
+                                            at::TensorList params, double coeff, int64_t option, const OptT& coeffs) {
+  const CoreInputs in{core_named(name), S, params, coeff, option, coeffs};
   return with_kernel_set(p.device(), [&](auto k) { return glue::core_backward<decltype(k)>(in, grad_h, p); });
 }
 
-std::tuple<T, T> layer(c10::string_view name, const T& x, const T& W, const c10::optional<T>& bias, const T& U,
-                       const T& Vh, const T& S, at::TensorList params, double coeff, int64_t option, bool need_p) {
-  const CoreInputs in{core_named(name), S, params, coeff, option};
+std::tuple<T, T> layer(c10::string_view name, const T& x, const T& W, const OptT& bias, const T& U, const T& Vh,
+                       const T& S, at::TensorList params, double coeff, int64_t option, bool need_p,
+                       const OptT& coeffs) {
+  const CoreInputs in{core_named(name), S, params, coeff, option, coeffs};
   return with_kernel_set(x.device(), [&](auto k) { return glue::layer<decltype(k)>(in, x, W, bias, U, Vh, need_p); });
 }
 
-T block_cayley(const T& rot_T, int64_t block_size, double max_angle, double coeff) {
-  return with_kernel_set(rot_T.device(),
-                         [&](auto k) { return glue::block_cayley<decltype(k)>(rot_T, block_size, max_angle, coeff); });
+T block_cayley(const T& rot_T, int64_t block_size, double max_angle, double coeff, const OptT& coeffs) {
+  return with_kernel_set(rot_T.device(), [&](auto k) {
+    return glue::block_cayley<decltype(k)>(rot_T, block_size, max_angle, coeff, coeffs);
+  });
 }
 
 T block_cayley_backward(const T& grad_R, const T& R, const T& rot_T, int64_t block_size, double max_angle,
-                        double coeff) {
+                        double coeff, const OptT& coeffs) {
   return with_kernel_set(rot_T.device(), [&](auto k) {
-    return glue::block_cayley_backward<decltype(k)>(grad_R, R, rot_T, block_size, max_angle, coeff);
+    return glue::block_cayley_backward<decltype(k)>(grad_R, R, rot_T, block_size, max_angle, coeff, coeffs);
   });
 }
 

@@ -167,7 +167,8 @@ def plan(py: str, cuda_home: str, sanitizer: list, logs: Path) -> list:
                             ("fp32, and the kernels each setting launches", "real_shapes and float32 or paths"))
     ] + [
         test_step("CUDA cases of the op, layer-op and module suites",
-                  ["test_ops.py", "test_layer_ops.py", "test_modules.py"], "cuda and not cuda-emulated", 120,
+                  ["test_ops.py", "test_layer_ops.py", "test_modules.py", "test_steering.py"], "cuda and not cuda-emulated",
+                  120,
                   env={"OMP_NUM_THREADS": "2"}, tail=30),
     ]
     for tool in SANITIZER_TOOLS:

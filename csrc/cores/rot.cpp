@@ -1,6 +1,7 @@
 // The rot core (antipasto_rot; docs/SPEC.md §2) on the host: V side h_b = (p_b R_b^T) * s_b, U side
 // h_b = (p * s)_b R_b, none h = p * s; s = S + coeff delta_s. params [delta_s, R], option the side (0 none, 1 V,
-// 2 U; R unused for none); dparams d delta_s (r) | dR (r bs, sides V, U).
+// 2 U; R unused for none); dparams d delta_s (r) | dR (r bs, sides V, U). A steered call reaches these kernels one
+// group at a time (csrc/cpu/kernels.cpp).
 #include "csrc/checks.h"
 #include "csrc/cores/core_host.h"
 #include "csrc/cpu/rows.h"
@@ -17,12 +18,16 @@ void pack(Packer& p, int64_t option) {
   c.side = int(option);
   c.g = p.param(0, "delta_s", {p.r()});
   if (c.side == kRotNone) return;
+  // Steered: one rotation set per group, (groups, r / bs, bs, bs).
   const at::Tensor& R = p.raw(1);
   check_float(R, "R");
-  const int64_t bs = R.dim() == 3 ? R.size(1) : 0;
-  TORCH_CHECK(R.dim() == 3 && R.size(1) == R.size(2) && bs >= 2 && bs * R.size(0) == p.r(),
-              "antipasto_ext: R must have shape (r / block_size, block_size, block_size) with r = ", p.r(), ", got ",
-              R.sizes());
+  const int64_t lead = c.coeffs ? 1 : 0, dims = 3 + lead;
+  const int64_t bs = R.dim() == dims ? R.size(1 + lead) : 0;
+  TORCH_CHECK(R.dim() == dims && R.size(lead + 1) == R.size(lead + 2) && bs >= 2 && bs * R.size(lead) == p.r() &&
+                  (!lead || R.size(0) == c.entries),
+              "antipasto_ext: R must have shape ", lead ? "(groups, " : "(",
+              "r / block_size, block_size, block_size) with r = ", p.r(), lead ? " and one set per coeffs entry" : "",
+              ", got ", R.sizes());
   c.bs = bs;
   c.R = p.param(1, "R", R.sizes());
 }

@@ -42,7 +42,7 @@ void for_rows(int64_t n, int64_t row_cost, int64_t n_scratch, const RowFn& row_f
 // `total` (n_partial entries).
 template <typename acc_t, typename RowFn>
 void reduce_rows(int64_t n, int64_t row_cost, int64_t n_partial, int64_t n_scratch, acc_t* total, const RowFn& row_fn) {
-  const int64_t chunk = core_rows_per_chunk(n), n_chunks = core_chunks(n);
+  const int64_t chunk = core_rows_per_chunk(n), n_chunks = core_chunks_per_entry(n);
   std::vector<acc_t> partial(n_chunks * n_partial, acc_t(0));
   at::parallel_for(0, n_chunks, grain(chunk * row_cost), [&](int64_t c0, int64_t c1) {
     std::vector<acc_t> scratch(n_scratch);

@@ -11,7 +11,7 @@
 //   * the accumulation type is double for DType::f64, float otherwise; every small parameter (S, g, R, A, B,
 //     a), the Cayley inputs / outputs and the parameter-gradient output are arrays of accumulators;
 //   * a backward writes the gradients of all the core's parameters into one accumulator array `dparams` of
-//     core_partials(core) entries (layouts below) and uses a workspace of core_workspace_elems(n, core)
+//     core_dparams_elems(core) entries (layouts below) and uses a workspace of core_workspace_elems(n, core)
 //     accumulators, which it overwrites (no zeroing needed);
 //   * every call is asynchronous on `stream` (the CPU set runs synchronously), never synchronises with the
 //     host, and throws std::invalid_argument for a size its kernels cannot take.
@@ -64,6 +64,12 @@ struct CoreParams {
   int side = kRotNone;         // rot
   bool suppress_only = false;  // gain, dplr
   double coeff = 1.0;
+  // Steering: the call's n rows are `entries` consecutive groups of n / entries rows (n a multiple of entries);
+  // with `coeffs` (entries accumulators) group e uses coefficient coeffs[e] instead of `coeff`, and rot with a
+  // rotated side takes one rotation set per group (R (entries, r / bs, bs, bs)). Unsteered: one group, no coeffs
+// (several groups need coeffs).
+  int64_t entries = 1;
+  const void* coeffs = nullptr;
   const void* S = nullptr;  // (r)
   const void* g = nullptr;  // gain, dplr: g (r); rot: delta_s (r)
   const void* R = nullptr;  // rot sides V / U: (r / bs, bs, bs)
@@ -72,8 +78,13 @@ struct CoreParams {
   const void* a = nullptr;  // ablate: a = clamp(alpha, 0, 1) (k)
 };
 
-// Entries of `dparams`: gain dg (r) | rot d delta_s (r), dR (r bs, sides V / U) | dplr dg (r), dA (k r),
-// dB (r k) | ablate dC (r k), da (k).
+// True when rot's R holds one rotation set per steering group.
+inline bool rot_per_entry(const CoreParams& c) {
+  return c.core == Core::rot && c.side != kRotNone && c.coeffs != nullptr;
+}
+
+// Parameter-gradient entries of one reduction chunk: gain dg (r) | rot d delta_s (r), dR (r bs, sides V / U) |
+// dplr dg (r), dA (k r), dB (r k) | ablate dC (r k), da (k).
 inline int64_t core_partials(const CoreParams& c) {
   switch (c.core) {
     case Core::gain: return c.r;
@@ -83,19 +94,34 @@ inline int64_t core_partials(const CoreParams& c) {
   }
   return 0;
 }
+// The trailing partials that belong to one steering group's parameters (rot's dR when R is per group); the others
+// are shared by all groups.
+inline int64_t core_entry_partials(const CoreParams& c) { return rot_per_entry(c) ? c.r * c.bs : 0; }
+// Entries of `dparams`: the shared partials, then the per-group ones of each group in group order.
+inline int64_t core_dparams_elems(const CoreParams& c) {
+  return core_partials(c) + (c.entries - 1) * core_entry_partials(c);
+}
 
-// Rows per reduction chunk of every backward, the same on every engine so parameter gradients are the same
-// bits whatever runs them: chunk c sums rows [c * chunk, (c + 1) * chunk) in row order, then the chunks
-// are summed in chunk order.
-inline int64_t core_rows_per_chunk(int64_t n) {
-  const int64_t c = (n + 127) / 128;
+// Rows of one steering group.
+inline int64_t core_entry_rows(int64_t n, const CoreParams& c) { return c.entries > 0 ? n / c.entries : 0; }
+
+// The reduction of every backward, the same on every engine so parameter gradients are the same bits whatever runs
+// them: each steering group's rows split into chunks of core_rows_per_chunk(group rows) rows; chunk partials are
+// sums in row order; a shared entry is the sum over groups, in group order, of (the group's chunk partials summed
+// in chunk order) times the chain-rule factor at the group's coefficient (the sum starting from group 0's
+// value); a per-group entry is its group's sum.
+inline int64_t core_rows_per_chunk(int64_t rows) {
+  const int64_t c = (rows + 127) / 128;
   return c > 16 ? c : 16;
 }
-inline int64_t core_chunks(int64_t n) {
-  const int64_t chunk = core_rows_per_chunk(n);
-  return n > 0 ? (n + chunk - 1) / chunk : 0;
+inline int64_t core_chunks_per_entry(int64_t rows) {
+  const int64_t chunk = core_rows_per_chunk(rows);
+  return rows > 0 ? (rows + chunk - 1) / chunk : 0;
 }
-inline int64_t core_workspace_elems(int64_t n, const CoreParams& c) { return core_chunks(n) * core_partials(c); }
+inline int64_t core_chunks(int64_t n, const CoreParams& c) {
+  return c.entries * core_chunks_per_entry(core_entry_rows(n, c));
+}
+inline int64_t core_workspace_elems(int64_t n, const CoreParams& c) { return core_chunks(n, c) * core_partials(c); }
 
 // A core forward (p -> h) or backward (grad_h, p -> dp, dparams) over n rows.
 struct CoreCall {
@@ -106,7 +132,7 @@ struct CoreCall {
   void* h = nullptr;              // forward
   const void* grad_h = nullptr;   // backward
   void* dp = nullptr;             // backward
-  void* dparams = nullptr;        // backward: core_partials(core) accumulators
+  void* dparams = nullptr;        // backward: core_dparams_elems(core) accumulators
   void* workspace = nullptr;      // backward: core_workspace_elems(n, core) accumulators
 };
 
@@ -118,7 +144,7 @@ constexpr int64_t kProjectMaxLowRank = 32;  // k of the dplr / ablate epilogue
 // The cores the fused kernel's epilogue applies (another core takes the BLAS + core kernel path).
 inline bool project_supports(const CoreParams& c) {
   const bool lowrank = c.core == Core::dplr || c.core == Core::ablate;
-  return (c.core == Core::gain || c.core == Core::rot || lowrank) && c.r <= kProjectMaxR &&
+  return (c.core == Core::gain || c.core == Core::rot || lowrank) && c.coeffs == nullptr && c.r <= kProjectMaxR &&
          (!lowrank || c.k <= kProjectMaxLowRank);
 }
 struct ProjectCall {
@@ -148,10 +174,13 @@ inline int64_t project_workspace_elems(int64_t n, int64_t d_in, int64_t r) {
 
 // Block Cayley rotations (docs/SPEC.md §2): forward t (n_blocks, bs(bs-1)/2) -> R (n_blocks, bs, bs);
 // backward grad_R, R, t -> dt. Accumulator arrays (double when f64).
+// With `coeffs`, block b uses coefficient coeffs[b / blocks_per_coeff] instead of `coeff`.
 struct CayleyCall {
   bool f64 = false;
   int64_t n_blocks = 0, bs = 2;
   double a_lim = 0, coeff = 1.0;
+  const void* coeffs = nullptr;
+  int64_t blocks_per_coeff = 1;
   const void* t = nullptr;
   void* R = nullptr;               // forward output; backward input (the forward's R)
   const void* grad_R = nullptr;    // backward

@@ -30,15 +30,25 @@ constexpr int kCayleySmallMax = 8;      // register path up to this block size
 constexpr int kCayleySmallThreads = 64;  // threads (= Cayley blocks) per CTA on the register path
 constexpr int kCayleyCtaThreads = 256;  // threads per CTA on the shared-memory path
 
+// The coefficient of Cayley block b: coeffs[b / per] when given (one per steering group), else `value`.
+template <typename acc_t>
+struct BlockCoeff {
+  const acc_t* coeffs;
+  int64_t per;
+  acc_t value;
+  __device__ __forceinline__ acc_t at(int64_t b) const { return coeffs ? __ldg(coeffs + b / per) : value; }
+};
+
 // ------------------------------------------------------------------------------- bs <= 8: registers
 
 template <int BS, typename acc_t>
 __global__ void __launch_bounds__(kCayleySmallThreads)
-    cayley_forward_small_kernel(const acc_t* __restrict__ t, int64_t n_blocks, acc_t a_lim, acc_t coeff,
+    cayley_forward_small_kernel(const acc_t* __restrict__ t, int64_t n_blocks, acc_t a_lim, BlockCoeff<acc_t> cf,
                                 acc_t* __restrict__ R) {
   constexpr int kM = BS * (BS - 1) / 2;
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= n_blocks) return;
+  const acc_t coeff = cf.at(b);
   const acc_t* tb = t + b * kM;
   acc_t M[BS][BS];
   // M = I - coeff * A / 2 (A clamped skew), computed as (-coeff * A) / 2 like cayley_block_forward.
@@ -80,11 +90,12 @@ __global__ void __launch_bounds__(kCayleySmallThreads)
 template <int BS, typename acc_t>
 __global__ void __launch_bounds__(kCayleySmallThreads)
     cayley_backward_small_kernel(const acc_t* __restrict__ G, const acc_t* __restrict__ R,
-                                 const acc_t* __restrict__ t, int64_t n_blocks, acc_t a_lim, acc_t coeff,
+                                 const acc_t* __restrict__ t, int64_t n_blocks, acc_t a_lim, BlockCoeff<acc_t> cf,
                                  acc_t* __restrict__ dt) {
   constexpr int kM = BS * (BS - 1) / 2;
   const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
   if (b >= n_blocks) return;
+  const acc_t coeff = cf.at(b);
   const acc_t* Gb = G + b * (BS * BS);
   const acc_t* Rb = R + b * (BS * BS);
   const acc_t* tb = t + b * kM;
@@ -133,12 +144,13 @@ __global__ void __launch_bounds__(kCayleySmallThreads)
 // Shared memory: M (bs*bs) | col (bs) | row (bs) accumulators.
 template <typename acc_t>
 __global__ void __launch_bounds__(kCayleyCtaThreads)
-    cayley_forward_cta_kernel(const acc_t* __restrict__ t, int bs, acc_t a_lim, acc_t coeff,
+    cayley_forward_cta_kernel(const acc_t* __restrict__ t, int bs, acc_t a_lim, BlockCoeff<acc_t> cf,
                               acc_t* __restrict__ R) {
   acc_t* M = dyn_smem<acc_t>();
   acc_t* col = M + bs * bs;
   acc_t* row = col + bs;
   const int64_t b = blockIdx.x;
+  const acc_t coeff = cf.at(b);
   const int m = bs * (bs - 1) / 2;
   const acc_t* tb = t + b * m;
   const int tid = threadIdx.x, nt = blockDim.x, nn = bs * bs;
@@ -185,10 +197,11 @@ __global__ void __launch_bounds__(kCayleyCtaThreads)
 template <typename acc_t>
 __global__ void __launch_bounds__(kCayleyCtaThreads)
     cayley_backward_cta_kernel(const acc_t* __restrict__ G, const acc_t* __restrict__ R,
-                               const acc_t* __restrict__ t, int bs, acc_t a_lim, acc_t coeff,
+                               const acc_t* __restrict__ t, int bs, acc_t a_lim, BlockCoeff<acc_t> cf,
                                acc_t* __restrict__ dt) {
   acc_t* tmp = dyn_smem<acc_t>();
   const int64_t b = blockIdx.x;
+  const acc_t coeff = cf.at(b);
   const int m = bs * (bs - 1) / 2, nn = bs * bs;
   const acc_t* Gb = G + b * nn;
   const acc_t* Rb = R + b * nn;
@@ -224,7 +237,7 @@ inline size_t cayley_forward_cta_smem(int bs, size_t acc_bytes) { return size_t(
 inline size_t cayley_backward_cta_smem(int bs, size_t acc_bytes) { return size_t(bs * bs) * acc_bytes; }
 
 template <typename acc_t>
-void launch_cayley_forward(const acc_t* t, int64_t n_blocks, int bs, acc_t a_lim, acc_t coeff, acc_t* R,
+void launch_cayley_forward(const acc_t* t, int64_t n_blocks, int bs, acc_t a_lim, BlockCoeff<acc_t> coeff, acc_t* R,
                            ax::stream_t stream) {
   if (n_blocks <= 0) return;
   if (bs <= kCayleySmallMax) {
@@ -254,7 +267,7 @@ void launch_cayley_forward(const acc_t* t, int64_t n_blocks, int bs, acc_t a_lim
 
 template <typename acc_t>
 void launch_cayley_backward(const acc_t* G, const acc_t* R, const acc_t* t, int64_t n_blocks, int bs, acc_t a_lim,
-                            acc_t coeff, acc_t* dt, ax::stream_t stream) {
+                            BlockCoeff<acc_t> coeff, acc_t* dt, ax::stream_t stream) {
   if (n_blocks <= 0) return;
   if (bs <= kCayleySmallMax) {
     const dim3 grid(unsigned((n_blocks + kCayleySmallThreads - 1) / kCayleySmallThreads)), block(kCayleySmallThreads);

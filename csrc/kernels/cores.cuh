@@ -8,15 +8,19 @@
 //   dplr    h = p * s + coeff (p A^T) B^T
 //   ablate  h = p S - C ((p S C) * coeff a)
 //
+// Steering (CoreParams::entries, coeffs): the rows form groups of consecutive rows, each with its coefficient (and
+// rot's rotation set); the grid holds a fixed number of CTAs per group and no CTA's rows cross a group, so a CTA
+// reads one coefficient. Unsteered calls are one group.
+//
 // Forward: one CTA per tile of rows, all r columns; s (computed in-kernel from S, g / delta_s,
 // coeff, suppress_only) and the small parameters staged in shared memory (R, A/B, C read through
 // the same pointer from global memory when they do not fit next to a useful row tile).
 //
 // Backward: dp per row, and the parameter gradients reduced deterministically in two stages, no
-// float atomics: CTA c owns rows [c*chunk, (c+1)*chunk) (chunk = core_rows_per_chunk(n), as every
+// float atomics: CTA c owns chunk c of the rows (the chunking of api.h's core_rows_per_chunk, as every
 // kernel set chunks its rows), accumulates each parameter-gradient entry in row order into its own
-// workspace slice (one thread per entry), and reduce_partials_kernel sums the slices in CTA order
-// and applies the per-entry chain-rule factor. The result is the same bits run to run. The per-entry
+// workspace slice (one thread per entry), and reduce_partials_kernel sums the slices per group in CTA order,
+// applies the chain-rule factor at the group's coefficient and sums the groups in order. The result is the same bits run to run. The per-entry
 // arithmetic mirrors csrc/kernels/rowcore.h (gain, rot: so without FMA contraction, in the CPU
 // emulation, it equals the C++ CPU kernel set bit for bit) and tests/cpp/row_oracles.h (dplr, ablate:
 // the CPU kernel set sums those in its own SIMD order).
@@ -136,39 +140,74 @@ __device__ __forceinline__ void load_tile(acc_t* dst, const T* x, int64_t row0, 
   for (int e = threadIdx.x; e < cnt; e += blockDim.x) dst[e] = ld<acc_t>(src + e);
 }
 
+// Which rows a CTA owns: `per_entry` CTAs per steering group of `entry_rows` rows, CTA b taking rows
+// [cta_rows * (b % per_entry), ...) of group b / per_entry (at most cta_rows: the forward's tile, the backward's
+// chunk), and the group's coefficient.
+template <typename acc_t>
+struct Rows {
+  int64_t entry_rows, per_entry, cta_rows;
+  const acc_t* coeffs;  // one per group, or nullptr: every group uses `coeff`
+  acc_t coeff;
+};
+struct RowRange {
+  int64_t entry, row0, row1;
+};
+template <typename acc_t>
+__device__ __forceinline__ RowRange cta_rows(const Rows<acc_t>& m) {
+  const int64_t b = blockIdx.x, e = b / m.per_entry, start = e * m.entry_rows, end = start + m.entry_rows;
+  const int64_t row0 = start + (b % m.per_entry) * m.cta_rows;
+  return RowRange{e, row0, row0 + m.cta_rows < end ? row0 + m.cta_rows : end};
+}
+template <typename acc_t>
+__device__ __forceinline__ acc_t entry_coeff(const Rows<acc_t>& m, int64_t e) {
+  return m.coeffs ? __ldg(m.coeffs + e) : m.coeff;
+}
+// Host side: the Rows of call c with cta_rows rows per CTA, and its grid.
+template <typename acc_t>
+inline Rows<acc_t> rows_of(const CoreCall& c, int64_t cta_rows) {
+  const int64_t entry_rows = core_entry_rows(c.n, c.core);
+  return Rows<acc_t>{entry_rows, entry_rows > 0 ? (entry_rows + cta_rows - 1) / cta_rows : 0, cta_rows,
+                     static_cast<const acc_t*>(c.core.coeffs), acc_t(c.core.coeff)};
+}
+template <typename acc_t>
+inline dim3 grid_of(const CoreCall& c, const Rows<acc_t>& m) {
+  return dim3(unsigned(c.core.entries * m.per_entry));
+}
+
 // ------------------------------------------------------------------------------------ diag (gain)
 
 // rows_per_cta rows per CTA, elementwise; s in shared memory.
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
-    diag_forward_kernel(const T* __restrict__ p, int64_t n, int r, int rows_per_cta,
+    diag_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
                         const typename acc_of<T>::type* __restrict__ S,
-                        const typename acc_of<T>::type* __restrict__ x, typename acc_of<T>::type coeff,
-                        bool suppress_only, int mode, T* __restrict__ h) {
+                        const typename acc_of<T>::type* __restrict__ x, bool suppress_only, int mode,
+                        T* __restrict__ h) {
   using acc_t = typename acc_of<T>::type;
   acc_t* s = dyn_smem<acc_t>();
+  const RowRange t = cta_rows(m);
+  const acc_t coeff = entry_coeff(m, t.entry);
   for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
   __syncthreads();
-  const int64_t row0 = int64_t(blockIdx.x) * rows_per_cta;
-  const int64_t rows = n - row0 < rows_per_cta ? n - row0 : rows_per_cta;
-  const int64_t base = row0 * r, cnt = rows * r;
+  const int64_t base = t.row0 * r, cnt = (t.row1 - t.row0) * r;
   for (int64_t e = threadIdx.x; e < cnt; e += blockDim.x) st(h + base + e, ld<acc_t>(p + base + e) * s[e % r]);
 }
 
 // One thread per column j of the CTA's row chunk: dp = dh * s_j, partial ds_j = sum dh * p in row order.
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
-    diag_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, int64_t n, int r, int64_t chunk,
+    diag_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
                          const typename acc_of<T>::type* __restrict__ S,
-                         const typename acc_of<T>::type* __restrict__ x, typename acc_of<T>::type coeff,
-                         bool suppress_only, int mode, T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
+                         const typename acc_of<T>::type* __restrict__ x, bool suppress_only, int mode,
+                         T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
-  const int64_t c = blockIdx.x, row0 = c * chunk, row1 = row0 + chunk < n ? row0 + chunk : n;
-  acc_t* part = ws + c * r;
+  const RowRange t = cta_rows(m);
+  const acc_t coeff = entry_coeff(m, t.entry);
+  acc_t* part = ws + int64_t(blockIdx.x) * r;
   for (int j = threadIdx.x; j < r; j += blockDim.x) {
     const acc_t sj = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
     acc_t acc = 0;
-    for (int64_t i = row0; i < row1; ++i) {
+    for (int64_t i = t.row0; i < t.row1; ++i) {
       const int64_t e = i * r + j;
       const acc_t d = ld<acc_t>(dh + e);
       st(dp + e, d * sj);
@@ -187,10 +226,10 @@ struct DiagLaunch {
   static void forward(const CoreCall& c, const TilePlan& pl, int mode, ax::stream_t st) {
     using acc_t = typename acc_of<T>::type;
     const CoreParams& k = c.core;
-    const int rows = int(std::max<int64_t>(1, kDiagElemsPerCta / k.r));
-    AX_LAUNCH((diag_forward_kernel<T>), dim3(blocks_for(c.n, rows)), dim3(kCoreThreads), pl.smem, st,
-              static_cast<const T*>(c.p), c.n, int(k.r), rows, static_cast<const acc_t*>(k.S),
-              static_cast<const acc_t*>(k.g), acc_t(k.coeff), k.suppress_only, mode, static_cast<T*>(c.h));
+    const auto m = rows_of<acc_t>(c, std::max<int64_t>(1, kDiagElemsPerCta / k.r));
+    AX_LAUNCH((diag_forward_kernel<T>), grid_of(c, m), dim3(kCoreThreads), pl.smem, st, static_cast<const T*>(c.p), m,
+              int(k.r), static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g), k.suppress_only, mode,
+              static_cast<T*>(c.h));
     AX_CHECK_LAUNCH();
   }
   template <typename T>
@@ -198,10 +237,10 @@ struct DiagLaunch {
     using acc_t = typename acc_of<T>::type;
     const CoreParams& k = c.core;
     const int threads = int(std::min<int64_t>(kCoreThreads, (k.r + 31) / 32 * 32));
-    AX_LAUNCH((diag_backward_kernel<T>), dim3(unsigned(core_chunks(c.n))), dim3(threads), 0, st,
-              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), c.n, int(k.r), chunk,
-              static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g), acc_t(k.coeff), k.suppress_only, mode,
-              static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
+    const auto m = rows_of<acc_t>(c, chunk);
+    AX_LAUNCH((diag_backward_kernel<T>), grid_of(c, m), dim3(threads), 0, st, static_cast<const T*>(c.grad_h),
+              static_cast<const T*>(c.p), m, int(k.r), static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g),
+              k.suppress_only, mode, static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
     AX_CHECK_LAUNCH();
   }
 };
@@ -225,18 +264,20 @@ struct CoreLaunch<Core::gain> {
 // Shared: s (r) | R (r*bs, when staged) | P (rows_per_tile * r).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
-    rot_forward_kernel(const T* __restrict__ p, int64_t n, int r, int bs, int side, int rows_per_tile,
+    rot_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r, int bs, int side,
                        bool stage_params, const typename acc_of<T>::type* __restrict__ S,
                        const typename acc_of<T>::type* __restrict__ delta_s,
-                       const typename acc_of<T>::type* __restrict__ R, typename acc_of<T>::type coeff,
-                       T* __restrict__ h) {
+                       const typename acc_of<T>::type* __restrict__ R, int64_t R_stride, T* __restrict__ h) {
   using acc_t = typename acc_of<T>::type;
   acc_t* s = dyn_smem<acc_t>();
   acc_t* Rs = s + r;
   acc_t* P = Rs + (stage_params ? int64_t(r) * bs : 0);
+  const RowRange t = cta_rows(m);
+  const acc_t coeff = entry_coeff(m, t.entry);
+  R += t.entry * R_stride;
   const acc_t* Rsrc = stage_params ? Rs : R;
-  const int64_t row0 = int64_t(blockIdx.x) * rows_per_tile;
-  const int rows = int(n - row0 < rows_per_tile ? n - row0 : rows_per_tile);
+  const int64_t row0 = t.row0;
+  const int rows = int(t.row1 - t.row0);
   for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = __ldg(S + j) + coeff * __ldg(delta_s + j);
   if (stage_params) stage(Rs, R, int64_t(r) * bs);
   load_tile(P, p, row0, rows, r);
@@ -262,12 +303,12 @@ __global__ void __launch_bounds__(kCoreThreads)
 // Workspace slice per CTA: ds (r) | dR (r*bs).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
-    rot_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, int64_t n, int r, int bs, int side,
-                        int64_t chunk, int rows_per_tile, bool stage_params,
+    rot_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
+                        int bs, int side, int rows_per_tile, bool stage_params,
                         const typename acc_of<T>::type* __restrict__ S,
                         const typename acc_of<T>::type* __restrict__ delta_s,
-                        const typename acc_of<T>::type* __restrict__ R, typename acc_of<T>::type coeff,
-                        T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
+                        const typename acc_of<T>::type* __restrict__ R, int64_t R_stride, T* __restrict__ dp,
+                        typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
   const int64_t n_rot = int64_t(r) * bs, n_part = r + n_rot;
   acc_t* s = dyn_smem<acc_t>();
@@ -275,9 +316,12 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* P = Rs + (stage_params ? n_rot : 0);
   acc_t* D = P + rows_per_tile * r;
   acc_t* X = D + rows_per_tile * r;
+  const RowRange t = cta_rows(m);
+  const acc_t coeff = entry_coeff(m, t.entry);
+  R += t.entry * R_stride;
   const acc_t* Rsrc = stage_params ? Rs : R;
-  const int64_t c = blockIdx.x, c0 = c * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
-  acc_t* part = ws + c * n_part;
+  const int64_t c0 = t.row0, c1 = t.row1;
+  acc_t* part = ws + int64_t(blockIdx.x) * n_part;
   for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = __ldg(S + j) + coeff * __ldg(delta_s + j);
   if (stage_params) stage(Rs, R, n_rot);
   const int bb = bs * bs;
@@ -332,6 +376,7 @@ __global__ void __launch_bounds__(kCoreThreads)
 template <>
 struct CoreLaunch<Core::rot> {
   static constexpr int final_mode = kFinalCoeff;
+  static int64_t R_stride(const CoreParams& k) { return rot_per_entry(k) ? k.r * k.bs : 0; }
   static TilePlan tile(const CoreParams& k, bool backward, size_t acc_bytes, int64_t max_rows) {
     if (k.side != kRotNone && k.side != kRotV && k.side != kRotU)
       throw std::invalid_argument("antipasto_ext rot core: side must be 0, 1 or 2, got " + std::to_string(k.side));
@@ -346,10 +391,10 @@ struct CoreLaunch<Core::rot> {
     using acc_t = typename acc_of<T>::type;
     const CoreParams& k = c.core;
     if (k.side == kRotNone) return DiagLaunch::forward<T>(c, pl, kScaleAdditive, st);
-    AX_LAUNCH((rot_forward_kernel<T>), dim3(blocks_for(c.n, pl.rows)), dim3(kCoreThreads), pl.smem, st,
-              static_cast<const T*>(c.p), c.n, int(k.r), int(k.bs), k.side, pl.rows, pl.stage,
-              static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g), static_cast<const acc_t*>(k.R),
-              acc_t(k.coeff), static_cast<T*>(c.h));
+    const auto m = rows_of<acc_t>(c, pl.rows);
+    AX_LAUNCH((rot_forward_kernel<T>), grid_of(c, m), dim3(kCoreThreads), pl.smem, st, static_cast<const T*>(c.p), m,
+              int(k.r), int(k.bs), k.side, pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g),
+              static_cast<const acc_t*>(k.R), R_stride(k), static_cast<T*>(c.h));
     AX_CHECK_LAUNCH();
   }
   template <typename T>
@@ -357,10 +402,11 @@ struct CoreLaunch<Core::rot> {
     using acc_t = typename acc_of<T>::type;
     const CoreParams& k = c.core;
     if (k.side == kRotNone) return DiagLaunch::backward<T>(c, chunk, kScaleAdditive, st);
-    AX_LAUNCH((rot_backward_kernel<T>), dim3(unsigned(core_chunks(c.n))), dim3(kCoreThreads), pl.smem, st,
-              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), c.n, int(k.r), int(k.bs), k.side, chunk,
-              pl.rows, pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g),
-              static_cast<const acc_t*>(k.R), acc_t(k.coeff), static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
+    const auto m = rows_of<acc_t>(c, chunk);
+    AX_LAUNCH((rot_backward_kernel<T>), grid_of(c, m), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), m, int(k.r), int(k.bs), k.side, pl.rows,
+              pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g), static_cast<const acc_t*>(k.R),
+              R_stride(k), static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
     AX_CHECK_LAUNCH();
   }
 };
@@ -370,10 +416,10 @@ struct CoreLaunch<Core::rot> {
 // Shared: s (r) | A (k*r) | B (r*k) (when staged) | P (tile * r) | Tt (tile * k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
-    dplr_forward_kernel(const T* __restrict__ p, int64_t n, int r, int k, int rows_per_tile, bool stage_params,
-                        const typename acc_of<T>::type* __restrict__ S, const typename acc_of<T>::type* __restrict__ g,
-                        const typename acc_of<T>::type* __restrict__ A, const typename acc_of<T>::type* __restrict__ B,
-                        typename acc_of<T>::type coeff, bool suppress_only, T* __restrict__ h) {
+    dplr_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r, int k, int rows_per_tile,
+                        bool stage_params, const typename acc_of<T>::type* __restrict__ S,
+                        const typename acc_of<T>::type* __restrict__ g, const typename acc_of<T>::type* __restrict__ A,
+                        const typename acc_of<T>::type* __restrict__ B, bool suppress_only, T* __restrict__ h) {
   using acc_t = typename acc_of<T>::type;
   const int64_t kr = int64_t(k) * r;
   acc_t* s = dyn_smem<acc_t>();
@@ -383,8 +429,10 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* Tt = P + rows_per_tile * r;
   const acc_t* Asrc = stage_params ? As : A;
   const acc_t* Bsrc = stage_params ? Bs : B;
-  const int64_t row0 = int64_t(blockIdx.x) * rows_per_tile;
-  const int rows = int(n - row0 < rows_per_tile ? n - row0 : rows_per_tile);
+  const RowRange t = cta_rows(m);
+  const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t row0 = t.row0;
+  const int rows = int(t.row1 - t.row0);
   for (int j = threadIdx.x; j < r; j += blockDim.x)
     s[j] = diag_scale(kScaleGain, __ldg(S + j), __ldg(g + j), coeff, suppress_only);
   if (stage_params) {
@@ -416,11 +464,11 @@ __global__ void __launch_bounds__(kCoreThreads)
 // Workspace slice per CTA: ds (r) | dA (k*r) | dB (r*k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
-    dplr_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, int64_t n, int r, int k, int64_t chunk,
-                         int rows_per_tile, bool stage_params, const typename acc_of<T>::type* __restrict__ S,
+    dplr_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
+                         int k, int rows_per_tile, bool stage_params, const typename acc_of<T>::type* __restrict__ S,
                          const typename acc_of<T>::type* __restrict__ g, const typename acc_of<T>::type* __restrict__ A,
-                         const typename acc_of<T>::type* __restrict__ B, typename acc_of<T>::type coeff,
-                         bool suppress_only, T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
+                         const typename acc_of<T>::type* __restrict__ B, bool suppress_only, T* __restrict__ dp,
+                         typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
   const int64_t kr = int64_t(k) * r, n_part = r + 2 * kr;
   acc_t* s = dyn_smem<acc_t>();
@@ -432,8 +480,10 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* Uu = Tt + rows_per_tile * k;
   const acc_t* Asrc = stage_params ? As : A;
   const acc_t* Bsrc = stage_params ? Bs : B;
-  const int64_t c = blockIdx.x, c0 = c * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
-  acc_t* part = ws + c * n_part;
+  const RowRange t = cta_rows(m);
+  const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t c0 = t.row0, c1 = t.row1;
+  acc_t* part = ws + int64_t(blockIdx.x) * n_part;
   for (int j = threadIdx.x; j < r; j += blockDim.x)
     s[j] = diag_scale(kScaleGain, __ldg(S + j), __ldg(g + j), coeff, suppress_only);
   if (stage_params) {
@@ -496,21 +546,21 @@ struct CoreLaunch<Core::dplr> {
   static void forward(const CoreCall& c, const TilePlan& pl, ax::stream_t st) {
     using acc_t = typename acc_of<T>::type;
     const CoreParams& k = c.core;
-    AX_LAUNCH((dplr_forward_kernel<T>), dim3(blocks_for(c.n, pl.rows)), dim3(kCoreThreads), pl.smem, st,
-              static_cast<const T*>(c.p), c.n, int(k.r), int(k.k), pl.rows, pl.stage, static_cast<const acc_t*>(k.S),
-              static_cast<const acc_t*>(k.g), static_cast<const acc_t*>(k.A), static_cast<const acc_t*>(k.B),
-              acc_t(k.coeff), k.suppress_only, static_cast<T*>(c.h));
+    const auto m = rows_of<acc_t>(c, pl.rows);
+    AX_LAUNCH((dplr_forward_kernel<T>), grid_of(c, m), dim3(kCoreThreads), pl.smem, st, static_cast<const T*>(c.p), m,
+              int(k.r), int(k.k), pl.rows, pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g),
+              static_cast<const acc_t*>(k.A), static_cast<const acc_t*>(k.B), k.suppress_only, static_cast<T*>(c.h));
     AX_CHECK_LAUNCH();
   }
   template <typename T>
   static void backward(const CoreCall& c, const TilePlan& pl, int64_t chunk, ax::stream_t st) {
     using acc_t = typename acc_of<T>::type;
     const CoreParams& k = c.core;
-    AX_LAUNCH((dplr_backward_kernel<T>), dim3(unsigned(core_chunks(c.n))), dim3(kCoreThreads), pl.smem, st,
-              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), c.n, int(k.r), int(k.k), chunk, pl.rows,
-              pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g), static_cast<const acc_t*>(k.A),
-              static_cast<const acc_t*>(k.B), acc_t(k.coeff), k.suppress_only, static_cast<T*>(c.dp),
-              static_cast<acc_t*>(c.workspace));
+    const auto m = rows_of<acc_t>(c, chunk);
+    AX_LAUNCH((dplr_backward_kernel<T>), grid_of(c, m), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), m, int(k.r), int(k.k), pl.rows, pl.stage,
+              static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g), static_cast<const acc_t*>(k.A),
+              static_cast<const acc_t*>(k.B), k.suppress_only, static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
     AX_CHECK_LAUNCH();
   }
 };
@@ -520,9 +570,9 @@ struct CoreLaunch<Core::dplr> {
 // Shared: S (r) | a (k) | C (r*k, when staged) | P (tile * r) | V (tile * k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
-    ablate_forward_kernel(const T* __restrict__ p, int64_t n, int r, int k, int rows_per_tile, bool stage_params,
-                          const typename acc_of<T>::type* __restrict__ S, const typename acc_of<T>::type* __restrict__ C,
-                          const typename acc_of<T>::type* __restrict__ a, typename acc_of<T>::type coeff,
+    ablate_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r, int k, int rows_per_tile,
+                          bool stage_params, const typename acc_of<T>::type* __restrict__ S,
+                          const typename acc_of<T>::type* __restrict__ C, const typename acc_of<T>::type* __restrict__ a,
                           T* __restrict__ h) {
   using acc_t = typename acc_of<T>::type;
   const int64_t rk = int64_t(r) * k;
@@ -532,8 +582,10 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* P = Cs + (stage_params ? rk : 0);
   acc_t* V = P + rows_per_tile * r;
   const acc_t* Csrc = stage_params ? Cs : C;
-  const int64_t row0 = int64_t(blockIdx.x) * rows_per_tile;
-  const int rows = int(n - row0 < rows_per_tile ? n - row0 : rows_per_tile);
+  const RowRange t = cta_rows(m);
+  const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t row0 = t.row0;
+  const int rows = int(t.row1 - t.row0);
   stage(Ss, S, r);
   stage(as, a, k);
   if (stage_params) stage(Cs, C, rk);
@@ -561,12 +613,11 @@ __global__ void __launch_bounds__(kCoreThreads)
 // W = -dh C. Workspace slice per CTA: dC (r*k) | da (k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
-    ablate_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, int64_t n, int r, int k,
-                           int64_t chunk, int rows_per_tile, bool stage_params,
-                           const typename acc_of<T>::type* __restrict__ S,
+    ablate_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
+                           int k, int rows_per_tile, bool stage_params, const typename acc_of<T>::type* __restrict__ S,
                            const typename acc_of<T>::type* __restrict__ C,
-                           const typename acc_of<T>::type* __restrict__ a, typename acc_of<T>::type coeff,
-                           T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
+                           const typename acc_of<T>::type* __restrict__ a, T* __restrict__ dp,
+                           typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
   const int64_t rk = int64_t(r) * k, n_part = rk + k;
   acc_t* Ss = dyn_smem<acc_t>();
@@ -577,8 +628,10 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* V = D + rows_per_tile * r;
   acc_t* W = V + rows_per_tile * k;
   const acc_t* Csrc = stage_params ? Cs : C;
-  const int64_t c = blockIdx.x, c0 = c * chunk, c1 = c0 + chunk < n ? c0 + chunk : n;
-  acc_t* part = ws + c * n_part;
+  const RowRange t = cta_rows(m);
+  const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t c0 = t.row0, c1 = t.row1;
+  acc_t* part = ws + int64_t(blockIdx.x) * n_part;
   stage(Ss, S, r);
   stage(as, a, k);
   if (stage_params) stage(Cs, C, rk);
@@ -640,44 +693,61 @@ struct CoreLaunch<Core::ablate> {
   static void forward(const CoreCall& c, const TilePlan& pl, ax::stream_t st) {
     using acc_t = typename acc_of<T>::type;
     const CoreParams& k = c.core;
-    AX_LAUNCH((ablate_forward_kernel<T>), dim3(blocks_for(c.n, pl.rows)), dim3(kCoreThreads), pl.smem, st,
-              static_cast<const T*>(c.p), c.n, int(k.r), int(k.k), pl.rows, pl.stage, static_cast<const acc_t*>(k.S),
-              static_cast<const acc_t*>(k.A), static_cast<const acc_t*>(k.a), acc_t(k.coeff), static_cast<T*>(c.h));
+    const auto m = rows_of<acc_t>(c, pl.rows);
+    AX_LAUNCH((ablate_forward_kernel<T>), grid_of(c, m), dim3(kCoreThreads), pl.smem, st, static_cast<const T*>(c.p),
+              m, int(k.r), int(k.k), pl.rows, pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.A),
+              static_cast<const acc_t*>(k.a), static_cast<T*>(c.h));
     AX_CHECK_LAUNCH();
   }
   template <typename T>
   static void backward(const CoreCall& c, const TilePlan& pl, int64_t chunk, ax::stream_t st) {
     using acc_t = typename acc_of<T>::type;
     const CoreParams& k = c.core;
-    AX_LAUNCH((ablate_backward_kernel<T>), dim3(unsigned(core_chunks(c.n))), dim3(kCoreThreads), pl.smem, st,
-              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), c.n, int(k.r), int(k.k), chunk, pl.rows,
-              pl.stage, static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.A), static_cast<const acc_t*>(k.a),
-              acc_t(k.coeff), static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
+    const auto m = rows_of<acc_t>(c, chunk);
+    AX_LAUNCH((ablate_backward_kernel<T>), grid_of(c, m), dim3(kCoreThreads), pl.smem, st,
+              static_cast<const T*>(c.grad_h), static_cast<const T*>(c.p), m, int(k.r), int(k.k), pl.rows, pl.stage,
+              static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.A), static_cast<const acc_t*>(k.a),
+              static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
     AX_CHECK_LAUNCH();
   }
 };
 
 // ------------------------------------------------------------------------------------ second stage
 
-// out_o = sum over CTAs c (in order) of ws[c][o], times the chain-rule factor of entries o < r:
-// d s_eff / d g (kFinalGain) or coeff (kFinalCoeff).
+// The second stage (api.h's reduction): shared entry o < n_shared (the first n_part - n_entry_part of a slice)
+// = sum over groups e of (group e's CTA slices summed in CTA order) times the chain-rule factor of entries o < r at
+// the group's coefficient: d s_eff / d g (kFinalGain) or coeff (kFinalCoeff); then each group's per-group entries,
+// its slices' sum.
 template <typename acc_t>
 __global__ void __launch_bounds__(kCoreThreads)
-    reduce_partials_kernel(const acc_t* __restrict__ ws, int64_t n_ctas, int64_t n_part, int mode, int r,
-                           const acc_t* __restrict__ S, const acc_t* __restrict__ g, acc_t coeff, bool suppress_only,
-                           acc_t* __restrict__ out) {
-  const int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (o >= n_part) return;
+    reduce_partials_kernel(const acc_t* __restrict__ ws, int64_t entries, int64_t per_entry, int64_t n_part,
+                           int64_t n_entry_part, int mode, int r, const acc_t* __restrict__ S,
+                           const acc_t* __restrict__ g, const acc_t* __restrict__ coeffs, acc_t coeff,
+                           bool suppress_only, acc_t* __restrict__ out) {
+  const int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, n_shared = n_part - n_entry_part;
+  if (o >= n_shared + entries * n_entry_part) return;
+  if (o >= n_shared) {
+    const int64_t e = (o - n_shared) / n_entry_part, j = n_shared + (o - n_shared) % n_entry_part;
+    acc_t tot = 0;
+    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) tot += ws[c * n_part + j];
+    out[o] = tot;
+    return;
+  }
   acc_t tot = 0;
-  for (int64_t c = 0; c < n_ctas; ++c) tot += ws[c * n_part + o];
-  if (o < r) {
-    if (mode == kFinalGain) {
-      acc_t dscale = 0;
-      gain_scale<acc_t>(__ldg(S + o), __ldg(g + o), coeff, suppress_only, &dscale);
-      tot *= dscale;
-    } else if (mode == kFinalCoeff) {
-      tot *= coeff;
+  for (int64_t e = 0; e < entries; ++e) {
+    acc_t sum = 0;
+    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) sum += ws[c * n_part + o];
+    const acc_t ce = coeffs ? __ldg(coeffs + e) : coeff;
+    if (o < r) {
+      if (mode == kFinalGain) {
+        acc_t dscale = 0;
+        gain_scale<acc_t>(__ldg(S + o), __ldg(g + o), ce, suppress_only, &dscale);
+        sum *= dscale;
+      } else if (mode == kFinalCoeff) {
+        sum *= ce;
+      }
     }
+    tot = e == 0 ? sum : tot + sum;  // group 0's value as it is (0 + -0 would be +0): one group, one rounding
   }
   out[o] = tot;
 }

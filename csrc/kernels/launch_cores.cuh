@@ -25,15 +25,20 @@ inline void check_core(const char* op, const CoreCall& c) {
   if (k.r <= 0 || k.r > (int64_t(1) << 20) || k.k < 0 || k.k > k.r || c.n < 0)
     throw std::invalid_argument(std::string("antipasto_ext ") + op + ": unsupported sizes r = " + std::to_string(k.r) +
                                 ", k = " + std::to_string(k.k) + ", n = " + std::to_string(c.n));
+  if (k.entries < 1 || c.n % k.entries != 0 || k.entries > (int64_t(1) << 30) || (!k.coeffs && k.entries != 1))
+    throw std::invalid_argument(std::string("antipasto_ext ") + op + ": " + std::to_string(c.n) +
+                                " rows do not split into " + std::to_string(k.entries) + " steering groups");
 }
 
-// Second stage of every backward: dparams = sum of the CTA partials (in CTA order) * factor.
+// Second stage of every backward: dparams from the CTA partials (api.h's reduction, reduce_partials_kernel).
 template <typename acc_t>
-void launch_reduce(const acc_t* ws, int64_t n_ctas, int64_t n_part, int mode, int64_t r, const acc_t* S,
-                   const acc_t* g, acc_t coeff, bool suppress_only, acc_t* out, ax::stream_t st) {
-  if (n_part <= 0) return;
-  AX_LAUNCH((reduce_partials_kernel<acc_t>), dim3(blocks_for(n_part, kCoreThreads)), dim3(kCoreThreads), 0, st, ws,
-            n_ctas, n_part, mode, int(r), S, g, coeff, suppress_only, out);
+void launch_reduce(const CoreParams& k, const acc_t* ws, int64_t per_entry, int mode, acc_t* out, ax::stream_t st) {
+  const int64_t n_out = core_dparams_elems(k);
+  if (n_out <= 0) return;
+  AX_LAUNCH((reduce_partials_kernel<acc_t>), dim3(blocks_for(n_out, kCoreThreads)), dim3(kCoreThreads), 0, st, ws,
+            k.entries, per_entry, core_partials(k), core_entry_partials(k), mode, int(k.r),
+            static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g ? k.g : k.S),
+            static_cast<const acc_t*>(k.coeffs), acc_t(k.coeff), k.suppress_only, out);
   AX_CHECK_LAUNCH();
 }
 
@@ -42,29 +47,28 @@ void core_forward_typed(const CoreCall& c, ax::stream_t st) {
   using acc_t = typename acc_of<T>::type;
   with_core(c.core.core, [&](auto core) {
     using L = CoreLaunch<decltype(core)::value>;
-    const TilePlan pl = L::tile(c.core, false, sizeof(acc_t), c.n);
+    const TilePlan pl = L::tile(c.core, false, sizeof(acc_t), core_entry_rows(c.n, c.core));
     poison<T>(c.h, c.n * c.core.r);
     if (c.n > 0) L::template forward<T>(c, pl, st);
   });
 }
 
-// First stage: per-CTA partials of the parameter gradients (and dp); second stage: their sum with the
+// First stage: per-CTA partials of the parameter gradients (and dp); second stage: dparams from them, with the
 // chain-rule factor of entries < r (d s / d g for the gain cores, coeff for rot's delta_s).
 template <typename T>
 void core_backward_typed(const CoreCall& c, ax::stream_t st) {
   using acc_t = typename acc_of<T>::type;
   const CoreParams& k = c.core;
-  const int64_t n = c.n, n_ctas = core_chunks(n), chunk = core_rows_per_chunk(n), n_part = core_partials(k);
+  const int64_t n = c.n, rows = core_entry_rows(n, k), n_ctas = core_chunks(n, k), chunk = core_rows_per_chunk(rows);
   with_core(k.core, [&](auto core) {
     using L = CoreLaunch<decltype(core)::value>;
     const TilePlan pl = n_ctas > 0 ? L::tile(k, true, sizeof(acc_t), chunk) : TilePlan{0, false, 0};
     poison<T>(c.dp, n * k.r);
-    poison<acc_t>(c.workspace, n_ctas * n_part);
-    poison<acc_t>(c.dparams, n_part);
+    poison<acc_t>(c.workspace, core_workspace_elems(n, k));
+    poison<acc_t>(c.dparams, core_dparams_elems(k));
     if (n_ctas > 0) L::template backward<T>(c, pl, chunk, st);
-    launch_reduce<acc_t>(static_cast<const acc_t*>(c.workspace), n_ctas, n_part, L::final_mode, k.r,
-                         static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g ? k.g : k.S), acc_t(k.coeff),
-                         k.suppress_only, static_cast<acc_t*>(c.dparams), st);
+    launch_reduce<acc_t>(k, static_cast<const acc_t*>(c.workspace), core_chunks_per_entry(rows), L::final_mode,
+                         static_cast<acc_t*>(c.dparams), st);
   });
 }
 

@@ -98,7 +98,7 @@ bool same_bits(const std::vector<T>& a, const std::vector<T>& b, const char* wha
 // then summed over chunks in order.
 template <typename A, typename RowFn>
 std::vector<A> reduce_rows(int64_t n, int64_t n_part, const RowFn& row_fn) {
-  const int64_t chunk = ax::core_rows_per_chunk(n), n_chunks = ax::core_chunks(n);
+  const int64_t chunk = ax::core_rows_per_chunk(n), n_chunks = ax::core_chunks_per_entry(n);
   std::vector<A> partial(static_cast<size_t>(n_chunks * n_part), A(0)), total(static_cast<size_t>(n_part), A(0));
   for (int64_t c = 0; c < n_chunks; ++c)
     for (int64_t i = c * chunk; i < std::min(n, (c + 1) * chunk); ++i) row_fn(i, partial.data() + c * n_part);

@@ -12,19 +12,22 @@
 using namespace kt;
 
 namespace {
+// per > 0: per-block coefficients (CayleyCall::coeffs), block b at coeffs[b / per], random.
 template <typename A>
-void check_cayley(int bs, int64_t nb, double coeff, uint64_t seed) {
+void check_cayley(int bs, int64_t nb, double coeff, uint64_t seed, int64_t per = 0) {
   std::mt19937_64 rng(seed);
   const int64_t m = int64_t(bs) * (bs - 1) / 2;
   const std::vector<A> t = randn<A>(static_cast<size_t>(nb * m), rng, 2.0), G = randn<A>(static_cast<size_t>(nb * bs * bs), rng);
+  const std::vector<A> coeffs = per > 0 ? randn<A>(static_cast<size_t>((nb + per - 1) / per), rng) : std::vector<A>();
   const double a_lim = 2.0 * std::tan(0.5 / 2.0);
   std::vector<A> R_ref(static_cast<size_t>(nb * bs * bs)), dt_ref(static_cast<size_t>(nb * m)), work(static_cast<size_t>(3 * bs * bs));
   for (int64_t b = 0; b < nb; ++b) {
-    ax::cayley_block_forward(t.data() + b * m, bs, A(a_lim), A(coeff), work.data(), R_ref.data() + b * bs * bs);
-    ax::cayley_block_backward(G.data() + b * bs * bs, R_ref.data() + b * bs * bs, t.data() + b * m, bs, A(a_lim),
-                              A(coeff), work.data(), dt_ref.data() + b * m);
+    const A c = per > 0 ? coeffs[b / per] : A(coeff);
+    ax::cayley_block_forward(t.data() + b * m, bs, A(a_lim), c, work.data(), R_ref.data() + b * bs * bs);
+    ax::cayley_block_backward(G.data() + b * bs * bs, R_ref.data() + b * bs * bs, t.data() + b * m, bs, A(a_lim), c,
+                              work.data(), dt_ref.data() + b * m);
   }
-  Dev<A> t_d(t, "t"), G_d(G, "grad_R"), R_d(R_ref.size(), "R"), dt_d(dt_ref.size(), "dt");
+  Dev<A> t_d(t, "t"), G_d(G, "grad_R"), R_d(R_ref.size(), "R"), dt_d(dt_ref.size(), "dt"), c_d(coeffs, "coeffs");
   const bool f64 = std::is_same<A, double>::value;
   ax::CayleyCall call;
   call.f64 = f64;
@@ -32,6 +35,10 @@ void check_cayley(int bs, int64_t nb, double coeff, uint64_t seed) {
   call.bs = bs;
   call.a_lim = a_lim;
   call.coeff = coeff;
+  if (per > 0) {
+    call.coeffs = c_d.data();
+    call.blocks_per_coeff = per;
+  }
   call.t = t_d.data();
   call.R = R_d.data();
   K::cayley_forward(call, test_stream());
@@ -67,6 +74,13 @@ AX_TEST(cayley_shared_memory_path_bit_exact) {  // bs > 8: one CTA per block
     check_cayley<float>(bs, 3, 1.0, uint64_t(bs));
     check_cayley<double>(bs, 2, -0.7, uint64_t(bs));
   }
+}
+
+AX_TEST(cayley_per_block_coefficients_bit_exact) {  // one coefficient per set of blocks (steering groups)
+  for (int bs : {2, 4, 8}) check_cayley<float>(bs, 70, 1.0, uint64_t(bs), 7);
+  check_cayley<double>(3, 12, 1.0, 5, 1);
+  check_cayley<float>(16, 6, 1.0, 6, 2);
+  check_cayley<double>(12, 4, 1.0, 7, 3);
 }
 
 AX_TEST(cayley_coeff_zero_is_identity) {
