@@ -16,12 +16,12 @@ def check_int_range(name: str, value, lo: int, hi: int):
         raise ValueError(f"{name} must be an int in {lo}..{hi}, got {value!r}")
 
 
-def check_coeff_tensor(c: torch.Tensor):
-    """A coefficient tensor: real (float or integer), no autograd (no gradient flows to a coefficient)."""
-    if c.dtype == torch.bool or c.is_complex():
-        raise ValueError(f"coeff: a coefficient tensor must be real, got dtype {c.dtype}")
-    if c.requires_grad:
-        raise ValueError("coeff: a coefficient tensor must not require grad (no gradient flows to the coefficient)")
+def check_steering_tensor(name: str, t: torch.Tensor):
+    """A coefficient or adapter-index tensor: real (float or integer), no autograd (no gradient flows to it)."""
+    if t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{name}: a {name} tensor must be real, got dtype {t.dtype}")
+    if t.requires_grad:
+        raise ValueError(f"{name}: a {name} tensor must not require grad (no gradient flows to it)")
 
 
 class SVDAdapter(nn.Module):
@@ -36,6 +36,10 @@ class SVDAdapter(nn.Module):
     (sample b at ``coeff[b]``), ``x.shape[:-1]`` (one per token) or ``()``. Row for row the output and the gradients
     equal the module's at that row's float coefficient (parameter gradients summed over the rows); the kernels read
     the tensor on its device (no host synchronisation).
+
+    A bank (``set_bank``, or ``antipasto_ext.load(model, [path_a, path_b, ...])``) serves several adapters made on
+    this layer's basis at once: ``adapter`` (an integer tensor shaped like a coefficient tensor, or None: adapter 0)
+    says which adapter each sample or token runs, at its coefficient.
     """
 
     in_basis = "Vh"
@@ -59,6 +63,8 @@ class SVDAdapter(nn.Module):
         self.register_buffer("_merged_core", None)
         self._backend = None
         self._calibration = None
+        self._bank_names = None  # the trainable parameters a bank stacks (buffers bank_<name>), or None
+        self._adapter = None
         # How the current basis was made, for saving a file that recomputes it instead of storing it:
         # the SVD recipe of from_linear (None: built otherwise, the basis is not reproducible from the weight),
         # the number of calibrations since, and the fingerprint (files.basis_fingerprint) of the from_linear
@@ -117,7 +123,8 @@ class SVDAdapter(nn.Module):
     def _precise_tensors(self):
         """Tensors kept in promote(weight dtype, float32) whatever ``.to(dtype)`` does: S, the core's
         parameters and the merged core (what the constructor makes; the S-space core accumulates in it)."""
-        names = ["S", "_merged_core"] + [n for n in self._parameters if n not in ("weight", "bias")]
+        names = (["S", "_merged_core"] + [n for n in self._parameters if n not in ("weight", "bias")]
+                 + [f"bank_{n}" for n in self._bank_names or ()])
         return {n: t for n in names if (t := getattr(self, n)) is not None}
 
     def _apply(self, fn, recurse=True):
@@ -158,7 +165,7 @@ class SVDAdapter(nn.Module):
     @coeff.setter
     def coeff(self, value):
         if isinstance(value, torch.Tensor):
-            check_coeff_tensor(value)
+            check_steering_tensor("coeff", value)
             if self._buffers.get("_merged_core") is not None:
                 raise ValueError("coeff: a merged layer folds one coefficient; a coefficient tensor needs the "
                                  "unmerged layer (unmerge first)")
@@ -208,51 +215,142 @@ class SVDAdapter(nn.Module):
             return torch.nn.functional.linear(x, self.weight, self.bias)
         if self._calibration is not None:
             self._calibration_update(x)
-        coeff = self._coeff_for(x)
+        steering = self._steering(x)
         if self.backend == "eager":
-            return self._eager_steered(x, coeff)
+            return self._eager_steered(x, steering)
         frozen = (x.reshape(-1, self.in_features), self.weight, self.bias, self.U, getattr(self, self.in_basis))
         if torch.is_autocast_enabled(x.device.type):  # as F.linear would: every GEMM operand in the autocast dtype
             dtype = torch.get_autocast_dtype(x.device.type)
             frozen = tuple(None if t is None else t.to(dtype) for t in frozen)
-        return self._layer(*frozen, coeff).reshape(*x.shape[:-1], self.out_features)
+        return self._layer(*frozen, steering).reshape(*x.shape[:-1], self.out_features)
 
-    def _coeff_for(self, x: torch.Tensor):
-        """The coefficient of this forward: the float, or the tensor as one coefficient per group of consecutive
-        rows of x.reshape(-1, d_in) (1-D, in the S dtype), after checking that it fits x."""
-        c = self._coeff
-        if not isinstance(c, torch.Tensor):
-            return c
+    def _fit(self, name: str, t: torch.Tensor, x: torch.Tensor):
+        """Check that the steering tensor ``name`` fits x: shape (), (B,) or x.shape[:-1], on x's device."""
         batch = x.shape[:-1]
-        if c.shape not in ((), batch, batch[:1]):
-            raise ValueError(f"coeff: a tensor of shape {tuple(c.shape)} fits neither the batch ({batch[0] if batch else 1},)"
-                             f" nor x.shape[:-1] = {tuple(batch)} of x {tuple(x.shape)}")
-        if c.device != x.device:
-            raise ValueError(f"coeff is on {c.device} but x is on {x.device}")
-        return c.reshape(-1).to(self.S.dtype)
+        if t.shape not in ((), batch, batch[:1]):
+            raise ValueError(f"{name}: a tensor of shape {tuple(t.shape)} fits neither the batch "
+                             f"({batch[0] if batch else 1},) nor x.shape[:-1] = {tuple(batch)} of x {tuple(x.shape)}")
+        if t.device != x.device:
+            raise ValueError(f"{name} is on {t.device} but x is on {x.device}")
 
-    def _layer(self, x2, W, bias, U, basis, coeff) -> torch.Tensor:
+    def _steering(self, x: torch.Tensor):
+        """(coeff, adapters) of this forward: the float coefficient and None, or one coefficient (1-D, S dtype) and,
+        with a bank, one adapter index (1-D int64) per group of consecutive rows of x.reshape(-1, d_in): the finer of
+        the two tensors' shapes sets the groups, the coarser is repeated over it."""
+        c, a = self._coeff, self._adapter
+        if self._bank_names is None and not isinstance(c, torch.Tensor):
+            return c, None
+        given = {n: t for n, t in (("coeff", c), ("adapter", a)) if isinstance(t, torch.Tensor)}
+        for n, t in given.items():
+            self._fit(n, t, x)
+        shape = max((t.shape for t in given.values()), key=len, default=torch.Size())
+
+        def groups(t):
+            return t.reshape(t.shape + (1,) * (len(shape) - t.dim())).expand(shape).reshape(-1)
+        coeffs = groups(c if isinstance(c, torch.Tensor) else torch.full((), c, device=x.device)).to(self.S.dtype)
+        if self._bank_names is None:
+            return coeffs, None
+        return coeffs, groups(a if a is not None else torch.zeros((), dtype=torch.long, device=x.device))
+
+    def _layer(self, x2, W, bias, U, basis, steering) -> torch.Tensor:
         """x2 W^T + bias + core(x2 basis^T) U^T through the layer op (one op, one autograd node)."""
-        params, option = self._core_args(coeff)
-        return ops.layer(self.core, x2, W, bias, U, basis, self.S, params, coeff, option)[0]
+        coeff, adapters = steering
+        params, option = self._core_args(coeff, adapters)
+        return ops.layer(self.core, x2, W, bias, U, basis, self.S, params, coeff, option, adapters=adapters)[0]
 
-    def _core_args(self, coeff):
+    def _raw(self, adapters=None) -> dict:
+        """The trainable parameters by name: the module's, or (adapters given) the bank's, stacked."""
+        if adapters is None:
+            return {n: p for n, p in self._parameters.items() if n not in ("weight", "bias") and p is not None}
+        return {n: getattr(self, f"bank_{n}") for n in self._bank_names}
+
+    def _core_args(self, coeff, adapters=None):
         """(params, option) of the variant's r-space core ``self.core`` as the ops take them (antipasto_ext/ops.py)
-        at ``coeff`` (a float, or the per-group tensor of _coeff_for)."""
+        at ``coeff`` (a float, or the per-group tensor of _steering), from the module's parameters or, with
+        ``adapters``, the bank's."""
         raise NotImplementedError
 
-    def _eager_steered(self, x: torch.Tensor, coeff) -> torch.Tensor:
-        """The reference forward at a float, or group by group at a per-group tensor (no host synchronisation:
-        the coefficient stays a tensor)."""
+    def _eager_steered(self, x: torch.Tensor, steering) -> torch.Tensor:
+        """The reference forward at a float, or group by group at a per-group tensor (and the group's adapter of a
+        bank), with no host synchronisation: coefficients and indices stay tensors."""
+        coeff, adapters = steering
         if not isinstance(coeff, torch.Tensor):
             return self._eager(x, coeff)
         x2 = x.reshape(coeff.shape[0], -1, self.in_features)
-        out = torch.cat([self._eager(x2[e], coeff[e]) for e in range(coeff.shape[0])])
+        bank = None if adapters is None else self._raw(adapters)
+        out = torch.cat([self._eager(x2[e], coeff[e], None if bank is None else {n: t[adapters[e]] for n, t in bank.items()})
+                         for e in range(coeff.shape[0])])
         return out.reshape(*x.shape[:-1], self.out_features)
 
-    def _eager(self, x: torch.Tensor, coeff) -> torch.Tensor:
-        """The reference forward (antipasto_ext.reference) at a float or 0-dim tensor coefficient."""
+    def _eager(self, x: torch.Tensor, coeff, p=None) -> torch.Tensor:
+        """The reference forward (antipasto_ext.reference) at a float or 0-dim tensor coefficient, with the trainable
+        parameters ``p`` (by name; default: the module's)."""
         raise NotImplementedError
+
+    # ----------------------------------------------------------------------------- bank
+
+    @property
+    def bank_size(self) -> int:
+        """The number of adapters of the bank (0: no bank)."""
+        return 0 if self._bank_names is None else getattr(self, f"bank_{self._bank_names[0]}").shape[0]
+
+    @torch.no_grad()
+    def set_bank(self, stacked: dict):
+        """Serve several adapters of this layer (same variant, options, r and basis) at once: ``stacked`` maps every
+        trainable parameter's name to its values for each adapter, (n_adapters, ...its shape). Kept as buffers in
+        the parameters' dtype and device (they move with the module; state_dict leaves them out)."""
+        names = list(self._raw())
+        if self.merged:
+            raise ValueError("bank: a merged layer folds one adapter; unmerge before setting a bank")
+        if set(stacked) != set(names):
+            raise ValueError(f"bank: expected stacked tensors for {names}, got {sorted(stacked)}")
+        sizes = {stacked[n].shape[0] if stacked[n].dim() else 0 for n in names}
+        for n in names:
+            p, t = getattr(self, n), stacked[n]
+            if t.dim() != p.dim() + 1 or t.shape[1:] != p.shape:
+                raise ValueError(f"bank: {n} must have shape (n_adapters, {', '.join(map(str, p.shape))}), got "
+                                 f"{tuple(t.shape)}")
+        if len(sizes) != 1 or 0 in sizes:
+            raise ValueError(f"bank: every parameter needs the same number (>= 1) of adapters, got {sorted(sizes)}")
+        self.clear_bank()
+        for n in names:
+            p = getattr(self, n)
+            self.register_buffer(f"bank_{n}", stacked[n].detach().to(device=p.device, dtype=p.dtype).contiguous(),
+                                 persistent=False)
+        self._bank_names = names
+        return self
+
+    def clear_bank(self):
+        """Back to the module's own adapter."""
+        for n in self._bank_names or ():
+            del self._buffers[f"bank_{n}"]
+        self._bank_names, self._adapter = None, None
+        return self
+
+    @property
+    def adapter(self):
+        return self._adapter
+
+    @adapter.setter
+    def adapter(self, value):
+        """Which adapter of the bank each sample or token runs: an integer tensor shaped like a coefficient tensor
+        (``(B,)``, ``x.shape[:-1]`` or ``()``), or None (adapter 0). The indices are checked here, once: a CUDA
+        tensor is read back at this point, never in a forward."""
+        if value is None:
+            self._adapter = None
+            return
+        if self._bank_names is None:
+            raise ValueError("adapter: this layer has no bank (set_bank, or antipasto_ext.load(model, [paths]))")
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"adapter must be an integer tensor or None, got {type(value).__name__}")
+        check_steering_tensor("adapter", value)
+        if value.is_floating_point():
+            raise ValueError(f"adapter: indices must be an integer tensor, got dtype {value.dtype}")
+        n = self.bank_size
+        if value.numel() and value.device.type != "meta" and not (0 <= int(value.min()) and int(value.max()) < n):
+            raise ValueError(f"adapter: index out of the bank's range 0..{n - 1} (got {int(value.min())}.."
+                             f"{int(value.max())})")
+        self._adapter = value.long()
 
     # ----------------------------------------------------------------------------- merge
 
@@ -281,6 +379,8 @@ class SVDAdapter(nn.Module):
             raise RuntimeError("cannot merge during calibration (call calibration_end first)")
         if isinstance(self._coeff, torch.Tensor):
             raise ValueError("coeff: merge folds one coefficient; set a float coeff before merging, not a tensor")
+        if self._bank_names is not None:
+            raise ValueError("bank: merge folds one adapter; clear_bank() before merging")
         if not self.merged:
             C = self.core_matrix().detach().to(self.S.dtype)
             self._fold(C)

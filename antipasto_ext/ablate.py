@@ -34,9 +34,11 @@ class AblateLinear(SVDAdapter):
         M = torch.eye(self.r, dtype=self.S.dtype, device=self.S.device) - coeff * (C_hat * self.alpha.to(self.S.dtype).clamp(0, 1)) @ C_hat.T
         return M * self.S
 
-    def _core_args(self, coeff):
-        return [reference.ablation_basis(self.c), self.alpha.clamp(0, 1)], 0
+    def _core_args(self, coeff, adapters=None):
+        p = self._raw(adapters)
+        return [reference.ablation_basis(p["c"]), p["alpha"].clamp(0, 1)], 0
 
-    def _eager(self, x, coeff):
-        return reference.antipasto_ablate(x, self.weight, self.bias, self.U, self.S, self.Vh, self.c, self.alpha,
+    def _eager(self, x, coeff, p=None):
+        p = p or self._raw()
+        return reference.antipasto_ablate(x, self.weight, self.bias, self.U, self.S, self.Vh, p["c"], p["alpha"],
                                           coeff)

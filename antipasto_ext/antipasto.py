@@ -16,14 +16,15 @@ class AntiPaSTOLinear(SVDAdapter):
         self.suppress_only = bool(suppress_only)
         self.g = nn.Parameter(torch.zeros(r, dtype=self.S.dtype, device=self.S.device))
 
-    def _core_args(self, coeff):
-        return [self.g], int(self.suppress_only)
+    def _core_args(self, coeff, adapters=None):
+        return [self._raw(adapters)["g"]], int(self.suppress_only)
 
     def core_matrix(self, coeff=None):
         """C = diag(S_eff) (Delta W = U C Vh)."""
         coeff = self.coeff if coeff is None else coeff
         return torch.diag(reference.gain_scale(self.S, self.g.to(self.S.dtype), coeff, self.suppress_only))
 
-    def _eager(self, x, coeff):
-        return reference.antipasto(x, self.weight, self.bias, self.U, self.S, getattr(self, self.in_basis), self.g,
+    def _eager(self, x, coeff, p=None):
+        p = p or self._raw()
+        return reference.antipasto(x, self.weight, self.bias, self.U, self.S, getattr(self, self.in_basis), p["g"],
                                    coeff, self.suppress_only)

@@ -25,14 +25,16 @@ class DPLRLinear(AntiPaSTOLinear):
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5))
         self.B = nn.Parameter(torch.zeros(r, lora_rank, **kw))
 
-    def _core_args(self, coeff):
-        return [self.g, self.A, self.B], int(self.suppress_only)
+    def _core_args(self, coeff, adapters=None):
+        p = self._raw(adapters)
+        return [p["g"], p["A"], p["B"]], int(self.suppress_only)
 
     def core_matrix(self, coeff=None):
         """C = diag(S_eff) + coeff B A."""
         coeff = self.coeff if coeff is None else coeff
         return super().core_matrix(coeff) + coeff * (self.B @ self.A).to(self.S.dtype)
 
-    def _eager(self, x, coeff):
-        return reference.antipasto_dplr(x, self.weight, self.bias, self.U, self.S, self.Vh, self.g, self.A, self.B,
+    def _eager(self, x, coeff, p=None):
+        p = p or self._raw()
+        return reference.antipasto_dplr(x, self.weight, self.bias, self.U, self.S, self.Vh, p["g"], p["A"], p["B"],
                                         coeff, self.suppress_only)

@@ -517,6 +517,12 @@ def load(model: nn.Module, path, check_base: bool = True, progress: bool = True)
     nn.Linears there, or adapters that get replaced) and return the loaded names; afterwards only adapter
     parameters are trainable.
 
+    ``path`` a list of files: a bank. Every file must hold the same layers with the same variant, options and r,
+    made on the same basis (``basis_differences``); the first loads as above and each layer gets the stacked
+    cores of all the files (``SVDAdapter.set_bank``): ``steer(model, coeff, adapter=...)`` picks one per sample or
+    token, adapter 0 (the first file) by default. A file that differs, or a merged layer, raises ValueError naming
+    the file and the layer before the model is touched.
+
     Each residual weight is rebuilt from the model's own weight; a basis the file does not hold is recomputed
     by the layer's SVD recipe and must match the file's fingerprint. On the same device and dtype a file
     with ``basis=True`` reloads bit-identically, and so does a default file wherever the SVD recomputes
@@ -526,6 +532,8 @@ def load(model: nn.Module, path, check_base: bool = True, progress: bool = True)
     (``check_base``: relative difference > BASE_RTOL) or a basis that does not recompute raise ValueError
     naming the file and the layer, and leave the model as it was. ``progress``: a bar over layers on a
     terminal's stderr. Version 1 files (residual weights inside) still load."""
+    if isinstance(path, (list, tuple)):
+        return _load_bank(model, list(path), check_base, progress)
     file = _File(path)
     try:
         if file.version == "1":
@@ -535,6 +543,56 @@ def load(model: nn.Module, path, check_base: bool = True, progress: bool = True)
     finally:
         file.close()
     _freeze_base(model)
+    return loaded
+
+
+def _load_bank(model: nn.Module, paths: list, check_base: bool, progress: bool) -> list:
+    if not paths:
+        raise ValueError("load: an empty list of adapter files")
+    files = [_File(p) for p in paths]
+    try:
+        first, cores = files[0], []
+        for f in files:
+            for name, cfg in f.layers.items():
+                if cfg.get("merged"):
+                    raise ValueError(f"{f.path}: layer {name!r} is merged; a bank needs unmerged adapters")
+        for f in files[1:]:
+            if set(f.layers) != set(first.layers):
+                odd = sorted(set(f.layers) ^ set(first.layers))
+                raise ValueError(f"{f.path}: its layers differ from {first.path}'s (e.g. {odd[0]!r}); a bank needs "
+                                 "the same layers in every file")
+            for name, cfg in first.layers.items():
+                for key in ("variant", "kwargs", "r", "in_features", "out_features", "dtype"):
+                    if f.layers[name].get(key) != cfg.get(key):
+                        raise ValueError(f"{f.path}: layer {name!r}: {key} {f.layers[name].get(key)!r} differs from "
+                                         f"{first.path}'s {cfg.get(key)!r}; a bank needs one variant, options and r "
+                                         "per layer")
+            diffs = basis_differences(first.path, f.path)
+            if diffs:
+                raise ValueError(f"{f.path}: its basis differs from {first.path}'s ({diffs[0]}"
+                                 f"{f'; {len(diffs) - 1} more' if len(diffs) > 1 else ''}); a bank shares one basis")
+            core = {}
+            for name, cfg in first.layers.items():  # the trainable tensors, checked against the variant's shapes
+                cls = _variants.variant(cfg["variant"]).cls
+                meta = cls(cfg["in_features"], cfg["out_features"], cfg["r"], dtype=getattr(torch, cfg["dtype"]),
+                           device="meta", **cfg["kwargs"])
+                core[name] = {}
+                for n, p in meta._raw().items():
+                    t = f.get(name, n)
+                    if t.shape != p.shape:
+                        raise ValueError(f"{f.path}: layer {name!r}: {n} has shape {tuple(t.shape)}, expected "
+                                         f"{tuple(p.shape)}")
+                    core[name][n] = t
+            cores.append(core)
+    finally:
+        for f in files:
+            f.close()
+    loaded = load(model, paths[0], check_base, progress)
+    mods = {n: m for n, m in model.named_modules() if isinstance(m, SVDAdapter)}
+    for name in loaded:
+        m = mods[name]
+        m.set_bank({n: torch.stack([p.detach()] + [c[name][n].to(device=p.device, dtype=p.dtype) for c in cores])
+                    for n, p in m._raw().items()})
     return loaded
 
 

@@ -158,18 +158,34 @@ def set_coeff(model: nn.Module, value):
         m.coeff = value
 
 
-@contextlib.contextmanager
-def steer(model: nn.Module, coeff):
-    """``with steer(model, -1.0): ...`` (or a per-sample tensor, ``steer(model, torch.tensor([1., -1.]))``) runs
-    the block at ``coeff`` and restores every adapter's coeff."""
+def set_adapter(model: nn.Module, index):
+    """Which adapter of each layer's bank (``load(model, [paths])``) every sample or token runs: an integer tensor
+    shaped like a coefficient tensor, or None (adapter 0). Checked once here (a CUDA tensor is read back now,
+    never in a forward)."""
     mods = list(_adapters_or_raise(model).values())
-    old = [m.coeff for m in mods]
+    if index is not None and any(m.bank_size == 0 for m in mods):
+        raise ValueError("adapter: the model's adapters have no bank (load(model, [path_a, path_b]) makes one)")
+    mods[0].adapter = index  # validates before any layer changes
+    for m in mods[1:]:
+        m.adapter = mods[0].adapter
+
+
+@contextlib.contextmanager
+def steer(model: nn.Module, coeff, adapter=None):
+    """``with steer(model, -1.0): ...`` (or a per-sample tensor, ``steer(model, torch.tensor([1., -1.]))``) runs
+    the block at ``coeff`` and restores every adapter's coeff. ``adapter``: with a bank, which adapter each sample
+    or token runs (``set_adapter``); restored too."""
+    mods = list(_adapters_or_raise(model).values())
+    old = [(m.coeff, m.adapter) for m in mods]
     try:
         set_coeff(model, coeff)
+        if adapter is not None:
+            set_adapter(model, adapter)
         yield model
     finally:
-        for m, c in zip(mods, old):
+        for m, (c, a) in zip(mods, old):
             m.coeff = c
+            m.adapter = a
 
 
 # ------------------------------------------------------------------------------------------ calibrate

@@ -37,7 +37,8 @@ def _coeff_args(coeff):
 
 def block_cayley(rot_T: torch.Tensor, block_size: int, max_angle: float = 0.5, coeff=1.0) -> torch.Tensor:
     """Per-block Cayley rotations of SPEC §2, shape (n_blocks, block_size, block_size); for a 1-D tensor
-    ``coeff`` (G,), one set per coefficient, (G, n_blocks, block_size, block_size).
+    ``coeff`` (G,), one set per coefficient, (G, n_blocks, block_size, block_size), of ``rot_T`` or, for ``rot_T``
+    (G, n_blocks, m), of set e's own generator ``rot_T[e]``.
 
     ``rot_T`` is (n_blocks, block_size*(block_size-1)/2): the strict upper triangle of each block's
     generator in ``torch.triu_indices`` order. Exact solve, no pivoting, no host synchronisation.
@@ -47,8 +48,10 @@ def block_cayley(rot_T: torch.Tensor, block_size: int, max_angle: float = 0.5, c
     if not (0 < max_angle < math.pi):
         raise ValueError(f"max_angle must be in (0, pi), got {max_angle!r}")
     m = block_size * (block_size - 1) // 2
-    if rot_T.dim() != 2 or rot_T.shape[1] != m:
-        raise ValueError(f"rot_T must have shape (n_blocks, {m}) for block_size {block_size}, got {tuple(rot_T.shape)}")
+    per_set = isinstance(coeff, torch.Tensor) and rot_T.dim() == 3
+    if rot_T.dim() != 2 + per_set or rot_T.shape[-1] != m:
+        raise ValueError(f"rot_T must have shape (n_blocks, {m}) for block_size {block_size} (or (G, n_blocks, {m}) with "
+                         f"a tensor coeff of G entries), got {tuple(rot_T.shape)}")
     return _ops.block_cayley(rot_T, block_size, float(max_angle), *_coeff_args(coeff))
 
 
@@ -64,23 +67,25 @@ def block_cayley_backward(grad_R, R, rot_T, block_size: int, max_angle: float = 
 #   dplr   [g, A, B]        option: suppress_only         ablate  [C, a]         option: 0
 # ``coeff`` is a float, or a 1-D tensor of G coefficients that steers G equal groups of consecutive rows (row i of
 # n uses coeff[i // (n // G)]); rot's R is then one rotation set per group (G, r / bs, bs, bs), what
-# ``block_cayley`` gives for that tensor. The per-core functions below name the parameters; the generic ones take
-# the list.
+# ``block_cayley`` gives for that tensor. ``adapters`` (with a tensor coeff): a bank, G int64 indices, group e
+# running adapter adapters[e]; every parameter but rot's R is then stacked (n_adapters, ...its shape) and its
+# gradient comes per adapter. The per-core functions below name the parameters; the generic ones take the list.
 
 
-def core(core: str, p, S, params, coeff=1.0, option: int = 0):
+def core(core: str, p, S, params, coeff=1.0, option: int = 0, adapters=None):
     """h = core(p): the r-space core ``core`` on p (..., r) (docs/SPEC.md §1-5)."""
     c, cs = _coeff_args(coeff)
-    return _ops.core(core, p, S, list(params), c, int(option), cs)
+    return _ops.core(core, p, S, list(params), c, int(option), cs, adapters)
 
 
-def core_backward(core: str, grad_h, p, S, params, coeff=1.0, option: int = 0):
+def core_backward(core: str, grad_h, p, S, params, coeff=1.0, option: int = 0, adapters=None):
     """(dp, [d param for param in params]) of core(p)."""
     c, cs = _coeff_args(coeff)
-    return _ops.core_backward(core, grad_h, p, S, list(params), c, int(option), cs)
+    return _ops.core_backward(core, grad_h, p, S, list(params), c, int(option), cs, adapters)
 
 
-def layer(core: str, x, W, bias, U, Vh, S, params, coeff=1.0, option: int = 0, need_p: bool = False):
+def layer(core: str, x, W, bias, U, Vh, S, params, coeff=1.0, option: int = 0, need_p: bool = False,
+          adapters=None):
     """(y, p): the whole adapter layer y = x W^T + b + core(x Vh^T) U^T as one op and one autograd node, x (tokens,
     d_in), W (d_out, d_in), bias (d_out) or None, U (d_out, r), Vh (r, d_in), all in x's dtype; p = x Vh^T when
     need_p (else an empty (0, r) tensor). h = core(x Vh^T) runs the fused tensor-core kernel on CUDA for 16-bit
@@ -88,7 +93,7 @@ def layer(core: str, x, W, bias, U, Vh, S, params, coeff=1.0, option: int = 0, n
     into the frozen one (beta = 1), and in backward dx = dY W + dp Vh is one GEMM accumulated into the other. p is
     kept for backward only when autograd records."""
     c, cs = _coeff_args(coeff)
-    return _ops.layer(core, x, W, bias, U, Vh, S, list(params), c, int(option), bool(need_p), cs)
+    return _ops.layer(core, x, W, bias, U, Vh, S, list(params), c, int(option), bool(need_p), cs, adapters)
 
 
 def gain_core(p, S, g, coeff: float = 1.0, suppress_only: bool = False):
@@ -146,22 +151,22 @@ def _no_double_backward(ctx, *grads):
 
 def _fake_block_cayley(rot_T, block_size, max_angle, coeff, coeffs=None):
     sets = () if coeffs is None else (coeffs.shape[0],)
-    return rot_T.new_empty(*sets, rot_T.shape[0], block_size, block_size)
+    return rot_T.new_empty(*sets, rot_T.shape[-2], block_size, block_size)
 
 
 def _fake_block_cayley_backward(grad_R, R, rot_T, block_size, max_angle, coeff, coeffs=None):
     return rot_T.new_empty(rot_T.shape)
 
 
-def _fake_core(core, p, S, params, coeff, option, coeffs=None):
+def _fake_core(core, p, S, params, coeff, option, coeffs=None, adapters=None):
     return p.new_empty(p.shape)
 
 
-def _fake_core_backward(core, grad_h, p, S, params, coeff, option, coeffs=None):
+def _fake_core_backward(core, grad_h, p, S, params, coeff, option, coeffs=None, adapters=None):
     return p.new_empty(p.shape), [t.new_empty(t.shape) for t in params]
 
 
-def _fake_layer(core, x, W, bias, U, Vh, S, params, coeff, option, need_p, coeffs=None):
+def _fake_layer(core, x, W, bias, U, Vh, S, params, coeff, option, need_p, coeffs=None, adapters=None):
     n, r = x.shape[0], Vh.shape[0]
     return x.new_empty(n, W.shape[0]), x.new_empty(n if need_p else 0, r)
 

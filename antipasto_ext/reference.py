@@ -130,9 +130,9 @@ def antipasto_rot(x, weight, bias, U, S, Vh, delta_s, rot_T, block_size=4, max_a
 
 
 def ablation_basis(c):
-    """C_hat: c / (||c|| + 1e-6) for k == 1, else Q of the reduced QR of c in float32."""
-    if c.shape[1] == 1:
-        return c / (c.norm() + 1e-6)
+    """C_hat: c / (||c|| + 1e-6) for k == 1, else Q of the reduced QR of c in float32; c (..., r, k), batched."""
+    if c.shape[-1] == 1:
+        return c / (torch.linalg.vector_norm(c, dim=(-2, -1), keepdim=True) + 1e-6)
     return torch.linalg.qr(c.to(torch.promote_types(c.dtype, torch.float32)), mode="reduced")[0].to(c.dtype)
 
 

@@ -71,10 +71,17 @@ class RotLinear(SVDAdapter):
                 self._rotation_cache = (key, self.rotation(coeff))
         return self._rotation_cache[1]
 
-    def _core_args(self, coeff):
-        R = self.S.new_empty(0) if self.rot_T is None else self._forward_rotation(coeff)
-        return [self.delta_s, R], ops.ROT_SIDES[self.rotate_basis]
+    def _core_args(self, coeff, adapters=None):
+        p = self._raw(adapters)
+        if self.rot_T is None:
+            R = self.S.new_empty(0)
+        elif adapters is not None:  # a bank: each group's rotation set from its adapter's generator
+            R = ops.block_cayley(p["rot_T"][adapters], self.block_size, self.max_rotation_angle, coeff)
+        else:
+            R = self._forward_rotation(coeff)
+        return [p["delta_s"], R], ops.ROT_SIDES[self.rotate_basis]
 
-    def _eager(self, x, coeff):
-        return reference.antipasto_rot(x, self.weight, self.bias, self.U, self.S, self.Vh, self.delta_s, self.rot_T,
+    def _eager(self, x, coeff, p=None):
+        p = p or self._raw()
+        return reference.antipasto_rot(x, self.weight, self.bias, self.U, self.S, self.Vh, p["delta_s"], p.get("rot_T"),
                                        self.block_size, self.max_rotation_angle, self.rotate_basis, coeff)

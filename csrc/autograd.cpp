@@ -22,20 +22,20 @@ c10::TypedOperatorHandle<Sig> op(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
-using CoreSig = T(c10::string_view, const T&, const T&, at::TensorList, double, int64_t, const OptT&);
+using CoreSig = T(c10::string_view, const T&, const T&, at::TensorList, double, int64_t, const OptT&, const OptT&);
 using CoreBackwardSig = std::tuple<T, std::vector<T>>(c10::string_view, const T&, const T&, const T&, at::TensorList,
-                                                      double, int64_t, const OptT&);
+                                                      double, int64_t, const OptT&, const OptT&);
 using LayerSig = std::tuple<T, T>(c10::string_view, const T&, const T&, const OptT&, const T&, const T&, const T&,
-                                  at::TensorList, double, int64_t, bool, const OptT&);
+                                  at::TensorList, double, int64_t, bool, const OptT&, const OptT&);
 using CayleySig = T(const T&, int64_t, double, double, const OptT&);
 using CayleyBackwardSig = T(const T&, const T&, const T&, int64_t, double, double, const OptT&);
 
-// The steering coefficients (not differentiated) kept by a Function.
-void save_coeffs(AutogradContext* ctx, const OptT& coeffs) {
-  ctx->saved_data["coeffs"] = coeffs.has_value() && coeffs->defined() ? c10::IValue(*coeffs) : c10::IValue();
+// An optional tensor a Function keeps without differentiating it (the steering coefficients, adapter indices).
+void save_opt(AutogradContext* ctx, const char* key, const OptT& t) {
+  ctx->saved_data[key] = t.has_value() && t->defined() ? c10::IValue(*t) : c10::IValue();
 }
-OptT saved_coeffs(AutogradContext* ctx) {
-  const c10::IValue& v = ctx->saved_data.at("coeffs");
+OptT saved_opt(AutogradContext* ctx, const char* key) {
+  const c10::IValue& v = ctx->saved_data.at(key);
   return v.isNone() ? OptT() : OptT(v.toTensor());
 }
 
@@ -50,7 +50,7 @@ struct BlockCayley : torch::autograd::Function<BlockCayley> {
     ctx->saved_data["bs"] = bs;
     ctx->saved_data["max_angle"] = max_angle;
     ctx->saved_data["coeff"] = coeff;
-    save_coeffs(ctx, coeffs);
+    save_opt(ctx, "coeffs", coeffs);
     return R;
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
@@ -58,42 +58,46 @@ struct BlockCayley : torch::autograd::Function<BlockCayley> {
     const auto s = ctx->get_saved_variables();
     const auto& d = ctx->saved_data;
     return {bwd.call(grads[0], s[1], s[0], d.at("bs").toInt(), d.at("max_angle").toDouble(), d.at("coeff").toDouble(),
-                     saved_coeffs(ctx)),
+                     saved_opt(ctx, "coeffs")),
             T(), T(), T(), T()};
   }
 };
 
-// The core's settings saved by a Function: name, coeff, option, coeffs.
-void save_core(AutogradContext* ctx, c10::string_view core, double coeff, int64_t option, const OptT& coeffs) {
+// The core's settings saved by a Function: name, coeff, option, coeffs, adapters.
+void save_core(AutogradContext* ctx, c10::string_view core, double coeff, int64_t option, const OptT& coeffs,
+               const OptT& adapters) {
   ctx->saved_data["core"] = std::string(core);
   ctx->saved_data["coeff"] = coeff;
   ctx->saved_data["option"] = option;
-  save_coeffs(ctx, coeffs);
+  save_opt(ctx, "coeffs", coeffs);
+  save_opt(ctx, "adapters", adapters);
 }
 std::string saved_core(AutogradContext* ctx) { return ctx->saved_data.at("core").toStringRef(); }
 
-// core(core, p, S, params, coeff, option, coeffs). backward returns one entry per argument (core | p | S |
-// params... | coeff | option | coeffs); needs_input_grad numbers the tensors only (p 0, S 1, params from 2).
+// core(core, p, S, params, coeff, option, coeffs, adapters). backward returns one entry per argument (core | p | S |
+// params... | coeff | option | coeffs | adapters); needs_input_grad numbers the tensors only (p 0, S 1, params
+// from 2).
 struct CoreFn : torch::autograd::Function<CoreFn> {
   static T forward(AutogradContext* ctx, c10::string_view core, const T& p, const T& S, at::TensorList params,
-                   double coeff, int64_t option, const OptT& coeffs) {
+                   double coeff, int64_t option, const OptT& coeffs, const OptT& adapters) {
     static auto fwd = op<CoreSig>("antipasto_ext::core");
     at::AutoDispatchBelowADInplaceOrView guard;
     std::vector<T> saved{p, S};
     saved.insert(saved.end(), params.begin(), params.end());
     ctx->save_for_backward(saved);
-    save_core(ctx, core, coeff, option, coeffs);
-    return fwd.call(core, p, S, params, coeff, option, coeffs);
+    save_core(ctx, core, coeff, option, coeffs, adapters);
+    return fwd.call(core, p, S, params, coeff, option, coeffs, adapters);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grads) {
     static auto bwd = op<CoreBackwardSig>("antipasto_ext::core_backward");
     const auto s = ctx->get_saved_variables();
     const std::vector<T> params(s.begin() + 2, s.end());
     auto [dp, dparams] = bwd.call(saved_core(ctx), grads[0], s[0], s[1], params, ctx->saved_data.at("coeff").toDouble(),
-                                  ctx->saved_data.at("option").toInt(), saved_coeffs(ctx));
+                                  ctx->saved_data.at("option").toInt(), saved_opt(ctx, "coeffs"),
+                                  saved_opt(ctx, "adapters"));
     variable_list out{T(), dp, T()};
     for (size_t i = 0; i < dparams.size(); ++i) out.push_back(ctx->needs_input_grad(2 + i) ? dparams[i] : T());
-    out.insert(out.end(), {T(), T(), T()});
+    out.insert(out.end(), {T(), T(), T(), T()});
     return out;
   }
 };
@@ -103,20 +107,20 @@ struct CoreFn : torch::autograd::Function<CoreFn> {
 //   dh = dY U;  (dp, core parameter grads) = core_backward on p;
 //   dx = dY W + dp Vh   (one GEMM accumulated into the other: addmm_, no extra pass over dx);
 //   dW = dY^T x, dU = dY^T h (h recomputed from p), dVh = dp^T x (frozen in the modules), db = sum dY.
-// Arguments: core | x | W | U | Vh | S | params... | coeff | option | need_p | bias | coeffs; needs_input_grad
+// Arguments: core | x | W | U | Vh | S | params... | coeff | option | need_p | bias | coeffs | adapters; needs_input_grad
 // numbers the tensors only (x 0, W 1, U 2, Vh 3, S 4, params from 5, then the bias when there is one).
 struct LayerFn : torch::autograd::Function<LayerFn> {
   static variable_list forward(AutogradContext* ctx, c10::string_view core, const T& x, const T& W, const T& U,
                                const T& Vh, const T& S, at::TensorList params, double coeff, int64_t option,
-                               bool need_p, const OptT& bias, const OptT& coeffs) {
+                               bool need_p, const OptT& bias, const OptT& coeffs, const OptT& adapters) {
     static auto fwd = op<LayerSig>("antipasto_ext::layer");
     std::vector<T> saved{x, W, U, Vh, S};
     saved.insert(saved.end(), params.begin(), params.end());
     ctx->save_for_backward(saved);
-    save_core(ctx, core, coeff, option, coeffs);
+    save_core(ctx, core, coeff, option, coeffs, adapters);
     ctx->saved_data["bias"] = bias.has_value() && bias->defined();
     at::AutoDispatchBelowADInplaceOrView guard;
-    auto [y, p] = fwd.call(core, x, W, bias, U, Vh, S, params, coeff, option, true, coeffs);
+    auto [y, p] = fwd.call(core, x, W, bias, U, Vh, S, params, coeff, option, true, coeffs, adapters);
     ctx->saved_data["p"] = p;
     T p_out = need_p ? p : p.new_empty({0, p.size(1)});
     ctx->mark_non_differentiable({p_out});
@@ -132,19 +136,19 @@ struct LayerFn : torch::autograd::Function<LayerFn> {
     const double coeff = ctx->saved_data.at("coeff").toDouble();
     const int64_t option = ctx->saved_data.at("option").toInt();
     const T p = ctx->saved_data.at("p").toTensor(), dY = grads[0];
-    const OptT coeffs = saved_coeffs(ctx);
-    auto [dp, dparams] = core_bwd.call(core, at::mm(dY, U), p, S, params, coeff, option, coeffs);
+    const OptT coeffs = saved_opt(ctx, "coeffs"), adapters = saved_opt(ctx, "adapters");
+    auto [dp, dparams] = core_bwd.call(core, at::mm(dY, U), p, S, params, coeff, option, coeffs, adapters);
     const size_t n = params.size();
     variable_list out{T(),
                       ctx->needs_input_grad(0) ? at::mm(dY, W).addmm_(dp, Vh) : T(),
                       ctx->needs_input_grad(1) ? at::mm(dY.t(), x) : T(),
-                      ctx->needs_input_grad(2) ? at::mm(dY.t(), core_fwd.call(core, p, S, params, coeff, option, coeffs)) : T(),
+                      ctx->needs_input_grad(2) ? at::mm(dY.t(), core_fwd.call(core, p, S, params, coeff, option, coeffs, adapters)) : T(),
                       ctx->needs_input_grad(3) ? at::mm(dp.t(), x) : T(),
                       T()};
     for (size_t i = 0; i < n; ++i) out.push_back(ctx->needs_input_grad(5 + i) ? dparams[i] : T());
     out.insert(out.end(), {T(), T(), T()});
     out.push_back(ctx->saved_data.at("bias").toBool() && ctx->needs_input_grad(5 + n) ? dY.sum(0) : T());
-    out.push_back(T());
+    out.insert(out.end(), {T(), T()});
     return out;
   }
 };
@@ -161,14 +165,14 @@ bool records(std::initializer_list<const T*> inputs, at::TensorList params, cons
 // The layer op's Autograd kernel: the Function when autograd records, else the op below autograd.
 std::tuple<T, T> layer(c10::string_view core, const T& x, const T& W, const OptT& bias, const T& U, const T& Vh,
                        const T& S, at::TensorList params, double coeff, int64_t option, bool need_p,
-                       const OptT& coeffs) {
+                       const OptT& coeffs, const OptT& adapters) {
   if (records({&x, &W, &U, &Vh}, params, bias)) {
-    auto out = LayerFn::apply(core, x, W, U, Vh, S, params, coeff, option, need_p, bias, coeffs);
+    auto out = LayerFn::apply(core, x, W, U, Vh, S, params, coeff, option, need_p, bias, coeffs, adapters);
     return {out[0], out[1]};
   }
   static auto fwd = op<LayerSig>("antipasto_ext::layer");
   at::AutoDispatchBelowADInplaceOrView guard;
-  return fwd.call(core, x, W, bias, U, Vh, S, params, coeff, option, need_p, coeffs);
+  return fwd.call(core, x, W, bias, U, Vh, S, params, coeff, option, need_p, coeffs, adapters);
 }
 
 }  // namespace
@@ -178,7 +182,9 @@ TORCH_LIBRARY_IMPL(antipasto_ext, Autograd, m) {
     return BlockCayley::apply(t, bs, a, c, coeffs);
   });
   m.impl("core", [](c10::string_view core, const T& p, const T& S, at::TensorList params, double c, int64_t option,
-                    const OptT& coeffs) { return CoreFn::apply(core, p, S, params, c, option, coeffs); });
+                    const OptT& coeffs, const OptT& adapters) {
+    return CoreFn::apply(core, p, S, params, c, option, coeffs, adapters);
+  });
   m.impl("layer", &layer);
 }
 

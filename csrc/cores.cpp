@@ -58,15 +58,37 @@ Packer::Packer(const CoreInputs& in, const at::Device& device, at::ScalarType ac
     out_.params.entries = in.coeffs->numel();
     out_.params.coeffs = keep(*in.coeffs);
   }
+  if (in.adapters.has_value() && in.adapters->defined()) {
+    const at::Tensor& a = *in.adapters;
+    TORCH_CHECK(out_.params.coeffs, "antipasto_ext: adapters needs coeffs (one coefficient per steering group)");
+    TORCH_CHECK(a.scalar_type() == at::kLong && a.dim() == 1 && a.numel() == out_.params.entries,
+                "antipasto_ext: adapters must be a 1-D int64 tensor of ", out_.params.entries,
+                " indices (one per coeffs entry), got ", a.scalar_type(), " ", a.sizes());
+    TORCH_CHECK(a.device() == device, "antipasto_ext: adapters is on ", a.device(), " but the activations are on ",
+                device);
+    TORCH_CHECK(!in.params.empty() && in.params[0].dim() >= 1 && in.params[0].size(0) >= 1,
+                "antipasto_ext: a bank's parameters are stacked (n_adapters, ...)");
+    out_.params.n_adapters = in.params[0].size(0);
+    out_.keep.push_back(a.contiguous());
+    out_.params.adapters = out_.keep.back().data_ptr<int64_t>();
+  }
 }
 
-const void* Packer::param(size_t i, const char* name, at::IntArrayRef shape, bool grad) {
+at::IntArrayRef Packer::shape(size_t i) const {
+  const at::Tensor& t = in_.params[i];
+  return banked() && t.dim() >= 1 ? t.sizes().slice(1) : t.sizes();
+}
+
+const void* Packer::param(size_t i, const char* name, at::IntArrayRef shape, bool per_group) {
   const at::Tensor& t = in_.params[i];
   check_float(t, name);
-  TORCH_CHECK(t.sizes() == shape, "antipasto_ext: ", name, " must have shape ", shape, ", got ", t.sizes());
+  std::vector<int64_t> want(shape.begin(), shape.end());
+  if (banked() && !per_group) want.insert(want.begin(), out_.params.n_adapters);
+  TORCH_CHECK(t.sizes() == at::IntArrayRef(want), "antipasto_ext: ", name, " must have shape ", at::IntArrayRef(want),
+              banked() && !per_group ? " (stacked: one per adapter of the bank)" : "", ", got ", t.sizes());
   TORCH_CHECK(t.device() == device_, "antipasto_ext: ", name, " is on ", t.device(), " but the activations are on ",
               device_);
-  if (grad) out_.grads.emplace_back(i, t.numel());
+  out_.grads.push_back({i, c10::multiply_integers(shape), per_group});
   return keep(t);
 }
 
@@ -102,11 +124,17 @@ PackedCore pack_core(const CoreInputs& in, const at::Device& device, at::ScalarT
 
 std::vector<at::Tensor> unpack_grads(const CoreInputs& in, const PackedCore& packed, const at::Tensor& dparams) {
   std::vector<at::Tensor> out(in.params.size());
+  const CoreParams& c = packed.params;
+  const int64_t n_shared = core_partials(c) - core_entry_partials(c);
+  // dparams: (n_adapters, n_shared) adapter by adapter, then the per-group gradients
+  const at::Tensor shared = dparams.narrow(0, 0, c.n_adapters * n_shared).view({c.n_adapters, n_shared});
+  const at::Tensor per_group = dparams.narrow(0, c.n_adapters * n_shared, dparams.numel() - c.n_adapters * n_shared);
   int64_t offset = 0;
-  for (const auto& [i, entries] : packed.grads) {
-    const at::Tensor& t = in.params[i];
-    out[i] = dparams.narrow(0, offset, entries).view(t.sizes()).to(t.scalar_type(), false, true);
-    offset += entries;
+  for (const PackedCore::Grad& g : packed.grads) {
+    const at::Tensor& t = in.params[g.param];
+    const at::Tensor d = g.per_group ? per_group : shared.narrow(1, offset, g.count);
+    if (!g.per_group) offset += g.count;
+    out[g.param] = d.reshape(t.sizes()).to(t.scalar_type(), false, true);
   }
   for (size_t i = 0; i < out.size(); ++i)
     if (!out[i].defined()) out[i] = at::zeros_like(in.params[i]);

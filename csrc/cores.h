@@ -3,7 +3,9 @@
 // Every core op and layer op carries a core as (core, S, params, coeff, option, coeffs): `core` names it, `params`
 // is its list of parameters in a fixed order, `option` its one integer setting, and `coeffs` (optional) steers it:
 // a 1-D tensor of G coefficients for G equal groups of consecutive rows (row i of n uses coeffs[i / (n / G)]),
-// `coeff` unused then; rot's R is then one rotation set per group, (G, r / bs, bs, bs).
+// `coeff` unused then; rot's R is then one rotation set per group, (G, r / bs, bs, bs). With `adapters` too (G
+// int64 indices, a bank) every other parameter is stacked, (n_adapters, ...its shape), group e running adapter
+// adapters[e], and its gradient comes per adapter.
 //
 //   core     params               option           dparams (core_partials)
 //   gain     [g]                  suppress_only    dg
@@ -33,15 +35,21 @@ struct CoreInputs {
   double coeff;
   int64_t option;
   const c10::optional<at::Tensor>& coeffs;
+  const c10::optional<at::Tensor>& adapters;
 };
 
 // The core named `name` ("gain", "rot", "dplr", "ablate"); an error naming it otherwise.
 Core core_named(c10::string_view name);
 
 struct PackedCore {
-  CoreParams params;                                 // pointers into `keep`
-  std::vector<at::Tensor> keep;                      // S and the parameters as contiguous accumulators
-  std::vector<std::pair<size_t, int64_t>> grads;     // (parameter index, entries) of each dparams block, in order
+  CoreParams params;        // pointers into `keep`
+  std::vector<at::Tensor> keep;  // S and the parameters as contiguous accumulators, the adapter indices
+  struct Grad {
+    size_t param;    // its index in the parameters
+    int64_t count;   // dparams entries per adapter (per group for a per-group parameter)
+    bool per_group;  // rot's steered R
+  };
+  std::vector<Grad> grads;  // the parameters the kernels write gradients for, in dparams order
 };
 
 // Checks the core's parameters against S (shapes, floating dtypes, all on `device`) and packs them as

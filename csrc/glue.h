@@ -129,22 +129,30 @@ std::tuple<T, T> layer(const CoreInputs& in, const T& x, const T& W, const c10::
 }
 
 // With coeffs (G,): the rotation sets at each coefficient, (G, n_blocks, bs, bs), one Cayley block per set and
-// block (the generator repeated per set).
+// block: of one generator rot_T (n_blocks, m), repeated per set, or of one generator per set, rot_T (G, n_blocks, m).
 struct CayleyInputs {
   T t;       // (sets * n_blocks, bs (bs - 1) / 2) accumulators
   T coeffs;  // (sets,) accumulators, or undefined
-  int64_t sets;
+  int64_t sets, n_blocks;
+  bool per_set;  // rot_T holds one generator per set
 };
-inline CayleyInputs cayley_inputs(const T& rot_T, const c10::optional<T>& coeffs) {
+inline CayleyInputs cayley_inputs(const T& rot_T, int64_t block_size, double max_angle, const c10::optional<T>& coeffs) {
   const auto acc = acc_dtype(rot_T.scalar_type());
-  if (!coeffs.has_value() || !coeffs->defined()) return {rot_T.to(acc).contiguous(), T(), 0};
+  const bool steered = coeffs.has_value() && coeffs->defined();
+  const bool per_set = steered && rot_T.dim() == 3;
+  check_block_cayley_args(per_set ? rot_T[0] : rot_T, block_size, max_angle);
+  if (!steered) return {rot_T.to(acc).contiguous(), T(), 0, rot_T.size(0), false};
   check_float(*coeffs, "coeffs");
   TORCH_CHECK(coeffs->dim() == 1 && coeffs->numel() > 0, "antipasto_ext: coeffs must be a non-empty 1-D tensor, got ",
               coeffs->sizes());
   TORCH_CHECK(coeffs->device() == rot_T.device(), "antipasto_ext: coeffs is on ", coeffs->device(),
               " but rot_T is on ", rot_T.device());
   const int64_t sets = coeffs->numel();
-  return {rot_T.to(acc).repeat({sets, 1}).contiguous(), coeffs->to(acc).contiguous(), sets};
+  TORCH_CHECK(!per_set || rot_T.size(0) == sets, "antipasto_ext: rot_T holds ", rot_T.size(0),
+              " generators but coeffs has ", sets, " entries");
+  const int64_t n_blocks = rot_T.size(per_set ? 1 : 0), m = rot_T.size(-1);
+  T t = per_set ? rot_T.to(acc).reshape({sets * n_blocks, m}).contiguous() : rot_T.to(acc).repeat({sets, 1});
+  return {t.contiguous(), coeffs->to(acc).contiguous(), sets, n_blocks, per_set};
 }
 inline void set_cayley_coeffs(CayleyCall& call, const CayleyInputs& in, int64_t n_blocks) {
   if (!in.coeffs.defined()) return;
@@ -154,9 +162,8 @@ inline void set_cayley_coeffs(CayleyCall& call, const CayleyInputs& in, int64_t 
 
 template <class K>
 T block_cayley(const T& rot_T, int64_t block_size, double max_angle, double coeff, const c10::optional<T>& coeffs) {
-  check_block_cayley_args(rot_T, block_size, max_angle);
   typename K::Guard guard(rot_T.device());
-  const CayleyInputs in = cayley_inputs(rot_T, coeffs);
+  const CayleyInputs in = cayley_inputs(rot_T, block_size, max_angle, coeffs);
   const T& t = in.t;
   T R = K::empty({t.size(0), block_size, block_size}, t.options());
   CayleyCall call;
@@ -165,24 +172,24 @@ T block_cayley(const T& rot_T, int64_t block_size, double max_angle, double coef
   call.bs = block_size;
   call.a_lim = cayley_a_lim(max_angle);
   call.coeff = coeff;
-  set_cayley_coeffs(call, in, rot_T.size(0));
+  set_cayley_coeffs(call, in, in.n_blocks);
   call.t = t.data_ptr();
   call.R = R.data_ptr();
   K::cayley_forward(call, K::stream(t));
-  if (in.sets) R = R.view({in.sets, rot_T.size(0), block_size, block_size});
+  if (in.sets) R = R.view({in.sets, in.n_blocks, block_size, block_size});
   return R.to(rot_T.scalar_type());
 }
 
-// With coeffs: d rot_T summed over the sets.
+// With coeffs: d rot_T summed over the sets (one generator), or per set.
 template <class K>
 T block_cayley_backward(const T& grad_R, const T& R, const T& rot_T, int64_t block_size, double max_angle,
                         double coeff, const c10::optional<T>& coeffs) {
-  check_block_cayley_args(rot_T, block_size, max_angle);
-  const int64_t n = rot_T.size(0), bs = block_size;
+  const int64_t bs = block_size;
   check_float(grad_R, "grad_R");
   check_float(R, "R");
   typename K::Guard guard(rot_T.device());
-  const CayleyInputs in = cayley_inputs(rot_T, coeffs);
+  const CayleyInputs in = cayley_inputs(rot_T, block_size, max_angle, coeffs);
+  const int64_t n = in.n_blocks;
   std::vector<int64_t> shape{n, bs, bs};
   if (in.sets) shape.insert(shape.begin(), in.sets);
   TORCH_CHECK(R.sizes() == at::IntArrayRef(shape) && grad_R.sizes() == R.sizes(), "antipasto_ext: R and grad_R must have shape ",
@@ -205,7 +212,7 @@ T block_cayley_backward(const T& grad_R, const T& R, const T& rot_T, int64_t blo
   call.grad_R = G.data_ptr();
   call.dt = dt.data_ptr();
   K::cayley_backward(call, K::stream(t));
-  if (in.sets) dt = dt.view({in.sets, n, t.size(1)}).sum(0);
+  if (in.sets) dt = in.per_set ? dt.view(rot_T.sizes()) : dt.view({in.sets, n, t.size(1)}).sum(0);
   return dt.to(rot_T.scalar_type());
 }
 

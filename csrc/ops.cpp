@@ -16,21 +16,22 @@ using T = at::Tensor;
 using OptT = c10::optional<T>;
 
 T core(c10::string_view name, const T& p, const T& S, at::TensorList params, double coeff, int64_t option,
-       const OptT& coeffs) {
-  const CoreInputs in{core_named(name), S, params, coeff, option, coeffs};
+       const OptT& coeffs, const OptT& adapters) {
+  const CoreInputs in{core_named(name), S, params, coeff, option, coeffs, adapters};
   return with_kernel_set(p.device(), [&](auto k) { return glue::core_forward<decltype(k)>(in, p); });
 }
 
 std::tuple<T, std::vector<T>> core_backward(c10::string_view name, const T& grad_h, const T& p, const T& S,
-                                            at::TensorList params, double coeff, int64_t option, const OptT& coeffs) {
-  const CoreInputs in{core_named(name), S, params, coeff, option, coeffs};
+                                            at::TensorList params, double coeff, int64_t option, const OptT& coeffs,
+                                            const OptT& adapters) {
+  const CoreInputs in{core_named(name), S, params, coeff, option, coeffs, adapters};
   return with_kernel_set(p.device(), [&](auto k) { return glue::core_backward<decltype(k)>(in, grad_h, p); });
 }
 
 std::tuple<T, T> layer(c10::string_view name, const T& x, const T& W, const OptT& bias, const T& U, const T& Vh,
                        const T& S, at::TensorList params, double coeff, int64_t option, bool need_p,
-                       const OptT& coeffs) {
-  const CoreInputs in{core_named(name), S, params, coeff, option, coeffs};
+                       const OptT& coeffs, const OptT& adapters) {
+  const CoreInputs in{core_named(name), S, params, coeff, option, coeffs, adapters};
   return with_kernel_set(x.device(), [&](auto k) { return glue::layer<decltype(k)>(in, x, W, bias, U, Vh, need_p); });
 }
 

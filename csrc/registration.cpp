@@ -9,17 +9,19 @@
 
 #include "csrc/kernels/api.h"
 
-// A core is (core, S, params, coeff, option, coeffs): its name, the frozen singular values, its parameters in a
-// fixed order, its one integer setting and, when steered, one coefficient per group of rows (csrc/cores.h).
+// A core is (core, S, params, coeff, option, coeffs, adapters): its name, the frozen singular values, its
+// parameters in a fixed order, its one integer setting and, when steered, one coefficient per group of rows and
+// (a bank) one adapter index per group (csrc/cores.h).
 TORCH_LIBRARY(antipasto_ext, m) {
-  m.def("core(str core, Tensor p, Tensor S, Tensor[] params, float coeff, int option, Tensor? coeffs=None) "
-        "-> Tensor");
+  m.def("core(str core, Tensor p, Tensor S, Tensor[] params, float coeff, int option, Tensor? coeffs=None, "
+        "Tensor? adapters=None) -> Tensor");
   m.def("core_backward(str core, Tensor grad_h, Tensor p, Tensor S, Tensor[] params, float coeff, int option, "
-        "Tensor? coeffs=None) -> (Tensor, Tensor[])");
+        "Tensor? coeffs=None, Tensor? adapters=None) -> (Tensor, Tensor[])");
   // The whole layer y = x W^T + b + core(x Vh^T) U^T, and p = x Vh^T (an empty (0, r) tensor unless need_p).
   m.def("layer(str core, Tensor x, Tensor W, Tensor? bias, Tensor U, Tensor Vh, Tensor S, Tensor[] params, "
-        "float coeff, int option, bool need_p, Tensor? coeffs=None) -> (Tensor, Tensor)");
-  // With coeffs (G,): one rotation set per coefficient, (G, n_blocks, bs, bs).
+        "float coeff, int option, bool need_p, Tensor? coeffs=None, Tensor? adapters=None) -> (Tensor, Tensor)");
+  // With coeffs (G,): one rotation set per coefficient, (G, n_blocks, bs, bs), of rot_T (n_blocks, m) or of its
+  // own generator, rot_T (G, n_blocks, m).
   m.def("block_cayley(Tensor rot_T, int block_size, float max_angle, float coeff, Tensor? coeffs=None) -> Tensor");
   m.def("block_cayley_backward(Tensor grad_R, Tensor R, Tensor rot_T, int block_size, float max_angle, "
         "float coeff, Tensor? coeffs=None) -> Tensor");

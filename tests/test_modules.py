@@ -307,7 +307,7 @@ def test_rotation_reused_without_autograd_until_rot_T_or_coeff_changes(monkeypat
     x = torch.randn(3, 24)
 
     def fresh():  # what the layer computes with R recomputed now
-        return m._eager(x)
+        return m._eager(x, m.coeff)
 
     with torch.no_grad():
         y1 = m(x)

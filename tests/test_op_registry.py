@@ -74,7 +74,7 @@ def test_every_variant_core_matches_the_reference(example, engine):
         for t in m.parameters():
             if t.requires_grad:
                 t.add_(torch.randn_like(t) * 0.3)
-    params, option = m._core_args()
+    params, option = m._core_args(m.coeff)
     params = [t.detach().double().requires_grad_() for t in params]
     params_ref = [t.detach().clone().requires_grad_() for t in params]
     S = m.S.double()

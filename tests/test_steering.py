@@ -258,7 +258,7 @@ def test_a_coefficient_tensor_that_fits_neither_batch_nor_tokens_is_refused(bad,
 
 def test_bad_coefficient_tensors_are_refused_by_name():
     m = make("antipasto")
-    with pytest.raises(ValueError, match="coeff: a coefficient tensor must be real"):
+    with pytest.raises(ValueError, match="coeff: a coeff tensor must be real"):
         m.coeff = torch.ones(3, dtype=torch.bool)
     with pytest.raises(ValueError, match="must not require grad"):
         m.coeff = torch.ones(3, requires_grad=True)
@@ -304,3 +304,235 @@ def test_steered_rotation_is_reused_until_the_coefficient_tensor_changes(device,
         y2 = m(x)
         assert len(calls) == 2
     torch.testing.assert_close(y2, y1.flip(0), rtol=1e-5, atol=1e-6)
+
+
+# ------------------------------------------------------------------------------------------ banks
+
+
+def bank_of(m, n_adapters=3):
+    """n_adapters variations of m's trainable parameters (adapter 0: m's own), stacked."""
+    raw = m._raw()
+    stacked = {n: torch.stack([p.detach()] + [p.detach() + torch.randn_like(p) * 0.3 for _ in range(n_adapters - 1)])
+               for n, p in raw.items()}
+    return stacked
+
+
+def with_adapter(m, stacked, a):
+    """A copy of m running adapter a of the stack, without a bank."""
+    m = copy.deepcopy(m).clear_bank()
+    with torch.no_grad():
+        for n, t in stacked.items():
+            getattr(m, n).copy_(t[a])
+    return m
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("granularity", ["sample", "token"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bank_rows_equal_their_adapter_at_their_coefficient(variant, granularity, dtype, engine):
+    """x (4, 3, d_in), adapter per sample [2, 0, 1, 2] (or per token), coeff per sample: output, dx and the bank's
+    gradients (each adapter's: the sum over its rows) against the float64 module of each row's adapter at each
+    row's float coefficient."""
+    m = make(variant, dtype=dtype)
+    stacked = bank_of(m)
+    m.set_bank(stacked)
+    ref = copy.deepcopy(m).double()
+    ref.backend = "eager"
+    for n in stacked:
+        getattr(m, f"bank_{n}").requires_grad_()
+    adapter = torch.tensor([2, 0, 1, 2]) if granularity == "sample" else torch.randint(0, 3, (4, 3))
+    coeff = torch.tensor([1.0, -1.0, 0.5, 0.0])
+    m.adapter, m.coeff = adapter, coeff
+    x = torch.randn(4, 3, 24, dtype=dtype)
+    g = torch.randn(4, 3, 20, dtype=torch.float64)
+    xr = x.detach().clone().requires_grad_()
+    y = m(xr)
+    y.backward(g.to(y.dtype))
+    a_rows = adapter.reshape(4, -1).expand(4, 3).reshape(-1)
+    c_rows = coeff[:, None].expand(4, 3).reshape(-1)
+    x2, g2 = x.double().reshape(-1, 24), g.reshape(-1, 20)
+    stacked64 = {n: t.double() for n, t in stacked.items()}
+    models = [with_adapter(ref, stacked64, a) for a in range(3)]
+    ys, dxs = [], []
+    grads_ref = {n: torch.zeros_like(t) for n, t in stacked64.items()}
+    for i in range(12):
+        mi = models[int(a_rows[i])]
+        mi.coeff = float(c_rows[i])
+        yi, dxi, dpi = run(mi, x2[i:i + 1], g2[i:i + 1])
+        ys.append(yi)
+        dxs.append(dxi)
+        for n in grads_ref:
+            grads_ref[n][int(a_rows[i])] += dpi[n]
+    assert_close(y, torch.cat(ys).reshape(4, 3, 20), dtype, "y")
+    assert_close(xr.grad, torch.cat(dxs).reshape(4, 3, 24), dtype, "dx", scale=2)
+    for n in grads_ref:
+        assert_close(getattr(m, f"bank_{n}").grad, grads_ref[n], dtype, f"d bank_{n}", scale=4)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bank_without_an_adapter_runs_adapter_0_and_the_eager_backend_agrees(variant, engine):
+    m = make(variant)
+    x = torch.randn(3, 2, 24)
+    with torch.no_grad():
+        y_own = m(x)
+        m.set_bank(bank_of(m))
+        torch.testing.assert_close(m(x), y_own, rtol=1e-6, atol=1e-6)
+        m.adapter, m.coeff = torch.tensor([1, 2, 0]), torch.tensor([0.5, -1.0, 1.0])
+        y = m(x)
+        m.backend = "eager"
+        torch.testing.assert_close(m(x), y, rtol=2e-5, atol=2e-5)
+
+
+@pytest.mark.parametrize("name", ["gain", "rot", "dplr", "ablate"])
+def test_core_and_layer_ops_with_a_bank_gradcheck_and_opcheck(name, engine):
+    params, option = core_case(name, 4)
+    stacked = [torch.stack([t + 0.1 * i * torch.randn_like(t) for i in range(3)]) if (name != "rot" or j == 0) else t
+               for j, t in enumerate(params)]
+    stacked = [t.detach().requires_grad_() for t in stacked]
+    S = torch.rand(8, dtype=torch.float64) + 0.5
+    coeffs = torch.tensor([1.0, -1.0, 0.5, 0.0], dtype=torch.float64)
+    adapters = torch.tensor([2, 0, 2, 1])
+    p = torch.randn(8, 8, dtype=torch.float64, requires_grad=True)
+    h = ops.core(name, p, S, stacked, coeffs, option, adapters=adapters)
+    for e in range(4):  # group e: adapter adapters[e]'s parameters at coeffs[e]
+        ps = [t[adapters[e]] if (name != "rot" or j == 0) else t[e] for j, t in enumerate(stacked)]
+        torch.testing.assert_close(h[2 * e:2 * e + 2], ax.reference.core(name, p[2 * e:2 * e + 2], S, ps, coeffs[e], option))
+    assert torch.autograd.gradcheck(lambda p, *ps: ops.core(name, p, S, ps, coeffs, option, adapters=adapters),
+                                    (p, *stacked))
+    torch.library.opcheck(torch.ops.antipasto_ext.core.default, (name, p, S, stacked, 1.0, option, coeffs, adapters))
+    x = torch.randn(8, 10, dtype=torch.float64, requires_grad=True)
+    W, U, Vh = (torch.randn(*s, dtype=torch.float64) for s in ((7, 10), (7, 8), (8, 10)))
+    assert torch.autograd.gradcheck(
+        lambda x, *ps: ops.layer(name, x, W, None, U, Vh, S, ps, coeffs, option, adapters=adapters)[0], (x, *stacked))
+    torch.library.opcheck(torch.ops.antipasto_ext.layer.default,
+                          (name, x, W, None, U, Vh, S, stacked, 1.0, option, True, coeffs, adapters))
+
+
+def test_block_cayley_with_one_generator_per_set(engine):
+    t = (torch.randn(3, 2, 6, dtype=torch.float64) * 0.5).requires_grad_()
+    coeffs = torch.tensor([1.0, -0.5, 0.3], dtype=torch.float64)
+    R = ops.block_cayley(t, 4, 0.5, coeffs)
+    for e in range(3):
+        torch.testing.assert_close(R[e], ops.block_cayley(t[e], 4, 0.5, float(coeffs[e])), rtol=0, atol=0)
+    assert torch.autograd.gradcheck(lambda t: ops.block_cayley(t, 4, 0.5, coeffs), (t,))
+    torch.library.opcheck(torch.ops.antipasto_ext.block_cayley.default, (t, 4, 0.5, 1.0, coeffs))
+
+
+def test_bad_adapter_indices_are_refused_by_name():
+    m = make("dplr")
+    with pytest.raises(ValueError, match="adapter: this layer has no bank"):
+        m.adapter = torch.tensor([0, 1])
+    m.set_bank(bank_of(m))
+    with pytest.raises(ValueError, match=r"adapter: index out of the bank's range 0..2"):
+        m.adapter = torch.tensor([0, 3])
+    with pytest.raises(ValueError, match=r"adapter: index out of the bank's range"):
+        m.adapter = torch.tensor([-1])
+    with pytest.raises(ValueError, match="adapter: indices must be an integer tensor"):
+        m.adapter = torch.tensor([0.0, 1.0])
+    with pytest.raises(ValueError, match="adapter: a adapter tensor must be real"):
+        m.adapter = torch.tensor([True])
+    m.adapter = torch.tensor([0, 1])
+    with pytest.raises(ValueError, match=r"adapter: a tensor of shape \(2,\) fits neither"):
+        m(torch.randn(3, 24))
+    m.adapter = torch.zeros(3, dtype=torch.long, device="meta")
+    with pytest.raises(ValueError, match="adapter is on meta but x is on cpu"):
+        m(torch.randn(3, 24))
+    with pytest.raises(ValueError, match="bank: merge folds one adapter"):
+        m.merge()
+    with pytest.raises(ValueError, match=r"bank: A must have shape \(n_adapters, 3, 12\)"):
+        m.set_bank({n: t[..., :1] if n == "A" else t for n, t in bank_of(m).items()})
+    with pytest.raises(ValueError, match="bank: expected stacked tensors"):
+        m.set_bank({"g": torch.zeros(2, 12)})
+
+
+def test_set_adapter_and_steer_with_an_adapter_restore():
+    model = nn.Sequential(make("dplr"), nn.GELU(), make("rot_V", 20, 20))
+    with pytest.raises(ValueError, match="have no bank"):
+        ax.set_adapter(model, torch.tensor([0]))
+    for m in ax.adapters(model).values():
+        m.set_bank(bank_of(m, 2))
+    x = torch.randn(2, 24)
+    with torch.no_grad():
+        with ax.steer(model, torch.tensor([1.0, -1.0]), adapter=torch.tensor([1, 0])):
+            y = model(x)
+            assert all(m.adapter.tolist() == [1, 0] for m in ax.adapters(model).values())
+        assert all(m.adapter is None and m.coeff == 1.0 for m in ax.adapters(model).values())
+        ax.set_adapter(model, torch.tensor([1, 1]))
+        ax.set_coeff(model, 1.0)
+        y1 = model(x)
+        ax.set_adapter(model, None)
+        ax.set_coeff(model, -1.0)
+        y0 = model(x)
+    torch.testing.assert_close(y[0], y1[0], rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(y[1], y0[1], rtol=1e-5, atol=1e-6)
+
+
+def test_torch_compile_fullgraph_with_a_bank():
+    torch._dynamo.reset()
+    model = nn.Sequential(make("antipasto", 24, 20), make("rot_V", 20, 20), make("ablate_k3", 20, 20))
+    for m in ax.adapters(model).values():
+        m.set_bank(bank_of(m, 2))
+    x = torch.randn(4, 3, 24)
+    ax.set_coeff(model, torch.tensor([1.0, -1.0, 0.0, 0.5]))
+    ax.set_adapter(model, torch.tensor([0, 1, 1, 0]))
+    with torch.no_grad():
+        y = model(x)
+        compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+        torch.testing.assert_close(compiled(x), y)
+
+
+def tiny_base():
+    from collections import OrderedDict
+    torch.manual_seed(3)
+    return nn.Sequential(OrderedDict(q_proj=nn.Linear(24, 24), act=nn.GELU(), v_proj=nn.Linear(24, 20)))
+
+
+def trained_file(base, path, variant="dplr", seed=0, calibrate=False, **kw):
+    model = copy.deepcopy(base)
+    ax.attach(model, variant, targets=r"(q|v)_proj$", r=8, progress=False, **kw)
+    if calibrate:
+        ax.calibrate(model, [torch.randn(64, 24)], progress=False)
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in ax.adapters(model).values():
+            for p in m.parameters():
+                if p.requires_grad:
+                    p.add_(0.3 * torch.randn(p.shape, generator=g))
+    ax.save(model, path)
+    return model
+
+
+@pytest.mark.parametrize("variant", ["dplr", "rot", "ablate"])
+def test_a_bank_round_trips_from_files(variant, tmp_path):
+    base = tiny_base()
+    kw = ax.variants.VARIANTS[variant].demo
+    models = [trained_file(base, tmp_path / f"{i}.safetensors", variant, seed=i, **kw) for i in range(3)]
+    bank = copy.deepcopy(base)
+    loaded = ax.load(bank, [tmp_path / f"{i}.safetensors" for i in range(3)], progress=False)
+    assert sorted(loaded) == ["q_proj", "v_proj"] and all(m.bank_size == 3 for m in ax.adapters(bank).values())
+    x = torch.randn(4, 5, 24)
+    adapter, coeff = torch.tensor([2, 0, 1, 2]), torch.tensor([1.0, -1.0, 0.5, 1.0])
+    with torch.no_grad(), ax.steer(bank, coeff, adapter=adapter):
+        y = bank(x)
+    for b in range(4):
+        with torch.no_grad(), ax.steer(models[int(adapter[b])], float(coeff[b])):
+            torch.testing.assert_close(y[b], models[int(adapter[b])](x[b]), rtol=1e-5, atol=1e-5)
+
+
+def test_a_bank_refuses_files_that_differ(tmp_path):
+    base = tiny_base()
+    trained_file(base, tmp_path / "a.safetensors")
+    trained_file(base, tmp_path / "rot.safetensors", "rot", block_size=4)
+    trained_file(base, tmp_path / "k4.safetensors", lora_rank=4)
+    trained_file(base, tmp_path / "calibrated.safetensors", calibrate=True)
+    merged = trained_file(base, tmp_path / "unused.safetensors")
+    ax.merge(merged)
+    ax.save(merged, tmp_path / "merged.safetensors")
+    fresh = copy.deepcopy(base)
+    for other, match in [("rot", "layer '(q|v)_proj': variant 'rot' differs"),
+                         ("k4", "layer '(q|v)_proj': kwargs .* differs"),
+                         ("calibrated", "its basis differs .*layer '(q|v)_proj': bases differ"),
+                         ("merged", "layer '(q|v)_proj' is merged")]:
+        with pytest.raises(ValueError, match=f"{other}.safetensors: .*{match}"):
+            ax.load(fresh, [tmp_path / "a.safetensors", tmp_path / f"{other}.safetensors"], progress=False)
+    assert not any(isinstance(m, ax.variants.SVDAdapter) for m in fresh.modules())  # the model was not touched

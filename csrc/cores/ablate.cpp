@@ -11,9 +11,9 @@ void pack(Packer& p, int64_t option) {
   p.count(2, "C, a");
   TORCH_CHECK(option == 0, "antipasto_ext: the ablate core has no option, got ", option);
   CoreParams& c = p.params();
-  const at::Tensor& C = p.raw(0);
-  const int64_t r = p.r(), k = C.dim() == 2 ? C.size(1) : 0;
-  TORCH_CHECK(k >= 1, "antipasto_ext: C must have shape (r, k) with k >= 1 and r = ", r, ", got ", C.sizes());
+  const at::IntArrayRef C = p.shape(0);
+  const int64_t r = p.r(), k = C.size() == 2 ? C[1] : 0;
+  TORCH_CHECK(k >= 1, "antipasto_ext: C must have shape (r, k) with k >= 1 and r = ", r, ", got ", p.raw(0).sizes());
   c.k = k;
   c.A = p.param(0, "C", {r, k});
   c.a = p.param(1, "a", {k});

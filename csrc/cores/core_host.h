@@ -21,9 +21,13 @@ class Packer {
   int64_t r() const { return out_.params.r; }
   // Parameter i as passed, unchecked (to read a shape off it).
   const at::Tensor& raw(size_t i) const { return in_.params[i]; }
-  // Parameter i, called `name` in errors, must have `shape`; `grad`: the kernels write its gradient next in
-  // dparams. Returns its accumulator copy's data.
-  const void* param(size_t i, const char* name, at::IntArrayRef shape, bool grad = true);
+  // Parameter i's shape without the leading bank dimension (a stacked parameter of a bank).
+  at::IntArrayRef shape(size_t i) const;
+  // Parameter i, called `name` in errors, must have `shape` ((n_adapters, ...shape) in a bank, unless per_group);
+  // its gradient comes next in dparams; per_group: one copy per steering group (rot's steered R). Returns its
+  // accumulator copy's data.
+  const void* param(size_t i, const char* name, at::IntArrayRef shape, bool per_group = false);
+  bool banked() const { return out_.params.adapters != nullptr; }
   // The core takes `n` parameters, called `names` in the error.
   void count(size_t n, const char* names) const;
   CoreParams& params() { return out_.params; }

@@ -10,9 +10,9 @@ namespace {
 void pack(Packer& p, int64_t option) {
   p.count(3, "g, A, B");
   CoreParams& c = p.params();
-  const at::Tensor& A = p.raw(1);
-  const int64_t r = p.r(), k = A.dim() == 2 ? A.size(0) : 0;
-  TORCH_CHECK(k >= 1, "antipasto_ext: A must have shape (k, r) with k >= 1 and r = ", r, ", got ", A.sizes());
+  const at::IntArrayRef A = p.shape(1);
+  const int64_t r = p.r(), k = A.size() == 2 ? A[0] : 0;
+  TORCH_CHECK(k >= 1, "antipasto_ext: A must have shape (k, r) with k >= 1 and r = ", r, ", got ", p.raw(1).sizes());
   c.suppress_only = option != 0;
   c.k = k;
   c.g = p.param(0, "g", {r});

@@ -29,7 +29,7 @@ void pack(Packer& p, int64_t option) {
               "r / block_size, block_size, block_size) with r = ", p.r(), lead ? " and one set per coeffs entry" : "",
               ", got ", R.sizes());
   c.bs = bs;
-  c.R = p.param(1, "R", R.sizes());
+  c.R = p.param(1, "R", R.sizes(), c.coeffs != nullptr);
 }
 
 // s = S + coeff delta_s.

@@ -23,7 +23,13 @@ acc_t block_coeff(const CayleyCall& c, int64_t b) {
   return c.coeffs ? static_cast<const acc_t*>(c.coeffs)[b / c.blocks_per_coeff] : acc_t(c.coeff);
 }
 
-// Group e of a steered call as an unsteered call over its rows, at its coefficient (and its rotation set).
+// The adapter of group e in a bank (0 without one), clamped as the CUDA kernels clamp it.
+int64_t group_adapter(const CoreParams& k, int64_t e) {
+  if (!k.adapters) return 0;
+  return std::min<int64_t>(std::max<int64_t>(k.adapters[e], 0), k.n_adapters - 1);
+}
+
+// Group e of a steered call as an unsteered call over its rows, at its coefficient (its rotation set, its adapter).
 template <typename acc_t>
 CoreCall group_call(const CoreCall& c, int64_t e, int64_t rows) {
   const int64_t width = c.dtype == DType::f64 ? 8 : c.dtype == DType::f32 ? 4 : 2;
@@ -36,10 +42,21 @@ CoreCall group_call(const CoreCall& c, int64_t e, int64_t rows) {
   g.grad_h = in(c.grad_h);
   g.h = out(c.h);
   g.dp = out(c.dp);
+  const CoreParams& k = c.core;
   g.core.entries = 1;
   g.core.coeffs = nullptr;
-  g.core.coeff = static_cast<const acc_t*>(c.core.coeffs)[e];
-  if (rot_per_entry(c.core)) g.core.R = static_cast<const acc_t*>(c.core.R) + e * c.core.r * c.core.bs;
+  g.core.adapters = nullptr;
+  g.core.n_adapters = 1;
+  g.core.coeff = static_cast<const acc_t*>(k.coeffs)[e];
+  if (rot_per_entry(k)) g.core.R = static_cast<const acc_t*>(k.R) + e * k.r * k.bs;
+  const int64_t ad = group_adapter(k, e);
+  auto shift = [&](const void* ptr, int64_t stride) {
+    return ptr ? static_cast<const void*>(static_cast<const acc_t*>(ptr) + ad * stride) : ptr;
+  };
+  g.core.g = shift(k.g, bank_stride_g(k));
+  g.core.A = shift(k.A, bank_stride_AB(k));
+  g.core.B = shift(k.B, bank_stride_AB(k));
+  g.core.a = shift(k.a, bank_stride_a(k));
   return g;
 }
 
@@ -49,13 +66,18 @@ void steered_backward(const CoreCall& c, const CoreHost& host) {
   const int64_t rows = core_entry_rows(c.n, k), n_part = core_partials(k), n_entry = core_entry_partials(k);
   const int64_t n_shared = n_part - n_entry;
   acc_t* out = static_cast<acc_t*>(c.dparams);
+  std::fill(out, out + k.n_adapters * n_shared, acc_t(0));
+  std::vector<bool> seen(static_cast<size_t>(k.n_adapters), false);
   std::vector<acc_t> part(static_cast<size_t>(n_part));
   for (int64_t e = 0; e < k.entries; ++e) {
     CoreCall g = group_call<acc_t>(c, e, rows);
     g.dparams = part.data();
     host.cpu_backward(g);
-    for (int64_t j = 0; j < n_shared; ++j) out[j] = e == 0 ? part[j] : out[j] + part[j];
-    std::copy(part.begin() + n_shared, part.end(), out + n_shared + e * n_entry);
+    const int64_t ad = group_adapter(k, e);
+    acc_t* dst = out + ad * n_shared;
+    for (int64_t j = 0; j < n_shared; ++j) dst[j] = seen[ad] ? dst[j] + part[j] : part[j];
+    seen[ad] = true;
+    std::copy(part.begin() + n_shared, part.end(), out + k.n_adapters * n_shared + e * n_entry);
   }
 }
 
@@ -90,9 +112,13 @@ void cayley_backward_typed(const CayleyCall& c) {
 }
 
 void check_groups(const CoreCall& c) {
-  if (c.core.entries < 1 || c.n % c.core.entries != 0 || (c.core.coeffs == nullptr && c.core.entries != 1))
+  const CoreParams& k = c.core;
+  if (k.entries < 1 || c.n % k.entries != 0 || (k.coeffs == nullptr && k.entries != 1))
     throw std::invalid_argument("antipasto_ext core: " + std::to_string(c.n) + " rows do not split into " +
-                                std::to_string(c.core.entries) + " steering groups");
+                                std::to_string(k.entries) + " steering groups");
+  if (k.n_adapters < 1 || (k.adapters && !k.coeffs) || (!k.adapters && k.n_adapters != 1))
+    throw std::invalid_argument("antipasto_ext core: a bank of " + std::to_string(k.n_adapters) +
+                                " adapters needs one adapter index and coefficient per steering group");
 }
 
 void check_cayley(const char* op, const CayleyCall& c) {

@@ -70,6 +70,11 @@ struct CoreParams {
 // (several groups need coeffs).
   int64_t entries = 1;
   const void* coeffs = nullptr;
+  // A bank (with coeffs): group e runs adapter adapters[e] (int64, entries of them; out-of-range indices are
+  // clamped to the bank) of n_adapters, whose trainable arrays are stacked: g, delta_s (n_adapters, r), A (n_adapters,
+  // k, r), B, C (n_adapters, r, k), a (n_adapters, k); S is shared. Their gradients come per adapter.
+  const int64_t* adapters = nullptr;
+  int64_t n_adapters = 1;
   const void* S = nullptr;  // (r)
   const void* g = nullptr;  // gain, dplr: g (r); rot: delta_s (r)
   const void* R = nullptr;  // rot sides V / U: (r / bs, bs, bs)
@@ -97,10 +102,16 @@ inline int64_t core_partials(const CoreParams& c) {
 // The trailing partials that belong to one steering group's parameters (rot's dR when R is per group); the others
 // are shared by all groups.
 inline int64_t core_entry_partials(const CoreParams& c) { return rot_per_entry(c) ? c.r * c.bs : 0; }
-// Entries of `dparams`: the shared partials, then the per-group ones of each group in group order.
+// Entries of `dparams`: the shared partials (one block per adapter of a bank), then the per-group ones of each
+// group in group order.
 inline int64_t core_dparams_elems(const CoreParams& c) {
-  return core_partials(c) + (c.entries - 1) * core_entry_partials(c);
+  const int64_t n_entry = core_entry_partials(c);
+  return c.n_adapters * (core_partials(c) - n_entry) + c.entries * n_entry;
 }
+// Offset of adapter a's copy of each stacked parameter array.
+inline int64_t bank_stride_g(const CoreParams& c) { return c.r; }
+inline int64_t bank_stride_AB(const CoreParams& c) { return c.r * c.k; }
+inline int64_t bank_stride_a(const CoreParams& c) { return c.k; }
 
 // Rows of one steering group.
 inline int64_t core_entry_rows(int64_t n, const CoreParams& c) { return c.entries > 0 ? n / c.entries : 0; }
@@ -108,8 +119,9 @@ inline int64_t core_entry_rows(int64_t n, const CoreParams& c) { return c.entrie
 // The reduction of every backward, the same on every engine so parameter gradients are the same bits whatever runs
 // them: each steering group's rows split into chunks of core_rows_per_chunk(group rows) rows; chunk partials are
 // sums in row order; a shared entry is the sum over groups, in group order, of (the group's chunk partials summed
-// in chunk order) times the chain-rule factor at the group's coefficient (the sum starting from group 0's
-// value); a per-group entry is its group's sum.
+// in chunk order) times the chain-rule factor at the group's coefficient (the sum starting from the first group's
+// value; with a bank, over the groups of each adapter, 0 for an adapter no group runs); a per-group entry is its
+// group's sum.
 inline int64_t core_rows_per_chunk(int64_t rows) {
   const int64_t c = (rows + 127) / 128;
   return c > 16 ? c : 16;

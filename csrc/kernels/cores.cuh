@@ -148,6 +148,8 @@ struct Rows {
   int64_t entry_rows, per_entry, cta_rows;
   const acc_t* coeffs;  // one per group, or nullptr: every group uses `coeff`
   acc_t coeff;
+  const int64_t* adapters;  // a bank: one adapter index per group (else nullptr: adapter 0)
+  int64_t n_adapters;
 };
 struct RowRange {
   int64_t entry, row0, row1;
@@ -162,12 +164,24 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t entry_coeff(const Rows<acc_t>& m, int64_t e) {
   return m.coeffs ? __ldg(m.coeffs + e) : m.coeff;
 }
+// Adapter index of group e, clamped to the bank (an index is checked where it is set; the clamp keeps a bad one
+// from reading outside the parameters).
+__device__ __forceinline__ int64_t clamp_adapter(const int64_t* adapters, int64_t n_adapters, int64_t e) {
+  if (!adapters) return 0;
+  const int64_t a = __ldg(adapters + e);
+  return a < 0 ? 0 : a >= n_adapters ? n_adapters - 1 : a;
+}
+template <typename acc_t>
+__device__ __forceinline__ int64_t entry_adapter(const Rows<acc_t>& m, int64_t e) {
+  return clamp_adapter(m.adapters, m.n_adapters, e);
+}
 // Host side: the Rows of call c with cta_rows rows per CTA, and its grid.
 template <typename acc_t>
 inline Rows<acc_t> rows_of(const CoreCall& c, int64_t cta_rows) {
   const int64_t entry_rows = core_entry_rows(c.n, c.core);
   return Rows<acc_t>{entry_rows, entry_rows > 0 ? (entry_rows + cta_rows - 1) / cta_rows : 0, cta_rows,
-                     static_cast<const acc_t*>(c.core.coeffs), acc_t(c.core.coeff)};
+                     static_cast<const acc_t*>(c.core.coeffs), acc_t(c.core.coeff), c.core.adapters,
+                     c.core.n_adapters};
 }
 template <typename acc_t>
 inline dim3 grid_of(const CoreCall& c, const Rows<acc_t>& m) {
@@ -187,6 +201,8 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* s = dyn_smem<acc_t>();
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
+  x += ad * r;
   for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
   __syncthreads();
   const int64_t base = t.row0 * r, cnt = (t.row1 - t.row0) * r;
@@ -203,6 +219,8 @@ __global__ void __launch_bounds__(kCoreThreads)
   using acc_t = typename acc_of<T>::type;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
+  x += ad * r;
   acc_t* part = ws + int64_t(blockIdx.x) * r;
   for (int j = threadIdx.x; j < r; j += blockDim.x) {
     const acc_t sj = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
@@ -274,6 +292,8 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* P = Rs + (stage_params ? int64_t(r) * bs : 0);
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
+  delta_s += ad * r;
   R += t.entry * R_stride;
   const acc_t* Rsrc = stage_params ? Rs : R;
   const int64_t row0 = t.row0;
@@ -318,6 +338,8 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* X = D + rows_per_tile * r;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
+  delta_s += ad * r;
   R += t.entry * R_stride;
   const acc_t* Rsrc = stage_params ? Rs : R;
   const int64_t c0 = t.row0, c1 = t.row1;
@@ -427,10 +449,14 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* Bs = As + (stage_params ? kr : 0);
   acc_t* P = Bs + (stage_params ? kr : 0);
   acc_t* Tt = P + rows_per_tile * r;
-  const acc_t* Asrc = stage_params ? As : A;
-  const acc_t* Bsrc = stage_params ? Bs : B;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
+  g += ad * r;
+  A += ad * k * r;
+  B += ad * r * k;
+  const acc_t* Asrc = stage_params ? As : A;
+  const acc_t* Bsrc = stage_params ? Bs : B;
   const int64_t row0 = t.row0;
   const int rows = int(t.row1 - t.row0);
   for (int j = threadIdx.x; j < r; j += blockDim.x)
@@ -478,10 +504,14 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* D = P + rows_per_tile * r;
   acc_t* Tt = D + rows_per_tile * r;
   acc_t* Uu = Tt + rows_per_tile * k;
-  const acc_t* Asrc = stage_params ? As : A;
-  const acc_t* Bsrc = stage_params ? Bs : B;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
+  g += ad * r;
+  A += ad * k * r;
+  B += ad * r * k;
+  const acc_t* Asrc = stage_params ? As : A;
+  const acc_t* Bsrc = stage_params ? Bs : B;
   const int64_t c0 = t.row0, c1 = t.row1;
   acc_t* part = ws + int64_t(blockIdx.x) * n_part;
   for (int j = threadIdx.x; j < r; j += blockDim.x)
@@ -581,9 +611,12 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* Cs = as + k;
   acc_t* P = Cs + (stage_params ? rk : 0);
   acc_t* V = P + rows_per_tile * r;
-  const acc_t* Csrc = stage_params ? Cs : C;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
+  C += ad * r * k;
+  a += ad * k;
+  const acc_t* Csrc = stage_params ? Cs : C;
   const int64_t row0 = t.row0;
   const int rows = int(t.row1 - t.row0);
   stage(Ss, S, r);
@@ -627,9 +660,12 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* D = P + rows_per_tile * r;
   acc_t* V = D + rows_per_tile * r;
   acc_t* W = V + rows_per_tile * k;
-  const acc_t* Csrc = stage_params ? Cs : C;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
+  const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
+  C += ad * r * k;
+  a += ad * k;
+  const acc_t* Csrc = stage_params ? Cs : C;
   const int64_t c0 = t.row0, c1 = t.row1;
   acc_t* part = ws + int64_t(blockIdx.x) * n_part;
   stage(Ss, S, r);
@@ -714,40 +750,46 @@ struct CoreLaunch<Core::ablate> {
 
 // ------------------------------------------------------------------------------------ second stage
 
-// The second stage (api.h's reduction): shared entry o < n_shared (the first n_part - n_entry_part of a slice)
-// = sum over groups e of (group e's CTA slices summed in CTA order) times the chain-rule factor of entries o < r at
-// the group's coefficient: d s_eff / d g (kFinalGain) or coeff (kFinalCoeff); then each group's per-group entries,
-// its slices' sum.
+// The second stage (api.h's reduction). Output o < n_adapters * n_shared (n_shared = n_part - n_entry_part: the
+// first entries of a slice) is adapter o / n_shared's entry j = o % n_shared: the sum over the groups that run the
+// adapter (every group without a bank), in group order, of (the group's CTA slices summed in CTA order) times the
+// chain-rule factor of entries j < r at the group's coefficient: d s_eff / d g (kFinalGain) or coeff
+// (kFinalCoeff). Then each group's per-group entries, its slices' sum.
 template <typename acc_t>
 __global__ void __launch_bounds__(kCoreThreads)
     reduce_partials_kernel(const acc_t* __restrict__ ws, int64_t entries, int64_t per_entry, int64_t n_part,
                            int64_t n_entry_part, int mode, int r, const acc_t* __restrict__ S,
                            const acc_t* __restrict__ g, const acc_t* __restrict__ coeffs, acc_t coeff,
-                           bool suppress_only, acc_t* __restrict__ out) {
+                           const int64_t* __restrict__ adapters, int64_t n_adapters, bool suppress_only,
+                           acc_t* __restrict__ out) {
   const int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, n_shared = n_part - n_entry_part;
-  if (o >= n_shared + entries * n_entry_part) return;
-  if (o >= n_shared) {
-    const int64_t e = (o - n_shared) / n_entry_part, j = n_shared + (o - n_shared) % n_entry_part;
+  if (o >= n_adapters * n_shared + entries * n_entry_part) return;
+  if (o >= n_adapters * n_shared) {
+    const int64_t q = o - n_adapters * n_shared, e = q / n_entry_part, j = n_shared + q % n_entry_part;
     acc_t tot = 0;
     for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) tot += ws[c * n_part + j];
     out[o] = tot;
     return;
   }
+  const int64_t ad = o / n_shared, j = o % n_shared;
   acc_t tot = 0;
+  bool first = true;
   for (int64_t e = 0; e < entries; ++e) {
+    if (clamp_adapter(adapters, n_adapters, e) != ad) continue;
     acc_t sum = 0;
-    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) sum += ws[c * n_part + o];
+    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) sum += ws[c * n_part + j];
     const acc_t ce = coeffs ? __ldg(coeffs + e) : coeff;
-    if (o < r) {
+    if (j < r) {
       if (mode == kFinalGain) {
         acc_t dscale = 0;
-        gain_scale<acc_t>(__ldg(S + o), __ldg(g + o), ce, suppress_only, &dscale);
+        gain_scale<acc_t>(__ldg(S + j), __ldg(g + ad * r + j), ce, suppress_only, &dscale);
         sum *= dscale;
       } else if (mode == kFinalCoeff) {
         sum *= ce;
       }
     }
-    tot = e == 0 ? sum : tot + sum;  // group 0's value as it is (0 + -0 would be +0): one group, one rounding
+    tot = first ? sum : tot + sum;  // the first group's value as it is (0 + -0 would be +0)
+    first = false;
   }
   out[o] = tot;
 }

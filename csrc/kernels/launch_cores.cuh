@@ -28,6 +28,9 @@ inline void check_core(const char* op, const CoreCall& c) {
   if (k.entries < 1 || c.n % k.entries != 0 || k.entries > (int64_t(1) << 30) || (!k.coeffs && k.entries != 1))
     throw std::invalid_argument(std::string("antipasto_ext ") + op + ": " + std::to_string(c.n) +
                                 " rows do not split into " + std::to_string(k.entries) + " steering groups");
+  if (k.n_adapters < 1 || (k.adapters && !k.coeffs) || (!k.adapters && k.n_adapters != 1))
+    throw std::invalid_argument(std::string("antipasto_ext ") + op + ": a bank of " + std::to_string(k.n_adapters) +
+                                " adapters needs one adapter index and coefficient per steering group");
 }
 
 // Second stage of every backward: dparams from the CTA partials (api.h's reduction, reduce_partials_kernel).
@@ -38,7 +41,7 @@ void launch_reduce(const CoreParams& k, const acc_t* ws, int64_t per_entry, int 
   AX_LAUNCH((reduce_partials_kernel<acc_t>), dim3(blocks_for(n_out, kCoreThreads)), dim3(kCoreThreads), 0, st, ws,
             k.entries, per_entry, core_partials(k), core_entry_partials(k), mode, int(k.r),
             static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g ? k.g : k.S),
-            static_cast<const acc_t*>(k.coeffs), acc_t(k.coeff), k.suppress_only, out);
+            static_cast<const acc_t*>(k.coeffs), acc_t(k.coeff), k.adapters, k.n_adapters, k.suppress_only, out);
   AX_CHECK_LAUNCH();
 }
 

@@ -208,27 +208,32 @@ AX_TEST(cores_same_bits_for_every_schedule) {
     check_core<float>(ax::Core::ablate, Shape{100, 20, 3, 0}, 0.9, false, 9);
   }
 }
-// A steered call (several groups of rows, one coefficient each; rot: one rotation set each) against api.h's
-// definition, on the emulated kernels themselves: group e's rows equal an unsteered call over them at c_e (itself
-// checked against the oracles above), the shared parameter gradients are the groups' results added in group order,
-// a per-group gradient (rot's dR) is its group's. Bit for bit.
+// A steered call (several groups of rows, one coefficient each; rot: one rotation set each; with n_adapters > 1 a
+// bank: one adapter each, the trainable arrays stacked) against api.h's definition, on the emulated kernels
+// themselves: group e's rows equal an unsteered call over them at c_e with its adapter's parameters (itself checked
+// against the oracles above), an adapter's parameter gradients are its groups' results added in group order (0 for
+// an adapter no group runs), a per-group gradient (rot's dR) is its group's. Bit for bit.
 template <typename T>
-void check_steered(ax::Core core, int64_t groups, int64_t rows, int64_t r, int64_t k, int side, uint64_t seed) {
+void check_steered(ax::Core core, int64_t groups, int64_t rows, int64_t r, int64_t k, int side, uint64_t seed,
+                   int64_t n_adapters = 1) {
   using A = acc_of<T>;
-  const int64_t n = groups * rows, bs = core == ax::Core::rot ? k : 1;
+  const int64_t n = groups * rows, bs = core == ax::Core::rot ? k : 1, nA = n_adapters;
   const bool per_group_R = core == ax::Core::rot && side != ax::kRotNone;
   std::mt19937_64 rng(seed);
   const std::vector<T> p = randn<T>(static_cast<size_t>(n * r), rng), dh = randn<T>(static_cast<size_t>(n * r), rng);
-  const std::vector<A> S = randn<A>(static_cast<size_t>(r), rng, 1.0, 2.0), g = randn<A>(static_cast<size_t>(r), rng);
+  const std::vector<A> S = randn<A>(static_cast<size_t>(r), rng, 1.0, 2.0);
+  const std::vector<A> g = randn<A>(static_cast<size_t>(nA * r), rng);
   std::vector<A> coeffs = randn<A>(static_cast<size_t>(groups), rng);
   coeffs[0] = A(0);
+  std::vector<int64_t> adapters(static_cast<size_t>(groups));
+  for (int64_t e = 0; e < groups; ++e) adapters[e] = (e * 7 + 1) % nA;  // adapter 0 unused when nA > groups
   std::vector<A> P1, P2;
   if (core == ax::Core::dplr) {
-    P1 = randn<A>(static_cast<size_t>(k * r), rng);
-    P2 = randn<A>(static_cast<size_t>(r * k), rng);
+    P1 = randn<A>(static_cast<size_t>(nA * k * r), rng);
+    P2 = randn<A>(static_cast<size_t>(nA * r * k), rng);
   } else if (core == ax::Core::ablate) {
-    P1 = randn<A>(static_cast<size_t>(r * k), rng, 0.3);
-    P2 = randn<A>(static_cast<size_t>(k), rng, 0.2, 0.5);
+    P1 = randn<A>(static_cast<size_t>(nA * r * k), rng, 0.3);
+    P2 = randn<A>(static_cast<size_t>(nA * k), rng, 0.2, 0.5);
   } else if (per_group_R) {  // R_e = cayley(t, c_e)
     const int64_t nb = r / bs, m = bs * (bs - 1) / 2;
     const std::vector<A> t = randn<A>(static_cast<size_t>(nb * m), rng);
@@ -239,39 +244,50 @@ void check_steered(ax::Core core, int64_t groups, int64_t rows, int64_t r, int64
         ax::cayley_block_forward(t.data() + b * m, int(bs), A(0.9), coeffs[e], work.data(),
                                  P1.data() + (e * nb + b) * bs * bs);
   }
-  Dev<A> S_d(S, "S"), g_d(g, "g"), P2_d(P2, "B/a"), c_d(coeffs, "coeffs");
-  auto params = [&](ax::CoreParams& c, A* P1_ptr) {
+  Dev<A> S_d(S, "S"), c_d(coeffs, "coeffs");
+  Dev<int64_t> adapters_d(adapters, "adapters");
+  auto params = [&](ax::CoreParams& c, A* g_ptr, A* P1_ptr, A* P2_ptr) {
     c.core = core;
     c.r = r;
     c.S = S_d.data();
-    c.g = g_d.data();
+    c.g = g_ptr;
     c.k = core == ax::Core::dplr || core == ax::Core::ablate ? k : 0;
     c.A = c.R = P1_ptr;
-    c.B = c.a = ptr_or_null(P2_d);
+    c.B = c.a = P2_ptr;
     c.side = core == ax::Core::rot ? side : 0;
     c.bs = per_group_R ? bs : 1;
     c.suppress_only = core == ax::Core::gain;
   };
+  // adapter a's slice of a stacked array of nA copies
+  auto slice = [&](const std::vector<A>& v, int64_t a) {
+    const size_t each = v.size() / size_t(nA);
+    return std::vector<A>(v.begin() + a * each, v.begin() + (a + 1) * each);
+  };
   void* st = test_stream();
   // ---- expected: one unsteered call per group
   ax::CoreParams unsteered;
-  params(unsteered, nullptr);
+  params(unsteered, nullptr, nullptr, nullptr);
+  unsteered.k = core == ax::Core::dplr || core == ax::Core::ablate ? k : 0;
   const int64_t n_part = ax::core_partials(unsteered), n_shared = n_part - (per_group_R ? r * bs : 0);
   std::vector<T> h_ref, dp_ref;
-  std::vector<A> tot(static_cast<size_t>(n_shared), A(0)), dR_ref;
+  std::vector<A> tot(static_cast<size_t>(nA * n_shared), A(0)), dR_ref;
+  std::vector<bool> seen(static_cast<size_t>(nA), false);
   for (int64_t e = 0; e < groups; ++e) {
     const auto rows_of = [&](const std::vector<T>& v) {
       return std::vector<T>(v.begin() + e * rows * r, v.begin() + (e + 1) * rows * r);
     };
     Dev<T> p_e(rows_of(p), "p"), dh_e(rows_of(dh), "grad_h"), h_e(static_cast<size_t>(rows * r), "h"),
         dp_e(static_cast<size_t>(rows * r), "dp");
-    std::vector<A> P1_e = per_group_R ? std::vector<A>(P1.begin() + e * r * bs, P1.begin() + (e + 1) * r * bs) : P1;
+    const int64_t ad = adapters[e];
+    std::vector<A> P1_e = per_group_R ? std::vector<A>(P1.begin() + e * r * bs, P1.begin() + (e + 1) * r * bs)
+                                      : P1.empty() ? P1 : slice(P1, ad);
     Dev<A> P1_d(P1_e, "A/R/C"), dparams_e(static_cast<size_t>(n_part), "dparams");
+    Dev<A> g_e(slice(g, ad), "g"), P2_e(P2.empty() ? P2 : slice(P2, ad), "B/a");
     Dev<A> ws_e(static_cast<size_t>(ax::core_chunks_per_entry(rows) * n_part), "workspace");
     ax::CoreCall call;
     call.dtype = dtype_of<T>();
     call.n = rows;
-    params(call.core, ptr_or_null(P1_d));
+    params(call.core, g_e.data(), ptr_or_null(P1_d), ptr_or_null(P2_e));
     call.core.coeff = coeffs[e];
     call.p = p_e.data();
     call.h = h_e.data();
@@ -284,19 +300,24 @@ void check_steered(ax::Core core, int64_t groups, int64_t rows, int64_t r, int64
     for (const T& v : h_e.to_host()) h_ref.push_back(v);
     for (const T& v : dp_e.to_host()) dp_ref.push_back(v);
     const std::vector<A> d = dparams_e.to_host();
-    for (int64_t j = 0; j < n_shared; ++j) tot[j] = e == 0 ? d[j] : tot[j] + d[j];
+    for (int64_t j = 0; j < n_shared; ++j) tot[ad * n_shared + j] = seen[ad] ? tot[ad * n_shared + j] + d[j] : d[j];
+    seen[ad] = true;
     dR_ref.insert(dR_ref.end(), d.begin() + n_shared, d.end());
   }
   tot.insert(tot.end(), dR_ref.begin(), dR_ref.end());
   // ---- one steered call
   Dev<T> p_d(p, "p"), dh_d(dh, "grad_h"), h_d(static_cast<size_t>(n * r), "h"), dp_d(static_cast<size_t>(n * r), "dp");
-  Dev<A> P1_d(P1, "A/R/C");
+  Dev<A> P1_d(P1, "A/R/C"), g_d(g, "g"), P2_d(P2, "B/a");
   ax::CoreCall call;
   call.dtype = dtype_of<T>();
   call.n = n;
-  params(call.core, ptr_or_null(P1_d));
+  params(call.core, g_d.data(), ptr_or_null(P1_d), ptr_or_null(P2_d));
   call.core.entries = groups;
   call.core.coeffs = c_d.data();
+  if (nA > 1) {
+    call.core.adapters = adapters_d.data();
+    call.core.n_adapters = nA;
+  }
   AX_CHECK_EQ(ax::core_dparams_elems(call.core), int64_t(tot.size()));
   Dev<A> dparams_d(tot.size(), "dparams"), ws_d(static_cast<size_t>(ax::core_workspace_elems(n, call.core)), "workspace");
   call.p = p_d.data();
@@ -308,7 +329,8 @@ void check_steered(ax::Core core, int64_t groups, int64_t rows, int64_t r, int64
   call.workspace = ws_d.data();
   K::core_backward(call, st);
   const std::string tag = std::string(name_of<T>()) + " core=" + std::to_string(int(core)) + " groups=" +
-                          std::to_string(groups) + " rows=" + std::to_string(rows) + " side=" + std::to_string(side);
+                          std::to_string(groups) + " rows=" + std::to_string(rows) + " side=" + std::to_string(side) +
+                          " adapters=" + std::to_string(nA);
   AX_CHECK(same_bits(h_d.to_host(), h_ref, ("steered h " + tag).c_str()));
   AX_CHECK(same_bits(dp_d.to_host(), dp_ref, ("steered dp " + tag).c_str()));
   AX_CHECK(same_bits(dparams_d.to_host(), tot, ("steered dparams " + tag).c_str()));
@@ -323,6 +345,20 @@ AX_TEST(cores_steered_groups_equal_unsteered_calls) {
     check_steered<__half>(ax::Core::rot, groups, rows, 12, 3, ax::kRotU, 24);
     check_steered<float>(ax::Core::rot, groups, rows, 12, 1, ax::kRotNone, 25);
     check_steered<double>(ax::Core::ablate, groups, rows, 20, 3, 0, 26);
+  }
+}
+
+// Banks: 2 adapters (both run) and 7 (adapter 0 and others idle: their gradients 0).
+AX_TEST(cores_bank_groups_equal_unsteered_calls_of_their_adapter) {
+  for (int64_t n_adapters : {2, 7}) {
+    for (auto [groups, rows] : {std::pair<int64_t, int64_t>{5, 1}, {3, 40}}) {
+      check_steered<float>(ax::Core::gain, groups, rows, 12, 1, 0, 31, n_adapters);
+      check_steered<__nv_bfloat16>(ax::Core::dplr, groups, rows, 20, 3, 0, 32, n_adapters);
+      check_steered<float>(ax::Core::dplr, groups, rows, 96, 64, 0, 37, n_adapters);  // A, B read from global
+      check_steered<float>(ax::Core::rot, groups, rows, 12, 4, ax::kRotV, 33, n_adapters);
+      check_steered<double>(ax::Core::rot, groups, rows, 12, 1, ax::kRotNone, 34, n_adapters);
+      check_steered<__half>(ax::Core::ablate, groups, rows, 20, 3, 0, 35, n_adapters);
+    }
   }
 }
 
