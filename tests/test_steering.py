@@ -326,28 +326,26 @@ def with_adapter(m, stacked, a):
     return m
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("granularity", ["sample", "token"])
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_bank_rows_equal_their_adapter_at_their_coefficient(variant, granularity, dtype, engine):
+def check_bank_rows(variant, granularity, dtype, device="cpu"):
     """x (4, 3, d_in), adapter per sample [2, 0, 1, 2] (or per token), coeff per sample: output, dx and the bank's
     gradients (each adapter's: the sum over its rows) against the float64 module of each row's adapter at each
-    row's float coefficient."""
+    row's float coefficient (on the CPU)."""
     m = make(variant, dtype=dtype)
     stacked = bank_of(m)
     m.set_bank(stacked)
     ref = copy.deepcopy(m).double()
     ref.backend = "eager"
+    m.to(device)
     for n in stacked:
         getattr(m, f"bank_{n}").requires_grad_()
     adapter = torch.tensor([2, 0, 1, 2]) if granularity == "sample" else torch.randint(0, 3, (4, 3))
     coeff = torch.tensor([1.0, -1.0, 0.5, 0.0])
-    m.adapter, m.coeff = adapter, coeff
+    m.adapter, m.coeff = adapter.to(device), coeff.to(device)
     x = torch.randn(4, 3, 24, dtype=dtype)
     g = torch.randn(4, 3, 20, dtype=torch.float64)
-    xr = x.detach().clone().requires_grad_()
+    xr = x.detach().clone().to(device).requires_grad_()
     y = m(xr)
-    y.backward(g.to(y.dtype))
+    y.backward(g.to(device, y.dtype))
     a_rows = adapter.reshape(4, -1).expand(4, 3).reshape(-1)
     c_rows = coeff[:, None].expand(4, 3).reshape(-1)
     x2, g2 = x.double().reshape(-1, 24), g.reshape(-1, 20)
@@ -367,6 +365,21 @@ def test_bank_rows_equal_their_adapter_at_their_coefficient(variant, granularity
     assert_close(xr.grad, torch.cat(dxs).reshape(4, 3, 24), dtype, "dx", scale=2)
     for n in grads_ref:
         assert_close(getattr(m, f"bank_{n}").grad, grads_ref[n], dtype, f"d bank_{n}", scale=4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("granularity", ["sample", "token"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bank_rows_equal_their_adapter_at_their_coefficient(variant, granularity, dtype, engine):
+    check_bank_rows(variant, granularity, dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES[1:])  # the CUDA kernels (the CPU engines: the test above)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
+@pytest.mark.parametrize("granularity", ["sample", "token"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_bank_rows_equal_their_adapter_at_their_coefficient_on_cuda(variant, granularity, dtype, device):
+    check_bank_rows(variant, granularity, dtype, device)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -156,7 +156,7 @@ constexpr int64_t kProjectMaxLowRank = 32;  // k of the dplr / ablate epilogue
 // The cores the fused kernel's epilogue applies (another core takes the BLAS + core kernel path).
 inline bool project_supports(const CoreParams& c) {
   const bool lowrank = c.core == Core::dplr || c.core == Core::ablate;
-  return (c.core == Core::gain || c.core == Core::rot || lowrank) && c.coeffs == nullptr && c.r <= kProjectMaxR &&
+  return (c.core == Core::gain || c.core == Core::rot || lowrank) && c.r <= kProjectMaxR &&
          (!lowrank || c.k <= kProjectMaxLowRank);
 }
 struct ProjectCall {

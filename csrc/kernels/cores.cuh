@@ -145,7 +145,9 @@ __device__ __forceinline__ void load_tile(acc_t* dst, const T* x, int64_t row0, 
 // chunk), and the group's coefficient.
 template <typename acc_t>
 struct Rows {
-  int64_t entry_rows, per_entry, cta_rows;
+  int64_t entry_rows;
+  unsigned per_entry;  // at most the grid size: the CTA -> group split is a 32-bit division (a 64-bit one is a call)
+  int64_t cta_rows;
   const acc_t* coeffs;  // one per group, or nullptr: every group uses `coeff`
   acc_t coeff;
   const int64_t* adapters;  // a bank: one adapter index per group (else nullptr: adapter 0)
@@ -156,8 +158,9 @@ struct RowRange {
 };
 template <typename acc_t>
 __device__ __forceinline__ RowRange cta_rows(const Rows<acc_t>& m) {
-  const int64_t b = blockIdx.x, e = b / m.per_entry, start = e * m.entry_rows, end = start + m.entry_rows;
-  const int64_t row0 = start + (b % m.per_entry) * m.cta_rows;
+  const unsigned b = blockIdx.x;
+  const int64_t e = b / m.per_entry, start = e * m.entry_rows, end = start + m.entry_rows;
+  const int64_t row0 = start + int64_t(b % m.per_entry) * m.cta_rows;
   return RowRange{e, row0, row0 + m.cta_rows < end ? row0 + m.cta_rows : end};
 }
 template <typename acc_t>
@@ -179,7 +182,7 @@ __device__ __forceinline__ int64_t entry_adapter(const Rows<acc_t>& m, int64_t e
 template <typename acc_t>
 inline Rows<acc_t> rows_of(const CoreCall& c, int64_t cta_rows) {
   const int64_t entry_rows = core_entry_rows(c.n, c.core);
-  return Rows<acc_t>{entry_rows, entry_rows > 0 ? (entry_rows + cta_rows - 1) / cta_rows : 0, cta_rows,
+  return Rows<acc_t>{entry_rows, unsigned(entry_rows > 0 ? (entry_rows + cta_rows - 1) / cta_rows : 0), cta_rows,
                      static_cast<const acc_t*>(c.core.coeffs), acc_t(c.core.coeff), c.core.adapters,
                      c.core.n_adapters};
 }
@@ -488,8 +491,9 @@ __global__ void __launch_bounds__(kCoreThreads)
 
 // Shared: s (r) | A | B (when staged) | P | D (tile * r each) | Tt | Uu (tile * k each).
 // Workspace slice per CTA: ds (r) | dA (k*r) | dB (r*k).
+// minBlocks 1: without it ptxas caps this kernel at 64 registers on sm_80 and spills.
 template <typename T>
-__global__ void __launch_bounds__(kCoreThreads)
+__global__ void __launch_bounds__(kCoreThreads, 1)
     dplr_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
                          int k, int rows_per_tile, bool stage_params, const typename acc_of<T>::type* __restrict__ S,
                          const typename acc_of<T>::type* __restrict__ g, const typename acc_of<T>::type* __restrict__ A,

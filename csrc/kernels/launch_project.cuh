@@ -34,6 +34,10 @@ void project_forward(const ProjectCall& call, void* stream) {
   if (core.core == Core::ablate && core.a == nullptr) bad("ablate needs a");
   if (core.core != Core::ablate && core.g == nullptr) bad("the gain / rot / dplr cores need g");
   if (project_workspace_elems(n, d_in, r) > 0 && call.workspace == nullptr) bad("the split-K decode path needs a workspace");
+  if (core.entries < 1 || n % core.entries != 0 || (!core.coeffs && core.entries != 1) ||
+      (core.adapters && !core.coeffs) || core.n_adapters < 1 || n >= (int64_t(1) << 31))
+    bad("the rows (fewer than 2^31) must split into the steering groups (and a bank needs one coefficient per "
+        "group)");
   if (n <= 0) return;
   const size_t elem = call.dtype == DType::bf16 ? sizeof(__nv_bfloat16) : sizeof(__half);
   kern::poison<unsigned char>(call.h, n * r * int64_t(elem));
@@ -44,7 +48,9 @@ void project_forward(const ProjectCall& call, void* stream) {
                              static_cast<const float*>(core.S), static_cast<const float*>(core.g),
                              static_cast<const float*>(core.R), static_cast<const float*>(core.A),
                              static_cast<const float*>(core.core == Core::ablate ? core.A : core.B),
-                             static_cast<const float*>(core.a), float(core.coeff), core.suppress_only};
+                             static_cast<const float*>(core.a), float(core.coeff), core.suppress_only,
+                             static_cast<const float*>(core.coeffs), core.entries > 0 ? n / core.entries : n,
+                             core.adapters, core.n_adapters};
   kern::dispatch_dtype(call.dtype, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value) {

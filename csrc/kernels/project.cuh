@@ -16,6 +16,9 @@
 // cp.async (16-byte copies, zero-filled outside x / Vh): the copy of step k+1 overlaps the mma of
 // step k. Epilogue: the fp32 P tile goes to shared memory and the core is applied there.
 //
+// Steering (coeffs: groups of group_rows consecutive rows, each at its coefficient, with its rotation set and, in a
+// bank, its adapter's parameters): the epilogue computes s and d per row instead of staging them once per CTA.
+//
 // Decode (n <= 16 rows, long d_in): split-K. Grid (1, splits): CTA s computes the partial P of its K
 // range and writes it to a workspace; project_finish_kernel adds the splits in a fixed order
 // (deterministic, no atomics) and applies the core.
@@ -51,7 +54,35 @@ struct ProjCoreArgs {
   const float* a;          // ablate a (k)
   float coeff;
   bool suppress_only;
+  const float* coeffs;      // steered: one coefficient per group of group_rows rows (else nullptr)
+  int64_t group_rows;
+  const int64_t* adapters;  // a bank: one adapter per group (else nullptr), of n_adapters
+  int64_t n_adapters;
 };
+
+// The core of one row: its coefficient, parameters and rotation set (the call's own when not steered).
+struct ProjRowCore {
+  float coeff;
+  const float *g, *R, *A, *B, *a;
+};
+__device__ __forceinline__ ProjRowCore proj_row_core(const ProjCoreArgs& c, int r, int64_t row) {
+  if (!c.coeffs) return ProjRowCore{c.coeff, c.g, c.R, c.A, c.B, c.a};
+  // rows < 2^31 (the launcher checks): a 32-bit division (a 64-bit one is a call)
+  const int64_t e = unsigned(row) / unsigned(c.group_rows), ad = clamp_adapter(c.adapters, c.n_adapters, e);
+  const int64_t rk = int64_t(r) * c.k;
+  return ProjRowCore{__ldg(c.coeffs + e), c.g ? c.g + ad * r : c.g, c.R ? c.R + e * int64_t(r) * c.bs : c.R,
+                     c.A ? c.A + ad * rk : c.A, c.B ? c.B + ad * rk : c.B, c.a ? c.a + ad * c.k : c.a};
+}
+// s_j of a row: gain scale (gain, dplr), S + coeff delta_s (rot) or S (ablate).
+__device__ __forceinline__ float proj_scale(const ProjCoreArgs& c, const ProjRowCore& rc, int j) {
+  return c.core == kProjAblate ? __ldg(c.S + j)
+                               : diag_scale<float>(c.core == kProjRot ? kScaleAdditive : kScaleGain, __ldg(c.S + j),
+                                                   __ldg(rc.g + j), rc.coeff, c.suppress_only);
+}
+// d_j of a row's low-rank epilogue: coeff (dplr), -coeff a_j (ablate).
+__device__ __forceinline__ float proj_weight(const ProjCoreArgs& c, const ProjRowCore& rc, int j) {
+  return c.core == kProjDplr ? rc.coeff : -rc.coeff * __ldg(rc.a + j);
+}
 
 __host__ __device__ inline bool proj_is_lowrank(int core) { return core == kProjDplr || core == kProjAblate; }
 
@@ -73,15 +104,14 @@ __device__ __forceinline__ void mma16816<__half>(float d[4], const uint32_t a[4]
 
 __device__ __forceinline__ uint32_t ld_u32(const void* p) { return *static_cast<const uint32_t*>(p); }
 
-// s_j (and the low-rank weights d_j) into shared memory: gain scale (gain, dplr), S + coeff delta_s
-// (rot) or S (ablate).
+// s_j (and the low-rank weights d_j) into shared memory, for an unsteered call (a steered one computes them per
+// row in the epilogue).
 __device__ __forceinline__ void proj_scales(float* s, float* d, int r, const ProjCoreArgs& c) {
-  for (int j = threadIdx.x; j < r; j += blockDim.x)
-    s[j] = c.core == kProjAblate ? __ldg(c.S + j)
-                                 : diag_scale<float>(c.core == kProjRot ? kScaleAdditive : kScaleGain, __ldg(c.S + j),
-                                                     __ldg(c.g + j), c.coeff, c.suppress_only);
+  if (c.coeffs) return;
+  const ProjRowCore rc = proj_row_core(c, r, 0);
+  for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = proj_scale(c, rc, j);
   if (proj_is_lowrank(c.core))
-    for (int j = threadIdx.x; j < c.k; j += blockDim.x) d[j] = c.core == kProjDplr ? c.coeff : -c.coeff * __ldg(c.a + j);
+    for (int j = threadIdx.x; j < c.k; j += blockDim.x) d[j] = proj_weight(c, rc, j);
 }
 
 // h (and p) of `rows` rows from the fp32 P tile in shared memory (expressions of rot_forward_kernel).
@@ -92,40 +122,44 @@ __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const fl
                                               const ProjCoreArgs& c, int64_t row0, T* h, T* p_out) {
   const int k = c.k;
   const bool lowrank = proj_is_lowrank(c.core);
+  const bool steered = c.coeffs != nullptr;
   if (lowrank) {
     for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {
       const int row = e / k, j = e % k;
+      const ProjRowCore rc = proj_row_core(c, r, row0 + row);
       const float* pr = P + row * r;
       float acc = 0.f;
       if (c.core == kProjDplr)
-        for (int col = 0; col < r; ++col) acc += pr[col] * __ldg(c.A + int64_t(j) * r + col);
-      else
-        for (int col = 0; col < r; ++col) acc += pr[col] * s[col] * __ldg(c.A + int64_t(col) * k + j);
-      Q[e] = acc * d[j];
+        for (int col = 0; col < r; ++col) acc += pr[col] * __ldg(rc.A + int64_t(j) * r + col);
+      else  // ablate: s = S whatever the row
+        for (int col = 0; col < r; ++col) acc += pr[col] * (steered ? __ldg(c.S + col) : s[col]) * __ldg(rc.A + int64_t(col) * k + j);
+      Q[e] = acc * (steered ? proj_weight(c, rc, j) : d[j]);
     }
     __syncthreads();
   }
   const int cnt = rows * r;
   for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
     const int row = e / r, col = e % r;
+    const ProjRowCore rc = proj_row_core(c, r, row0 + row);
+    auto sc = [&](int j) { return steered ? proj_scale(c, rc, j) : s[j]; };
     if (p_out) st(p_out + row0 * r + e, P[e]);
     float acc;
     if (c.core == kProjRot && c.side != kRotNone) {
       const int bs = c.bs, i = col % bs, b0 = col - i;
-      const float* Rb = c.R + int64_t(b0) * bs;
+      const float* Rb = rc.R + int64_t(b0) * bs;
       const float* pb = P + row * r + b0;
       acc = 0.f;
       if (c.side == kRotV) {
         for (int j = 0; j < bs; ++j) acc += __ldg(Rb + i * bs + j) * pb[j];
-        acc = acc * s[col];
+        acc = acc * sc(col);
       } else {
-        for (int j = 0; j < bs; ++j) acc += pb[j] * s[b0 + j] * __ldg(Rb + j * bs + i);
+        for (int j = 0; j < bs; ++j) acc += pb[j] * sc(b0 + j) * __ldg(Rb + j * bs + i);
       }
     } else {
-      acc = P[e] * s[col];
+      acc = P[e] * sc(col);
       if (lowrank) {
         const float* q = Q + row * k;
-        const float* m = c.B + int64_t(col) * k;
+        const float* m = rc.B + int64_t(col) * k;
         for (int j = 0; j < k; ++j) acc += q[j] * __ldg(m + j);
       }
     }
@@ -232,7 +266,7 @@ __global__ void __launch_bounds__(kProjThreads, 1)
 
 // Split-K decode, second stage: P = sum over splits (in order) of the partials, then the core.
 template <typename T>
-__global__ void __launch_bounds__(kProjThreads)
+__global__ void __launch_bounds__(kProjThreads, 1)  // minBlocks 1: else ptxas caps it at 32 registers on sm_80 and spills
     project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, ProjCoreArgs c,
                           T* __restrict__ h, T* __restrict__ p_out) {
   float* P = dyn_smem<float>();

@@ -7,6 +7,8 @@
 // emu/checker.h). All device memory is ax_emu::DeviceBuffer: inputs initialised, outputs and workspaces
 // poisoned and uninitialised, so an entry a kernel forgets to write, or a partial it reads before writing,
 // fails; launches must use the stream the API was given.
+#include <tuple>
+
 #include "csrc/kernels/launch_project.cuh"
 #include "csrc/kernels/rowcore.h"
 #include "tests/cpp/kernel_test_util.h"
@@ -153,6 +155,104 @@ AX_TEST(project_same_bits_for_every_schedule) {
     const std::vector<__nv_bfloat16> h = h_d.to_host();
     if (first.empty()) first = h;
     AX_CHECK(same_bits(h, first, "h"));
+  }
+}
+
+// A steered call (groups of rows at their coefficients; rot: a rotation set each; with n_adapters > 1 a bank) against
+// one unsteered call per group with that group's coefficient and parameters: bit for bit (P of a row does not depend
+// on the other rows, and the split-K choice is the same for every call with at most 16 rows, or with more than 16).
+template <typename T>
+void check_project_steered(int64_t groups, int64_t rows, int64_t d_in, int64_t r, ax::Core core, int side, int bs,
+                           int k, int64_t n_adapters, uint64_t seed) {
+  const int64_t n = groups * rows, nA = n_adapters;
+  const bool rotates = core == ax::Core::rot && side != ax::kRotNone;
+  std::mt19937_64 rng(seed);
+  const std::vector<T> x = randn<T>(static_cast<size_t>(n * d_in), rng), Vh = randn<T>(static_cast<size_t>(r * d_in), rng, 0.05);
+  const std::vector<float> S = randn<float>(static_cast<size_t>(r), rng, 1.0, 2.0);
+  const std::vector<float> g = randn<float>(static_cast<size_t>(nA * r), rng, 0.5);
+  const std::vector<float> A = randn<float>(static_cast<size_t>(nA * k * r), rng, 0.3), B = randn<float>(static_cast<size_t>(nA * r * k), rng, 0.3);
+  const std::vector<float> a = randn<float>(static_cast<size_t>(nA * k), rng, 0.3, 0.5);
+  std::vector<float> coeffs = randn<float>(static_cast<size_t>(groups), rng);
+  coeffs[0] = 0.f;
+  std::vector<int64_t> adapters(static_cast<size_t>(groups));
+  for (int64_t e = 0; e < groups; ++e) adapters[e] = (e * 5 + 1) % nA;
+  std::vector<float> R;
+  if (rotates) {
+    const int64_t nb = r / bs, m = int64_t(bs) * (bs - 1) / 2;
+    std::vector<float> t = randn<float>(static_cast<size_t>(nb * m), rng), work(static_cast<size_t>(2 * bs * bs));
+    R.resize(static_cast<size_t>(groups * r * bs));
+    for (int64_t e = 0; e < groups; ++e)
+      for (int64_t b = 0; b < nb; ++b)
+        ax::cayley_block_forward(t.data() + b * m, bs, 0.9f, coeffs[e], work.data(), R.data() + (e * nb + b) * bs * bs);
+  }
+  auto slice = [](const std::vector<float>& v, int64_t i, int64_t count) {
+    return v.empty() ? v : std::vector<float>(v.begin() + i * (int64_t(v.size()) / count), v.begin() + (i + 1) * (int64_t(v.size()) / count));
+  };
+  void* st = test_stream();
+  auto run = [&](const std::vector<T>& xs, int64_t rows_, const std::vector<float>& g_, const std::vector<float>& R_,
+                 const std::vector<float>& A_, const std::vector<float>& B_, const std::vector<float>& a_, float coeff,
+                 const std::vector<float>* cs, const std::vector<int64_t>* ads) {
+    Dev<T> x_d(xs, "x"), Vh_d(Vh, "Vh"), h_d(static_cast<size_t>(rows_ * r), "h");
+    Dev<float> S_d(S, "S"), g_d(g_, "g"), R_d(R_, "R"), A_d(A_, "A"), B_d(B_, "B"), a_d(a_, "a");
+    Dev<float> c_d(cs ? *cs : std::vector<float>(), "coeffs");
+    Dev<int64_t> ad_d(ads ? *ads : std::vector<int64_t>(), "adapters");
+    Dev<float> ws(static_cast<size_t>(std::max<int64_t>(1, ax::project_workspace_elems(rows_, d_in, r))), "workspace");
+    ax::ProjectCall call;
+    call.dtype = dtype_of<T>();
+    call.n = rows_;
+    call.d_in = d_in;
+    ax::CoreParams& c = call.core;
+    c.core = core;
+    c.r = r;
+    c.k = core == ax::Core::dplr || core == ax::Core::ablate ? k : 0;
+    c.bs = rotates ? bs : 1;
+    c.side = core == ax::Core::rot ? side : 0;
+    c.coeff = coeff;
+    c.S = S_d.data();
+    c.g = core == ax::Core::ablate ? nullptr : g_d.data();
+    c.R = ptr_or_null(R_d);
+    c.A = ptr_or_null(A_d);
+    c.B = core == ax::Core::dplr ? ptr_or_null(B_d) : nullptr;
+    c.a = core == ax::Core::ablate ? ptr_or_null(a_d) : nullptr;
+    if (cs) {
+      c.entries = int64_t(cs->size());
+      c.coeffs = c_d.data();
+    }
+    if (ads) {
+      c.adapters = ad_d.data();
+      c.n_adapters = nA;
+    }
+    call.x = x_d.data();
+    call.Vh = Vh_d.data();
+    call.h = h_d.data();
+    call.workspace = ws.data();
+    K::project_forward(call, st);
+    return h_d.to_host();
+  };
+  std::vector<T> h_ref;
+  for (int64_t e = 0; e < groups; ++e) {
+    const int64_t ad = adapters[e];
+    const std::vector<T> xs(x.begin() + e * rows * d_in, x.begin() + (e + 1) * rows * d_in);
+    for (const T& v : run(xs, rows, slice(g, ad, nA), slice(R, e, groups), slice(A, ad, nA), slice(B, ad, nA),
+                          slice(a, ad, nA), coeffs[e], nullptr, nullptr))
+      h_ref.push_back(v);
+  }
+  const std::vector<T> h = run(x, n, g, R, A, B, a, 1.f, &coeffs, nA > 1 ? &adapters : nullptr);
+  const std::string tag = std::string(name_of<T>()) + " core=" + std::to_string(int(core)) + " groups=" +
+                          std::to_string(groups) + " rows=" + std::to_string(rows) + " adapters=" + std::to_string(nA);
+  AX_CHECK(same_bits(h, h_ref, ("steered projection h " + tag).c_str()));
+}
+
+AX_TEST(project_steered_groups_equal_unsteered_calls) {
+  for (int64_t nA : {1, 3}) {
+    // decode: 5 rows of one group each, split-K (d_in 1024); prefill: 2 groups of 40 rows
+    for (auto [groups, rows, d_in] : {std::tuple<int64_t, int64_t, int64_t>{5, 1, 1024}, {2, 40, 64}}) {
+      check_project_steered<__nv_bfloat16>(groups, rows, d_in, 24, ax::Core::gain, 0, 1, 0, nA, 41);
+      check_project_steered<__half>(groups, rows, d_in, 24, ax::Core::rot, ax::kRotV, 4, 0, nA, 42);
+      check_project_steered<__nv_bfloat16>(groups, rows, d_in, 24, ax::Core::rot, ax::kRotU, 3, 0, nA, 43);
+      check_project_steered<__nv_bfloat16>(groups, rows, d_in, 40, ax::Core::dplr, 0, 1, 5, nA, 44);
+      check_project_steered<__half>(groups, rows, d_in, 40, ax::Core::ablate, 0, 1, 3, nA, 45);
+    }
   }
 }
 
