@@ -71,21 +71,6 @@ def check_rows(variant, granularity, dtype, device="cpu"):
         assert_close(grads[n], grads_ref[n], dtype, f"d{n}", scale=4)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
-@pytest.mark.parametrize("granularity", ["sample", "token"])
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_each_row_equals_the_module_at_its_coefficient(variant, granularity, dtype, engine):
-    check_rows(variant, granularity, dtype)
-
-
-@pytest.mark.parametrize("device", DEVICES[1:])  # the CUDA kernels (the CPU engines: the test above)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
-@pytest.mark.parametrize("granularity", ["sample", "token"])
-@pytest.mark.parametrize("variant", VARIANTS)
-def test_each_row_equals_the_module_at_its_coefficient_on_cuda(variant, granularity, dtype, device):
-    check_rows(variant, granularity, dtype, device)
-
-
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_rows_at_coeff_zero_equal_the_layer_at_zero_and_a_constant_tensor_equals_the_float(variant, engine):
     m = make(variant)
@@ -367,19 +352,26 @@ def check_bank_rows(variant, granularity, dtype, device="cpu"):
         assert_close(getattr(m, f"bank_{n}").grad, grads_ref[n], dtype, f"d bank_{n}", scale=4)
 
 
+# Row by row against the float64 module: a coefficient per row (check_rows), and a bank (check_bank_rows).
+CHECKS = {"coeff": check_rows, "bank": check_bank_rows}
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 @pytest.mark.parametrize("granularity", ["sample", "token"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bank_rows_equal_their_adapter_at_their_coefficient(variant, granularity, dtype, engine):
-    check_bank_rows(variant, granularity, dtype)
+@pytest.mark.parametrize("steering", CHECKS)
+def test_each_row_equals_the_module_at_its_coefficient_and_adapter(steering, variant, granularity, dtype, engine):
+    CHECKS[steering](variant, granularity, dtype)
 
 
 @pytest.mark.parametrize("device", DEVICES[1:])  # the CUDA kernels (the CPU engines: the test above)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=str)
 @pytest.mark.parametrize("granularity", ["sample", "token"])
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_bank_rows_equal_their_adapter_at_their_coefficient_on_cuda(variant, granularity, dtype, device):
-    check_bank_rows(variant, granularity, dtype, device)
+@pytest.mark.parametrize("steering", CHECKS)
+def test_each_row_equals_the_module_at_its_coefficient_and_adapter_on_cuda(steering, variant, granularity, dtype,
+                                                                           device):
+    CHECKS[steering](variant, granularity, dtype, device)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
