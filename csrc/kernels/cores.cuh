@@ -282,7 +282,16 @@ struct CoreLaunch<Core::gain> {
 
 // --------------------------------------------------------------------------------------------- rot
 
-// Shared: s (r) | R (r*bs, when staged) | P (rows_per_tile * r).
+// Row stride of R staged in shared memory: odd, so that the lanes of a warp, each reading row b0 + i or column i of
+// its block, hit distinct banks (bs + 1 for an even block size: a stride of bs is 2..8-way conflicted at bs 4..8).
+__host__ __device__ inline int rot_staged_ld(int bs) { return bs % 2 == 0 ? bs + 1 : bs; }
+// R (r rows of bs) into shared memory with row stride ld.
+template <typename acc_t>
+__device__ __forceinline__ void stage_rows(acc_t* dst, const acc_t* src, int r, int bs, int ld) {
+  for (int e = threadIdx.x; e < r * bs; e += blockDim.x) dst[(e / bs) * ld + e % bs] = __ldg(src + e);
+}
+
+// Shared: s (r) | R (r rows, stride rot_staged_ld(bs), when staged) | P (rows_per_tile * r).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     rot_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r, int bs, int side,
@@ -290,9 +299,10 @@ __global__ void __launch_bounds__(kCoreThreads)
                        const typename acc_of<T>::type* __restrict__ delta_s,
                        const typename acc_of<T>::type* __restrict__ R, int64_t R_stride, T* __restrict__ h) {
   using acc_t = typename acc_of<T>::type;
+  const int ld = stage_params ? rot_staged_ld(bs) : bs;  // R's row stride where it is read
   acc_t* s = dyn_smem<acc_t>();
   acc_t* Rs = s + r;
-  acc_t* P = Rs + (stage_params ? int64_t(r) * bs : 0);
+  acc_t* P = Rs + (stage_params ? int64_t(r) * ld : 0);
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
   const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
@@ -302,26 +312,26 @@ __global__ void __launch_bounds__(kCoreThreads)
   const int64_t row0 = t.row0;
   const int rows = int(t.row1 - t.row0);
   for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = __ldg(S + j) + coeff * __ldg(delta_s + j);
-  if (stage_params) stage(Rs, R, int64_t(r) * bs);
+  if (stage_params) stage_rows(Rs, R, r, bs, ld);
   load_tile(P, p, row0, rows, r);
   __syncthreads();
   const int cnt = rows * r;
   for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
     const int row = e / r, col = e % r, i = col % bs, b0 = col - i;
-    const acc_t* Rb = Rsrc + int64_t(b0) * bs;  // block b0 / bs: bs*bs entries from b0*bs
+    const acc_t* Rb = Rsrc + int64_t(b0) * ld;  // block b0 / bs: its bs rows from row b0
     const acc_t* pb = P + row * r + b0;
     acc_t acc = 0;
     if (side == kRotV) {
-      for (int j = 0; j < bs; ++j) acc += Rb[i * bs + j] * pb[j];
+      for (int j = 0; j < bs; ++j) acc += Rb[i * ld + j] * pb[j];
       acc = acc * s[col];
     } else {
-      for (int j = 0; j < bs; ++j) acc += pb[j] * s[b0 + j] * Rb[j * bs + i];
+      for (int j = 0; j < bs; ++j) acc += pb[j] * s[b0 + j] * Rb[j * ld + i];
     }
     st(h + row0 * r + e, acc);
   }
 }
 
-// Shared: s (r) | R (r*bs, when staged) | P | D | X (rows_per_tile * r each); X holds the rotated p
+// Shared: s (r) | R (as in the forward, when staged) | P | D | X (rows_per_tile * r each); X holds the rotated p
 // (V side) or dh R^T (U side) of each element, for the ds partials.
 // Workspace slice per CTA: ds (r) | dR (r*bs).
 template <typename T>
@@ -334,9 +344,10 @@ __global__ void __launch_bounds__(kCoreThreads)
                         typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
   const int64_t n_rot = int64_t(r) * bs, n_part = r + n_rot;
+  const int ld = stage_params ? rot_staged_ld(bs) : bs;  // R's row stride where it is read
   acc_t* s = dyn_smem<acc_t>();
   acc_t* Rs = s + r;
-  acc_t* P = Rs + (stage_params ? n_rot : 0);
+  acc_t* P = Rs + (stage_params ? int64_t(r) * ld : 0);
   acc_t* D = P + rows_per_tile * r;
   acc_t* X = D + rows_per_tile * r;
   const RowRange t = cta_rows(m);
@@ -348,7 +359,7 @@ __global__ void __launch_bounds__(kCoreThreads)
   const int64_t c0 = t.row0, c1 = t.row1;
   acc_t* part = ws + int64_t(blockIdx.x) * n_part;
   for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = __ldg(S + j) + coeff * __ldg(delta_s + j);
-  if (stage_params) stage(Rs, R, n_rot);
+  if (stage_params) stage_rows(Rs, R, r, bs, ld);
   const int bb = bs * bs;
   for (int64_t row0 = c0; row0 < c1; row0 += rows_per_tile) {
     const int rows = int(c1 - row0 < rows_per_tile ? c1 - row0 : rows_per_tile);
@@ -358,18 +369,18 @@ __global__ void __launch_bounds__(kCoreThreads)
     const int cnt = rows * r;
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
       const int row = e / r, col = e % r, i = col % bs, b0 = col - i;
-      const acc_t* Rb = Rsrc + int64_t(b0) * bs;
+      const acc_t* Rb = Rsrc + int64_t(b0) * ld;
       const acc_t* pb = P + row * r + b0;
       const acc_t* db = D + row * r + b0;
       acc_t g = 0, q = 0;
       if (side == kRotV) {
         // dp_i = sum_k R_ki dh_k s_k;  q_i = sum_j R_ij p_j (rotated p)
-        for (int k = 0; k < bs; ++k) g += Rb[k * bs + i] * db[k] * s[b0 + k];
-        for (int j = 0; j < bs; ++j) q += Rb[i * bs + j] * pb[j];
+        for (int k = 0; k < bs; ++k) g += Rb[k * ld + i] * db[k] * s[b0 + k];
+        for (int j = 0; j < bs; ++j) q += Rb[i * ld + j] * pb[j];
         X[e] = q;
       } else {
         // a_i = sum_j R_ij dh_j;  dp_i = a_i s_i
-        for (int j = 0; j < bs; ++j) q += Rb[i * bs + j] * db[j];
+        for (int j = 0; j < bs; ++j) q += Rb[i * ld + j] * db[j];
         X[e] = q;
         g = q * s[col];
       }
@@ -409,7 +420,8 @@ struct CoreLaunch<Core::rot> {
     if (k.bs < 1 || k.r % k.bs != 0)
       throw std::invalid_argument("antipasto_ext rot core: block size " + std::to_string(k.bs) +
                                   " does not divide r = " + std::to_string(k.r));
-    return plan_tile("rot core", k.r, k.r, k.r * k.bs, backward ? 3 * k.r : k.r, acc_bytes, max_rows);
+    return plan_tile("rot core", k.r, k.r, k.r * rot_staged_ld(int(k.bs)), backward ? 3 * k.r : k.r, acc_bytes,
+                     max_rows);
   }
   template <typename T>
   static void forward(const CoreCall& c, const TilePlan& pl, ax::stream_t st) {

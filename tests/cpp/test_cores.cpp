@@ -192,7 +192,7 @@ AX_TEST(cores_several_row_tiles_per_cta) {
 
 AX_TEST(cores_wide_tiles_and_unstaged_params) {
   check_core<float>(ax::Core::rot, Shape{40, 384, 32, 1}, 0.8, false, 5);   // R does not fit: read from global
-  check_core<float>(ax::Core::rot, Shape{40, 384, 4, 2}, 0.8, false, 5);    // 9-row tiles, 16-row chunks
+  check_core<float>(ax::Core::rot, Shape{40, 384, 4, 2}, 0.8, false, 5);    // 8-row tiles (R staged with a padded row stride), 16-row chunks
   check_core<float>(ax::Core::dplr, Shape{45, 96, 64, 0}, 0.9, false, 5);   // A, B do not fit
   check_core<float>(ax::Core::ablate, Shape{33, 640, 20, 0}, 0.8, false, 5);  // C does not fit, 8-row tiles
   check_core<double>(ax::Core::dplr, Shape{20, 200, 16, 0}, 0.9, true, 5);
