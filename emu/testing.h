@@ -4,7 +4,7 @@
 //   int main(int argc, char** argv) { return ax_test::run_main(argc, argv); }
 //
 // `prog` runs every test, `prog name...` runs the named tests, `prog --list`
-// lists them. Exit status is non-zero if any check failed.
+// lists them, `--fail-fast` stops after the first failing test. Exit status is non-zero if any check failed.
 #pragma once
 
 #include <cmath>
@@ -50,9 +50,18 @@ inline int run_main(int argc, char** argv) {
     for (const Case& c : registry()) std::printf("%s\n", c.name);
     return 0;
   }
+  bool fail_fast = false;
+  int names = 0;
+  for (int i = 1; i < argc; ++i) {
+    if (std::strcmp(argv[i], "--fail-fast") == 0)
+      fail_fast = true;
+    else
+      ++names;
+  }
   int ran = 0;
   for (const Case& c : registry()) {
-    bool selected = argc <= 1;
+    if (fail_fast && failures()) break;
+    bool selected = names == 0;
     for (int i = 1; i < argc; ++i)
       if (std::strcmp(argv[i], c.name) == 0) selected = true;
     if (!selected) continue;

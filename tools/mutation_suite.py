@@ -210,8 +210,8 @@ def build_and_test(workdir, cuda_home, timeout, targets):
     if rc:
         return "build", out
     outputs = []
-    for target in targets:
-        rc, out, _ = run([str(build / target)], workdir, timeout)
+    for target in targets:  # a mutant is killed by its first failing test: the rest need not run
+        rc, out, _ = run([str(build / target), "--fail-fast"], workdir, timeout)
         outputs.append(out)
         if rc:
             return "fail", out
