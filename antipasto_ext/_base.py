@@ -19,9 +19,9 @@ def check_int_range(name: str, value, lo: int, hi: int):
 def check_steering_tensor(name: str, t: torch.Tensor):
     """A coefficient or adapter-index tensor: real (float or integer), no autograd (no gradient flows to it)."""
     if t.dtype == torch.bool or t.is_complex():
-        raise ValueError(f"{name}: a {name} tensor must be real, got dtype {t.dtype}")
+        raise ValueError(f"{name}: the tensor must be real, got dtype {t.dtype}")
     if t.requires_grad:
-        raise ValueError(f"{name}: a {name} tensor must not require grad (no gradient flows to it)")
+        raise ValueError(f"{name}: the tensor must not require grad (no gradient flows to it)")
 
 
 class SVDAdapter(nn.Module):

@@ -243,7 +243,7 @@ def test_a_coefficient_tensor_that_fits_neither_batch_nor_tokens_is_refused(bad,
 
 def test_bad_coefficient_tensors_are_refused_by_name():
     m = make("antipasto")
-    with pytest.raises(ValueError, match="coeff: a coeff tensor must be real"):
+    with pytest.raises(ValueError, match="coeff: the tensor must be real"):
         m.coeff = torch.ones(3, dtype=torch.bool)
     with pytest.raises(ValueError, match="must not require grad"):
         m.coeff = torch.ones(3, requires_grad=True)
@@ -434,7 +434,7 @@ def test_bad_adapter_indices_are_refused_by_name():
         m.adapter = torch.tensor([-1])
     with pytest.raises(ValueError, match="adapter: indices must be an integer tensor"):
         m.adapter = torch.tensor([0.0, 1.0])
-    with pytest.raises(ValueError, match="adapter: a adapter tensor must be real"):
+    with pytest.raises(ValueError, match="adapter: the tensor must be real"):
         m.adapter = torch.tensor([True])
     m.adapter = torch.tensor([0, 1])
     with pytest.raises(ValueError, match=r"adapter: a tensor of shape \(2,\) fits neither"):
