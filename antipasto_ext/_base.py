@@ -329,13 +329,13 @@ class SVDAdapter(nn.Module):
 
     @property
     def adapter(self):
+        """Which adapter of the bank each sample or token runs: an integer tensor shaped like a coefficient tensor
+        (``(B,)``, ``x.shape[:-1]`` or ``()``), or None (adapter 0). The indices are checked when set, once: a CUDA
+        tensor is read back at that point, never in a forward."""
         return self._adapter
 
     @adapter.setter
     def adapter(self, value):
-        """Which adapter of the bank each sample or token runs: an integer tensor shaped like a coefficient tensor
-        (``(B,)``, ``x.shape[:-1]`` or ``()``), or None (adapter 0). The indices are checked here, once: a CUDA
-        tensor is read back at this point, never in a forward."""
         if value is None:
             self._adapter = None
             return

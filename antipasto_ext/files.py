@@ -556,6 +556,12 @@ def _load_bank(model: nn.Module, paths: list, check_base: bool, progress: bool) 
             for name, cfg in f.layers.items():
                 if cfg.get("merged"):
                     raise ValueError(f"{f.path}: layer {name!r} is merged; a bank needs unmerged adapters")
+        shapes = {}  # layer -> {trainable parameter: shape}, from the variant built on the meta device
+        for name, cfg in first.layers.items():
+            meta = _variants.variant(cfg["variant"]).cls(cfg["in_features"], cfg["out_features"], cfg["r"],
+                                                         dtype=getattr(torch, cfg["dtype"]), device="meta",
+                                                         **cfg["kwargs"])
+            shapes[name] = {n: p.shape for n, p in meta._raw().items()}
         for f in files[1:]:
             if set(f.layers) != set(first.layers):
                 odd = sorted(set(f.layers) ^ set(first.layers))
@@ -572,16 +578,13 @@ def _load_bank(model: nn.Module, paths: list, check_base: bool, progress: bool) 
                 raise ValueError(f"{f.path}: its basis differs from {first.path}'s ({diffs[0]}"
                                  f"{f'; {len(diffs) - 1} more' if len(diffs) > 1 else ''}); a bank shares one basis")
             core = {}
-            for name, cfg in first.layers.items():  # the trainable tensors, checked against the variant's shapes
-                cls = _variants.variant(cfg["variant"]).cls
-                meta = cls(cfg["in_features"], cfg["out_features"], cfg["r"], dtype=getattr(torch, cfg["dtype"]),
-                           device="meta", **cfg["kwargs"])
+            for name in first.layers:  # the trainable tensors, checked against the variant's shapes
                 core[name] = {}
-                for n, p in meta._raw().items():
+                for n, shape in shapes[name].items():
                     t = f.get(name, n)
-                    if t.shape != p.shape:
+                    if t.shape != shape:
                         raise ValueError(f"{f.path}: layer {name!r}: {n} has shape {tuple(t.shape)}, expected "
-                                         f"{tuple(p.shape)}")
+                                         f"{tuple(shape)}")
                     core[name][n] = t
             cores.append(core)
     finally:

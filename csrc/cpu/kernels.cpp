@@ -25,8 +25,7 @@ acc_t block_coeff(const CayleyCall& c, int64_t b) {
 
 // The adapter of group e in a bank (0 without one), clamped as the CUDA kernels clamp it.
 int64_t group_adapter(const CoreParams& k, int64_t e) {
-  if (!k.adapters) return 0;
-  return std::min<int64_t>(std::max<int64_t>(k.adapters[e], 0), k.n_adapters - 1);
+  return k.adapters ? clamp_adapter_index(k.adapters[e], k.n_adapters) : 0;
 }
 
 // Group e of a steered call as an unsteered call over its rows, at its coefficient (its rotation set, its adapter).
@@ -113,10 +112,10 @@ void cayley_backward_typed(const CayleyCall& c) {
 
 void check_groups(const CoreCall& c) {
   const CoreParams& k = c.core;
-  if (k.entries < 1 || c.n % k.entries != 0 || (k.coeffs == nullptr && k.entries != 1))
+  if (!steering_fits(c.n, k))
     throw std::invalid_argument("antipasto_ext core: " + std::to_string(c.n) + " rows do not split into " +
                                 std::to_string(k.entries) + " steering groups");
-  if (k.n_adapters < 1 || (k.adapters && !k.coeffs) || (!k.adapters && k.n_adapters != 1))
+  if (!bank_fits(k))
     throw std::invalid_argument("antipasto_ext core: a bank of " + std::to_string(k.n_adapters) +
                                 " adapters needs one adapter index and coefficient per steering group");
 }

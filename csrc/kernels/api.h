@@ -83,6 +83,15 @@ struct CoreParams {
   const void* a = nullptr;  // ablate: a = clamp(alpha, 0, 1) (k)
 };
 
+// Whether n rows split into the call's steering groups (equal, at most 2^30 of them; several only with coeffs).
+inline bool steering_fits(int64_t n, const CoreParams& c) {
+  return c.entries >= 1 && c.entries <= (int64_t(1) << 30) && n % c.entries == 0 && (c.coeffs || c.entries == 1);
+}
+// Whether the bank fields are consistent: one adapter without adapters, indices only with coeffs.
+inline bool bank_fits(const CoreParams& c) {
+  return c.n_adapters >= 1 && (!c.adapters || c.coeffs) && (c.adapters || c.n_adapters == 1);
+}
+
 // True when rot's R holds one rotation set per steering group.
 inline bool rot_per_entry(const CoreParams& c) {
   return c.core == Core::rot && c.side != kRotNone && c.coeffs != nullptr;

@@ -167,12 +167,9 @@ template <typename acc_t>
 __device__ __forceinline__ acc_t entry_coeff(const Rows<acc_t>& m, int64_t e) {
   return m.coeffs ? __ldg(m.coeffs + e) : m.coeff;
 }
-// Adapter index of group e, clamped to the bank (an index is checked where it is set; the clamp keeps a bad one
-// from reading outside the parameters).
+// Adapter index of group e (0 without a bank), clamped to the bank.
 __device__ __forceinline__ int64_t clamp_adapter(const int64_t* adapters, int64_t n_adapters, int64_t e) {
-  if (!adapters) return 0;
-  const int64_t a = __ldg(adapters + e);
-  return a < 0 ? 0 : a >= n_adapters ? n_adapters - 1 : a;
+  return adapters ? clamp_adapter_index(__ldg(adapters + e), n_adapters) : 0;
 }
 template <typename acc_t>
 __device__ __forceinline__ int64_t entry_adapter(const Rows<acc_t>& m, int64_t e) {

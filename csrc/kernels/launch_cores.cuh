@@ -25,10 +25,10 @@ inline void check_core(const char* op, const CoreCall& c) {
   if (k.r <= 0 || k.r > (int64_t(1) << 20) || k.k < 0 || k.k > k.r || c.n < 0)
     throw std::invalid_argument(std::string("antipasto_ext ") + op + ": unsupported sizes r = " + std::to_string(k.r) +
                                 ", k = " + std::to_string(k.k) + ", n = " + std::to_string(c.n));
-  if (k.entries < 1 || c.n % k.entries != 0 || k.entries > (int64_t(1) << 30) || (!k.coeffs && k.entries != 1))
+  if (!steering_fits(c.n, k))
     throw std::invalid_argument(std::string("antipasto_ext ") + op + ": " + std::to_string(c.n) +
                                 " rows do not split into " + std::to_string(k.entries) + " steering groups");
-  if (k.n_adapters < 1 || (k.adapters && !k.coeffs) || (!k.adapters && k.n_adapters != 1))
+  if (!bank_fits(k))
     throw std::invalid_argument(std::string("antipasto_ext ") + op + ": a bank of " + std::to_string(k.n_adapters) +
                                 " adapters needs one adapter index and coefficient per steering group");
 }

@@ -34,8 +34,7 @@ void project_forward(const ProjectCall& call, void* stream) {
   if (core.core == Core::ablate && core.a == nullptr) bad("ablate needs a");
   if (core.core != Core::ablate && core.g == nullptr) bad("the gain / rot / dplr cores need g");
   if (project_workspace_elems(n, d_in, r) > 0 && call.workspace == nullptr) bad("the split-K decode path needs a workspace");
-  if (core.entries < 1 || n % core.entries != 0 || (!core.coeffs && core.entries != 1) ||
-      (core.adapters && !core.coeffs) || core.n_adapters < 1 || n >= (int64_t(1) << 31))
+  if (!steering_fits(n, core) || !bank_fits(core) || n >= (int64_t(1) << 31))
     bad("the rows (fewer than 2^31) must split into the steering groups (and a bank needs one coefficient per "
         "group)");
   if (n <= 0) return;

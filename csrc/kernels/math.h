@@ -17,6 +17,10 @@ namespace ax {
 // Largest block size the Cayley kernels support (workspace bound for per-thread arrays).
 constexpr int kMaxCayleyBlock = 64;
 
+// An adapter index clamped to a bank of n: indices are checked where they are set; the clamp keeps one changed
+// since from reading outside the stacked parameters.
+AX_HD inline long long clamp_adapter_index(long long a, long long n) { return a < 0 ? 0 : a >= n ? n - 1 : a; }
+
 template <typename acc_t>
 AX_HD inline acc_t elu(acc_t z) { return z > acc_t(0) ? z : exp(z) - acc_t(1); }
 
