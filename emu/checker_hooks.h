@@ -247,9 +247,20 @@ AX_EMU_NOINSTR inline void global_access(LaunchState& L, ThreadCtx& t, DeviceAll
   }
 }
 
+// A GPU faults on an access of 2, 4, 8 or 16 bytes that is not aligned to its size (a 16-byte vector load from a
+// 2-byte aligned row, say). `natural`: the compiler issued it as an aligned access (the __tsan_read<N> hooks, not
+// the __tsan_unaligned_* ones it uses where the host code itself may be unaligned).
+AX_EMU_NOINSTR inline void check_alignment(const ThreadCtx& t, uintptr_t a, size_t n, bool write, uint64_t site,
+                                           const char* space) {
+  if (n > 1 && n <= 16 && (a & (n - 1)) != 0)
+    hook_fail("misaligned " + std::to_string(n) + "-byte " + space + (write ? " write" : " read") + " at address " +
+              std::to_string(a) + " (" + std::to_string(a % n) + " bytes past alignment), by thread " + u3str(t.tid) +
+              " at " + site_name(site) + " (on a GPU: misaligned address)");
+}
+
 // Every load and store of instrumented kernel code: shared memory, device buffers; the rest (the
 // thread's stack, the emulator's own state, host memory) is not tracked.
-AX_EMU_NOINSTR inline void check_access(const void* p, size_t n, bool write, uint64_t site) {
+AX_EMU_NOINSTR inline void check_access(const void* p, size_t n, bool write, uint64_t site, bool natural = false) {
   ThreadCtx* t = g_tls.cur;
   if (!t) return;  // host code
   LaunchState& L = *g_tls.L;
@@ -257,13 +268,19 @@ AX_EMU_NOINSTR inline void check_access(const void* p, size_t n, bool write, uin
   const uintptr_t stack = reinterpret_cast<uintptr_t>(t->stack.lo);
   if (a >= stack && a < stack + t->stack.size) return;
   const uintptr_t arena = reinterpret_cast<uintptr_t>(L.arena);
-  if (a >= arena && a < arena + L.arena_cap) return shared_access(L, *t, a, n, write, site);
-  if (DeviceAlloc* d = find_alloc(a)) global_access(L, *t, *d, a, n, write, site);
+  if (a >= arena && a < arena + L.arena_cap) {
+    if (natural) check_alignment(*t, a, n, write, site, "shared");
+    return shared_access(L, *t, a, n, write, site);
+  }
+  if (DeviceAlloc* d = find_alloc(a)) {
+    if (natural) check_alignment(*t, a, n, write, site, "global");
+    global_access(L, *t, *d, a, n, write, site);
+  }
 }
-AX_EMU_NOINSTR inline void on_access(const void* p, size_t n, bool write, uint64_t site) {
+AX_EMU_NOINSTR inline void on_access(const void* p, size_t n, bool write, uint64_t site, bool natural = false) {
   if (g_in_hook) return;
   g_in_hook = true;
-  check_access(p, n, write, site);
+  check_access(p, n, write, site, natural);
   g_in_hook = false;
 }
 
@@ -414,10 +431,10 @@ inline void atomic_touch(const void*, size_t) {}
 #define AX_EMU_HOOK extern "C" __attribute__((weak, used, no_sanitize_thread, visibility("hidden")))
 #define AX_EMU_ACCESS_HOOKS(N)                                                                                   \
   AX_EMU_HOOK void __tsan_read##N(void* p) {                                                                     \
-    ::ax_emu::detail::on_access(p, N, false, reinterpret_cast<uint64_t>(__builtin_return_address(0)));         \
+    ::ax_emu::detail::on_access(p, N, false, reinterpret_cast<uint64_t>(__builtin_return_address(0)), true);   \
   }                                                                                                              \
   AX_EMU_HOOK void __tsan_write##N(void* p) {                                                                    \
-    ::ax_emu::detail::on_access(p, N, true, reinterpret_cast<uint64_t>(__builtin_return_address(0)));          \
+    ::ax_emu::detail::on_access(p, N, true, reinterpret_cast<uint64_t>(__builtin_return_address(0)), true);    \
   }                                                                                                              \
   AX_EMU_HOOK void __tsan_unaligned_read##N(void* p) {                                                           \
     ::ax_emu::detail::on_access(p, N, false, reinterpret_cast<uint64_t>(__builtin_return_address(0)));         \

@@ -1902,6 +1902,7 @@ inline void cp_async_16(void* smem_dst, const void* gmem_src, AX_EMU_FN_SITE) {
 inline void cp_async_16_zfill(void* smem_dst, const void* gmem_src, bool valid, AX_EMU_FN_SITE) {
   ::ax_emu::detail::cp_async_16_at(::ax_emu::detail::Site{ax_file, ax_line}, smem_dst, gmem_src, valid);
 }
+inline void st_shared_v4(float* dst, float4 v) { *reinterpret_cast<float4*>(dst) = v; }
 inline void cp_async_commit() { ::ax_emu::detail::cp_async_commit_impl(); }
 template <int N>
 inline void cp_async_wait() {

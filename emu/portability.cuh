@@ -14,6 +14,7 @@
 //   __ballot_sync __any_sync __all_sync
 //   atomicAdd atomicMax ... __threadfence __ldg, __half / __nv_bfloat16
 //   ax::cp_async_16 / cp_async_16_zfill / cp_async_commit / cp_async_wait<N> / cp_async_wait_all
+//   ax::st_shared_v4   a 16-byte shared-memory store of a float4
 //   ax::mma_m16n8k16_bf16 / ax::mma_m16n8k16_f16 / ax::ldmatrix_x4 / ax::ldmatrix_x4_trans
 // Host-side:
 //   AX_LAUNCH(kernel, grid, block, smem_bytes, stream, args...)   (wrap template kernels in parentheses)
@@ -71,6 +72,14 @@ inline void poison_output(void*, size_t) {}
 
 __device__ __forceinline__ uint32_t smem_u32addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// One 16-byte shared store (st.shared.v4.f32). nvcc splits a plain float4 store into four 4-byte ones where it
+// cannot prove the address 16-byte aligned through a computed offset; dst must be 16-byte aligned.
+__device__ __forceinline__ void st_shared_v4(float* dst, float4 v) {
+  asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32addr(dst)), "f"(v.x), "f"(v.y), "f"(v.z),
+               "f"(v.w)
+               : "memory");
 }
 
 // 16-byte async copy global -> shared (cp.async.cg, sm_80+; plain copy below sm_80).

@@ -10,6 +10,14 @@ Hot kernels: every kernel that accumulates in float32 (the float32 / bfloat16 / 
 paths and the float32 Cayley kernels). The float64 instantiations are the verification path: they
 are reported (marked "f64") but do not fail the check unless --strict-f64 is given.
 
+Vector loads: the tile kernels (VECTOR_KERNELS) must move their row tiles with 128-bit global loads
+(ld.global[.nc].v4 of 32-bit elements, v2 of 64-bit, or cp.async of 16 bytes). Checked in the PTX nvcc keeps
+from the same compile (there is no cuobjdump / nvdisasm on the CPU machines, so not in SASS; ptxas keeps a PTX
+vector access a vector access). The table counts each kernel's 128-bit global loads.
+
+Occupancy: resident warps per SM that registers allow (65536 registers, 64 warps, registers allocated in units
+of 256 per warp; whole CTAs and shared memory, sized at launch, can lower it).
+
 Dynamic shared memory is sized at launch by the host launchers (csrc/kernels/launchers.cuh), at most
 48 KiB per CTA (kCoreSmemBudget, no opt-in needed); the table shows ptxas's static shared memory only.
 
@@ -33,6 +41,32 @@ RE_PROPS = re.compile(r"Function properties for (\S+)")
 RE_FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 RE_USED = re.compile(r"Used (\d+) registers")
 RE_SMEM = re.compile(r"(\d+) bytes smem")
+RE_PTX_ENTRY = re.compile(r"^\.(?:visible|weak) \.entry (\S+)\(", re.M)
+RE_PTX_LOAD = re.compile(r"\bld\.global(?:\.nc)?(?:\.L\w+::\w+)*(?:\.v(\d))?\.[bfsu](\d+)")
+RE_PTX_CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global \[[^]]+\], \[[^]]+\], (\d+)")
+
+# Tile kernels whose row tiles must be filled with 128-bit loads (short-name prefixes; float64 instantiations
+# are reported, not gated).
+VECTOR_KERNELS = ("diag_forward_kernel", "rot_forward_kernel", "rot_backward_kernel", "dplr_forward_kernel",
+                  "dplr_backward_kernel", "ablate_forward_kernel", "ablate_backward_kernel", "project_core_kernel")
+
+
+def wide_loads(ptx):
+    """{mangled entry: number of 128-bit global loads} from PTX text."""
+    out = {}
+    starts = [(m.start(), m.group(1)) for m in RE_PTX_ENTRY.finditer(ptx)] + [(len(ptx), None)]
+    for (a, name), (b, _) in zip(starts, starts[1:]):
+        body = ptx[a:b]
+        w = [int(v or 1) * int(bits) for v, bits in RE_PTX_LOAD.findall(body)]
+        w += [8 * int(n) for n in RE_PTX_CP_ASYNC.findall(body)]
+        out[name] = sum(1 for b in w if b >= 128)
+    return out
+
+
+def occupancy(regs):
+    """Resident warps per SM that registers allow."""
+    per_warp = -(-max(regs, 1) * 32 // 256) * 256
+    return min(64, 65536 // per_warp)
 
 
 def find_nvcc():
@@ -120,12 +154,16 @@ def main():
         print("check_ptxas: nvcc not found (set CUDA_HOME)", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [nvcc, "-std=c++17", "-O3", f"-I{ROOT}", "-Xptxas", "-v", "--threads", "2", "-c", str(SOURCE),
-               "-o", str(Path(tmp, "kernels.o"))]
+        cmd = [nvcc, "-std=c++17", "-O3", f"-I{ROOT}", "-Xptxas", "-v", "--threads", "2", "-keep", "-keep-dir", tmp,
+               "-c", str(SOURCE), "-o", str(Path(tmp, "kernels.o"))]
         for a in archs:
             cmd += ["-gencode", f"arch=compute_{a},code=sm_{a}"]
         print("check_ptxas: " + " ".join(cmd), flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
+        loads = {}
+        for ptx in sorted(Path(tmp).glob("*.ptx")):
+            for k, v in wide_loads(ptx.read_text()).items():
+                loads[k] = max(loads.get(k, 0), v)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         print(log[-20000:], file=sys.stderr)
@@ -146,13 +184,23 @@ def main():
             bad.append(f"{name} {arch}: incomplete ptxas report")
             continue
         problem = r["stack"] > 0 or r["spill_st"] > 0 or r["spill_ld"] > 0
-        status = ("FAIL" if gated else "warn (f64)") if problem else ("ok" if gated else "ok (f64)")
         if problem and gated:
             bad.append(f"{name} {arch}: stack {r['stack']} B, spill stores {r['spill_st']} B, "
                        f"spill loads {r['spill_ld']} B")
-        rows.append((name, arch, r["regs"], r["smem"], r["stack"], r["spill_st"], r["spill_ld"], status))
+        wide = loads.get(mangled)
+        if wide is None:
+            bad.append(f"{name} {arch}: not found in the PTX")
+            wide = 0
+        narrow = name.startswith(VECTOR_KERNELS) and wide == 0
+        if narrow and gated:
+            bad.append(f"{name} {arch}: no 128-bit global load, its row tiles need them")
+        problem = problem or narrow
+        status = ("FAIL" if gated else "warn (f64)") if problem else ("ok" if gated else "ok (f64)")
+        rows.append((name, arch, r["regs"], occupancy(r["regs"]), r["smem"], r["stack"], r["spill_st"],
+                     r["spill_ld"], wide, status))
     rows.sort(key=lambda t: (t[0], t[1]))
-    head = ("kernel", "arch", "regs", "static smem B", "stack B", "spill st B", "spill ld B", "status")
+    head = ("kernel", "arch", "regs", "warps/SM by regs", "static smem B", "stack B", "spill st B",
+            "spill ld B", "128-bit global loads (PTX)", "status")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda t: "| " + " | ".join(str(x).ljust(w) for x, w in zip(t, widths)) + " |"  # noqa: E731
     table = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(t) for t in rows]
@@ -163,11 +211,12 @@ def main():
     out.write_text(f"# ptxas resource usage of csrc/cuda/kernels.cu (sm_{', sm_'.join(archs)})\n\n{text}\n")
     print(f"check_ptxas: {len(rows)} kernel builds, table written to {out}")
     if bad:
-        print("check_ptxas: FAILED - hot kernels with a stack frame or register spills:", file=sys.stderr)
+        print("check_ptxas: FAILED - hot kernels with a stack frame, register spills or narrow tile loads:",
+              file=sys.stderr)
         for b in bad:
             print("  " + b, file=sys.stderr)
         return 1
-    print("check_ptxas: OK - no hot kernel spills or uses a stack frame")
+    print("check_ptxas: OK - no hot kernel spills or uses a stack frame; the tile kernels load 128 bits at a time")
     return 0
 
 

@@ -132,12 +132,130 @@ template <typename acc_t>
 __device__ __forceinline__ void stage(acc_t* dst, const acc_t* src, int64_t n) {
   for (int64_t i = threadIdx.x; i < n; i += blockDim.x) dst[i] = __ldg(src + i);
 }
-// Loads rows [row0, row0 + rows) of x (width r) into a shared tile as accumulators.
+
+// ------------------------------------------------------------------------- 16-byte vector access
+//
+// A vector is 16 bytes of T (one 128-bit global access): vec_elems<T> elements, whose accumulators are one or two
+// 16-byte packs (float / double: one; half / bfloat16 widened to float: two). The lanes of a warp hold consecutive
+// vectors; a lane with two packs moves them in the order (lane / 4) % 2 picks, so that the 8 lanes of each quarter
+// warp (one shared-memory wavefront of 16-byte accesses) cover 8 distinct 16-byte bank groups.
+
+template <typename T>
+__host__ __device__ constexpr int vec_elems() {
+  return int(16 / sizeof(T));
+}
+// 16 bytes of accumulators as a CUDA vector type (its loads and stores are 128-bit).
+template <typename acc_t>
+struct Pack;
+template <>
+struct Pack<float> {
+  using type = float4;
+  static __device__ __forceinline__ float4 make(const float* a) { return make_float4(a[0], a[1], a[2], a[3]); }
+  static __device__ __forceinline__ void store(float* dst, float4 v) { ax::st_shared_v4(dst, v); }
+  // a when f is 0, b when f is 1, by bit masks: no branch for any compiler to make of it (lanes that took different
+  // branches would issue the stores as two half-empty accesses)
+  static __device__ __forceinline__ float4 pick(int f, const float4& a, const float4& b) {
+    const unsigned m = 0u - unsigned(f);
+    auto sel = [m](float x, float y) { return __uint_as_float((__float_as_uint(x) & ~m) | (__float_as_uint(y) & m)); };
+    return make_float4(sel(a.x, b.x), sel(a.y, b.y), sel(a.z, b.z), sel(a.w, b.w));
+  }
+  static __device__ __forceinline__ void split(const float4& v, float* a) {
+    a[0] = v.x;
+    a[1] = v.y;
+    a[2] = v.z;
+    a[3] = v.w;
+  }
+};
+template <>
+struct Pack<double> {
+  using type = double2;
+  static __device__ __forceinline__ double2 make(const double* a) { return make_double2(a[0], a[1]); }
+  static __device__ __forceinline__ void store(double* dst, double2 v) { *reinterpret_cast<double2*>(dst) = v; }
+  static __device__ __forceinline__ void split(const double2& v, double* a) {
+    a[0] = v.x;
+    a[1] = v.y;
+  }
+};
+template <typename T>
+struct alignas(16) Vec {
+  T e[vec_elems<T>()];
+};
+__device__ __forceinline__ bool aligned16(const void* ptr) { return (reinterpret_cast<uintptr_t>(ptr) & 15) == 0; }
+// True when rows of width r starting at x, and a shared tile at dst with row stride ldd, take vector access.
 template <typename T, typename acc_t>
-__device__ __forceinline__ void load_tile(acc_t* dst, const T* x, int64_t row0, int rows, int r) {
+__device__ __forceinline__ bool vec_rows(const T* x, int r, const acc_t* dst, int ldd) {
+  return r % vec_elems<T>() == 0 && ldd % int(16 / sizeof(acc_t)) == 0 && aligned16(x) && aligned16(dst);
+}
+// One vector of T at src (16-byte aligned) as accumulators.
+template <typename T, typename acc_t>
+__device__ __forceinline__ void ld_vec(acc_t (&a)[vec_elems<T>()], const T* src) {
+  const Vec<T> x = *reinterpret_cast<const Vec<T>*>(src);
+#pragma unroll
+  for (int q = 0; q < vec_elems<T>(); ++q) a[q] = ld<acc_t>(x.e + q);
+}
+// Accumulators a as one vector of T at dst (16-byte aligned).
+template <typename T, typename acc_t>
+__device__ __forceinline__ void st_vec(T* dst, const acc_t (&a)[vec_elems<T>()]) {
+  Vec<T> x;
+#pragma unroll
+  for (int q = 0; q < vec_elems<T>(); ++q) st(x.e + q, a[q]);
+  *reinterpret_cast<Vec<T>*>(dst) = x;
+}
+// The accumulators of one vector into shared memory at dst (16-byte aligned), as 16-byte stores.
+template <int V, typename acc_t>
+__device__ __forceinline__ void st_packs(acc_t* dst, const acc_t (&a)[V]) {
+  using P = Pack<acc_t>;
+  constexpr int A = int(16 / sizeof(acc_t));
+  static_assert(V == A || V == 2 * A, "a vector's accumulators are one or two packs");
+  const typename P::type lo = P::make(a);
+  if constexpr (V == A) {
+    P::store(dst, lo);
+  } else {
+    const typename P::type hi = P::make(a + A);
+    const int f = (threadIdx.x >> 2) & 1;
+    P::store(dst + f * A, P::pick(f, lo, hi));
+    P::store(dst + (1 - f) * A, P::pick(f, hi, lo));
+  }
+}
+// The accumulators of one vector from shared memory at src (16-byte aligned), as 16-byte loads.
+template <int V, typename acc_t>
+__device__ __forceinline__ void ld_packs(acc_t (&a)[V], const acc_t* src) {
+  using P = Pack<acc_t>;
+  constexpr int A = int(16 / sizeof(acc_t));
+  static_assert(V == A || V == 2 * A, "a vector's accumulators are one or two packs");
+  const typename P::type* s = reinterpret_cast<const typename P::type*>(src);
+  if constexpr (V == A) {
+    P::split(s[0], a);
+  } else {
+    const int f = (threadIdx.x >> 2) & 1;
+    const typename P::type x = s[f];
+    const typename P::type y = s[1 - f];
+    P::split(P::pick(f, x, y), a);
+    P::split(P::pick(f, y, x), a + A);
+  }
+}
+
+// Loads rows [row0, row0 + rows) of x (width r) into a shared tile of row stride ldd as accumulators: vectors when
+// vec_rows allows, else one element per trip.
+template <typename T, typename acc_t>
+__device__ __forceinline__ void load_tile(acc_t* dst, int ldd, const T* x, int64_t row0, int rows, int r) {
+  constexpr int V = vec_elems<T>();
   const T* src = x + row0 * r;
+  if (vec_rows(src, r, dst, ldd)) {
+    const int per_row = r / V, cnt = rows * per_row;
+    for (int v = threadIdx.x; v < cnt; v += blockDim.x) {
+      const int row = v / per_row, col = (v - row * per_row) * V;
+      acc_t a[V];
+      ld_vec(a, src + int64_t(row) * r + col);
+      st_packs(dst + row * ldd + col, a);
+    }
+    return;
+  }
   const int cnt = rows * r;
-  for (int e = threadIdx.x; e < cnt; e += blockDim.x) dst[e] = ld<acc_t>(src + e);
+  for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
+    const int row = e / r, col = e - row * r;
+    dst[row * ldd + col] = ld<acc_t>(src + e);
+  }
 }
 
 // Which rows a CTA owns: `per_entry` CTAs per steering group of `entry_rows` rows, CTA b taking rows
@@ -190,7 +308,7 @@ inline dim3 grid_of(const CoreCall& c, const Rows<acc_t>& m) {
 
 // ------------------------------------------------------------------------------------ diag (gain)
 
-// rows_per_cta rows per CTA, elementwise; s in shared memory.
+// rows_per_cta rows per CTA, elementwise (vectors when vec_rows allows); s in shared memory.
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     diag_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
@@ -206,6 +324,19 @@ __global__ void __launch_bounds__(kCoreThreads)
   for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
   __syncthreads();
   const int64_t base = t.row0 * r, cnt = (t.row1 - t.row0) * r;
+  constexpr int V = vec_elems<T>();
+  if (vec_rows(p + base, r, s, 0) && aligned16(h + base)) {
+    for (int64_t v = threadIdx.x; v < cnt / V; v += blockDim.x) {
+      const int64_t e = base + v * V;
+      acc_t a[V], sv[V];
+      ld_vec(a, p + e);
+      ld_packs(sv, s + int(v * V % r));
+#pragma unroll
+      for (int q = 0; q < V; ++q) a[q] = a[q] * sv[q];
+      st_vec(h + e, a);
+    }
+    return;
+  }
   for (int64_t e = threadIdx.x; e < cnt; e += blockDim.x) st(h + base + e, ld<acc_t>(p + base + e) * s[e % r]);
 }
 
@@ -310,7 +441,7 @@ __global__ void __launch_bounds__(kCoreThreads)
   const int rows = int(t.row1 - t.row0);
   for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = __ldg(S + j) + coeff * __ldg(delta_s + j);
   if (stage_params) stage_rows(Rs, R, r, bs, ld);
-  load_tile(P, p, row0, rows, r);
+  load_tile(P, r, p, row0, rows, r);
   __syncthreads();
   const int cnt = rows * r;
   for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
@@ -331,8 +462,10 @@ __global__ void __launch_bounds__(kCoreThreads)
 // Shared: s (r) | R (as in the forward, when staged) | P | D | X (rows_per_tile * r each); X holds the rotated p
 // (V side) or dh R^T (U side) of each element, for the ds partials.
 // Workspace slice per CTA: ds (r) | dR (r*bs).
+// minBlocks 3: with none ptxas caps this kernel at 40 registers on sm_90 (48 on sm_80) and spills; 3 CTAs (85 registers)
+// leave room for the shared-memory limit of 4 row tiles per SM.
 template <typename T>
-__global__ void __launch_bounds__(kCoreThreads)
+__global__ void __launch_bounds__(kCoreThreads, 3)
     rot_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
                         int bs, int side, int rows_per_tile, bool stage_params,
                         const typename acc_of<T>::type* __restrict__ S,
@@ -360,8 +493,8 @@ __global__ void __launch_bounds__(kCoreThreads)
   const int bb = bs * bs;
   for (int64_t row0 = c0; row0 < c1; row0 += rows_per_tile) {
     const int rows = int(c1 - row0 < rows_per_tile ? c1 - row0 : rows_per_tile);
-    load_tile(P, p, row0, rows, r);
-    load_tile(D, dh, row0, rows, r);
+    load_tile(P, r, p, row0, rows, r);
+    load_tile(D, r, dh, row0, rows, r);
     __syncthreads();
     const int cnt = rows * r;
     for (int e = threadIdx.x; e < cnt; e += blockDim.x) {
@@ -477,7 +610,7 @@ __global__ void __launch_bounds__(kCoreThreads)
     stage(As, A, kr);
     stage(Bs, B, kr);
   }
-  load_tile(P, p, row0, rows, r);
+  load_tile(P, r, p, row0, rows, r);
   __syncthreads();
   for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // t = p A^T
     const int row = e / k, m = e % k;
@@ -535,8 +668,8 @@ __global__ void __launch_bounds__(kCoreThreads, 1)
   }
   for (int64_t row0 = c0; row0 < c1; row0 += rows_per_tile) {
     const int rows = int(c1 - row0 < rows_per_tile ? c1 - row0 : rows_per_tile);
-    load_tile(P, p, row0, rows, r);
-    load_tile(D, dh, row0, rows, r);
+    load_tile(P, r, p, row0, rows, r);
+    load_tile(D, r, dh, row0, rows, r);
     __syncthreads();
     for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // t = p A^T, u = coeff dh B
       const int row = e / k, m = e % k;
@@ -610,7 +743,8 @@ struct CoreLaunch<Core::dplr> {
 
 // ------------------------------------------------------------------------------------------ ablate
 
-// Shared: S (r) | a (k) | C (r*k, when staged) | P (tile * r) | V (tile * k).
+// Shared: S (r) | C (r*k, when staged) | P (tile * r) | V (tile * k) | a (k): P starts 16-byte aligned for r a
+// multiple of the vector.
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     ablate_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r, int k, int rows_per_tile,
@@ -620,10 +754,10 @@ __global__ void __launch_bounds__(kCoreThreads)
   using acc_t = typename acc_of<T>::type;
   const int64_t rk = int64_t(r) * k;
   acc_t* Ss = dyn_smem<acc_t>();
-  acc_t* as = Ss + r;
-  acc_t* Cs = as + k;
+  acc_t* Cs = Ss + r;
   acc_t* P = Cs + (stage_params ? rk : 0);
   acc_t* V = P + rows_per_tile * r;
+  acc_t* as = V + rows_per_tile * k;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
   const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
@@ -635,7 +769,7 @@ __global__ void __launch_bounds__(kCoreThreads)
   stage(Ss, S, r);
   stage(as, a, k);
   if (stage_params) stage(Cs, C, rk);
-  load_tile(P, p, row0, rows, r);
+  load_tile(P, r, p, row0, rows, r);
   __syncthreads();
   for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // v = coeff a (p S C)
     const int row = e / k, m = e % k;
@@ -655,8 +789,7 @@ __global__ void __launch_bounds__(kCoreThreads)
   }
 }
 
-// Shared: S (r) | a (k) | C (when staged) | P | D (tile * r each) | V | W (tile * k each): V = p S C,
-// W = -dh C. Workspace slice per CTA: dC (r*k) | da (k).
+// Shared: S (r) | C (when staged) | P | D (tile * r each) | V | W (tile * k each) | a (k): V = p S C, W = -dh C. Workspace slice per CTA: dC (r*k) | da (k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     ablate_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
@@ -667,12 +800,12 @@ __global__ void __launch_bounds__(kCoreThreads)
   using acc_t = typename acc_of<T>::type;
   const int64_t rk = int64_t(r) * k, n_part = rk + k;
   acc_t* Ss = dyn_smem<acc_t>();
-  acc_t* as = Ss + r;
-  acc_t* Cs = as + k;
+  acc_t* Cs = Ss + r;
   acc_t* P = Cs + (stage_params ? rk : 0);
   acc_t* D = P + rows_per_tile * r;
   acc_t* V = D + rows_per_tile * r;
   acc_t* W = V + rows_per_tile * k;
+  acc_t* as = W + rows_per_tile * k;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
   const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
@@ -686,8 +819,8 @@ __global__ void __launch_bounds__(kCoreThreads)
   if (stage_params) stage(Cs, C, rk);
   for (int64_t row0 = c0; row0 < c1; row0 += rows_per_tile) {
     const int rows = int(c1 - row0 < rows_per_tile ? c1 - row0 : rows_per_tile);
-    load_tile(P, p, row0, rows, r);
-    load_tile(D, dh, row0, rows, r);
+    load_tile(P, r, p, row0, rows, r);
+    load_tile(D, r, dh, row0, rows, r);
     __syncthreads();
     for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {
       const int row = e / k, m = e % k;

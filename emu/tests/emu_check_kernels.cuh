@@ -88,6 +88,16 @@ __global__ void off_by_one_kernel(float* out, int n) {
 }
 
 // Writes tile[idx] of an 8-float shared array.
+// A 16-byte vector load from byte `offset` of in (aligned for a multiple of 16), and a 16-byte shared store at float
+// `soff` of a shared array.
+__global__ void vector_access_kernel(const float* in, float* out, int offset, int soff) {
+  AX_SHARED(float4, buf4, [4]);
+  float* buf = &buf4[0].x;
+  const float4 v = *reinterpret_cast<const float4*>(reinterpret_cast<const char*>(in) + offset);
+  *reinterpret_cast<float4*>(buf + soff) = v;
+  __syncthreads();
+  out[threadIdx.x] = buf[soff + threadIdx.x % 4];
+}
 __global__ void shared_oob_kernel(float* out, int idx) {
   AX_SHARED(float, tile, [8]);
   if (threadIdx.x == 0) tile[idx] = 1.0f;

@@ -132,6 +132,16 @@ AX_TEST(out_of_bounds_accesses_at_the_access) {
   AX_CHECK(s.find("AX_SHARED 'tile'") != std::string::npos);
 }
 
+AX_TEST(misaligned_vector_accesses) {
+  std::vector<float> host(16, 1.0f);
+  DeviceBuffer<float> in(host, "in"), out(1, "out");
+  AX_LAUNCH(vector_access_kernel, 1, 1, 0, nullptr, in.data(), out.data(), 16, 4);  // aligned: runs
+  const std::string g = error_of([&] { AX_LAUNCH(vector_access_kernel, 1, 1, 0, nullptr, in.data(), out.data(), 8, 4); });
+  AX_CHECK(g.find("misaligned 16-byte global read") != std::string::npos);
+  const std::string s = error_of([&] { AX_LAUNCH(vector_access_kernel, 1, 1, 0, nullptr, in.data(), out.data(), 16, 2); });
+  AX_CHECK(s.find("misaligned 16-byte shared write") != std::string::npos);
+}
+
 AX_TEST(memory_metrics_of_known_patterns) {
   std::vector<float> host(32 * 32);
   DeviceBuffer<float> g(host, "g"), out(32, "out");
