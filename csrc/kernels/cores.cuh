@@ -235,6 +235,23 @@ __device__ __forceinline__ void ld_packs(acc_t (&a)[V], const acc_t* src) {
   }
 }
 
+// Shared-memory row strides against bank conflicts (32 banks of 4 bytes).
+// odd_ld(n): rows of n read by the lanes of consecutive rows at one column (rot's R, dplr's B, ablate's C): an odd
+// stride puts 32 rows in 32 banks (a stride of 8 is 8-way conflicted).
+// tile_ld(r): a row tile that the lanes of one instruction read on different rows at one column (dplr, ablate: a lane
+// per row and low-rank index): an odd number of 16-byte groups keeps the rows 16-byte aligned for the vector fills
+// and puts up to 8 rows in 8 distinct bank groups (a stride of 256 puts them all in one bank).
+__host__ __device__ inline int odd_ld(int n) { return n % 2 == 0 ? n + 1 : n; }
+__host__ __device__ inline int tile_ld(int r) {
+  const int groups = (r + 3) / 4;
+  return 4 * (groups % 2 == 0 ? groups + 1 : groups);
+}
+// Parameters of n rows of width w into shared memory with row stride ld.
+template <typename acc_t>
+__device__ __forceinline__ void stage_rows(acc_t* dst, const acc_t* src, int n, int w, int ld) {
+  for (int e = threadIdx.x; e < n * w; e += blockDim.x) dst[(e / w) * ld + e % w] = __ldg(src + e);
+}
+
 // Loads rows [row0, row0 + rows) of x (width r) into a shared tile of row stride ldd as accumulators: vectors when
 // vec_rows allows, else one element per trip.
 template <typename T, typename acc_t>
@@ -410,16 +427,8 @@ struct CoreLaunch<Core::gain> {
 
 // --------------------------------------------------------------------------------------------- rot
 
-// Row stride of R staged in shared memory: odd, so that the lanes of a warp, each reading row b0 + i or column i of
-// its block, hit distinct banks (bs + 1 for an even block size: a stride of bs is 2..8-way conflicted at bs 4..8).
-__host__ __device__ inline int rot_staged_ld(int bs) { return bs % 2 == 0 ? bs + 1 : bs; }
-// R (r rows of bs) into shared memory with row stride ld.
-template <typename acc_t>
-__device__ __forceinline__ void stage_rows(acc_t* dst, const acc_t* src, int r, int bs, int ld) {
-  for (int e = threadIdx.x; e < r * bs; e += blockDim.x) dst[(e / bs) * ld + e % bs] = __ldg(src + e);
-}
 
-// Shared: s (r) | R (r rows, stride rot_staged_ld(bs), when staged) | P (rows_per_tile * r).
+// Shared: s (r) | R (r rows, stride odd_ld(bs), when staged) | P (rows_per_tile * r).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     rot_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r, int bs, int side,
@@ -427,7 +436,7 @@ __global__ void __launch_bounds__(kCoreThreads)
                        const typename acc_of<T>::type* __restrict__ delta_s,
                        const typename acc_of<T>::type* __restrict__ R, int64_t R_stride, T* __restrict__ h) {
   using acc_t = typename acc_of<T>::type;
-  const int ld = stage_params ? rot_staged_ld(bs) : bs;  // R's row stride where it is read
+  const int ld = stage_params ? odd_ld(bs) : bs;  // R's row stride where it is read
   acc_t* s = dyn_smem<acc_t>();
   acc_t* Rs = s + r;
   acc_t* P = Rs + (stage_params ? int64_t(r) * ld : 0);
@@ -474,7 +483,7 @@ __global__ void __launch_bounds__(kCoreThreads, 3)
                         typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
   const int64_t n_rot = int64_t(r) * bs, n_part = r + n_rot;
-  const int ld = stage_params ? rot_staged_ld(bs) : bs;  // R's row stride where it is read
+  const int ld = stage_params ? odd_ld(bs) : bs;  // R's row stride where it is read
   acc_t* s = dyn_smem<acc_t>();
   acc_t* Rs = s + r;
   acc_t* P = Rs + (stage_params ? int64_t(r) * ld : 0);
@@ -550,7 +559,7 @@ struct CoreLaunch<Core::rot> {
     if (k.bs < 1 || k.r % k.bs != 0)
       throw std::invalid_argument("antipasto_ext rot core: block size " + std::to_string(k.bs) +
                                   " does not divide r = " + std::to_string(k.r));
-    return plan_tile("rot core", k.r, k.r, k.r * rot_staged_ld(int(k.bs)), backward ? 3 * k.r : k.r, acc_bytes,
+    return plan_tile("rot core", k.r, k.r, k.r * odd_ld(int(k.bs)), backward ? 3 * k.r : k.r, acc_bytes,
                      max_rows);
   }
   template <typename T>
@@ -580,7 +589,8 @@ struct CoreLaunch<Core::rot> {
 
 // -------------------------------------------------------------------------------------------- dplr
 
-// Shared: s (r) | A (k*r) | B (r*k) (when staged) | P (tile * r) | Tt (tile * k).
+// Shared: s (r) | A (k rows, stride tile_ld(r)) | B (r rows, stride odd_ld(k)) (when staged) | P (tile rows, stride
+// tile_ld(r)) | Tt (tile * k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     dplr_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r, int k, int rows_per_tile,
@@ -588,12 +598,12 @@ __global__ void __launch_bounds__(kCoreThreads)
                         const typename acc_of<T>::type* __restrict__ g, const typename acc_of<T>::type* __restrict__ A,
                         const typename acc_of<T>::type* __restrict__ B, bool suppress_only, T* __restrict__ h) {
   using acc_t = typename acc_of<T>::type;
-  const int64_t kr = int64_t(k) * r;
+  const int ldp = tile_ld(r), lda = stage_params ? ldp : r, ldb = stage_params ? odd_ld(k) : k;
   acc_t* s = dyn_smem<acc_t>();
   acc_t* As = s + r;
-  acc_t* Bs = As + (stage_params ? kr : 0);
-  acc_t* P = Bs + (stage_params ? kr : 0);
-  acc_t* Tt = P + rows_per_tile * r;
+  acc_t* Bs = As + (stage_params ? int64_t(k) * lda : 0);
+  acc_t* P = Bs + (stage_params ? int64_t(r) * ldb : 0);
+  acc_t* Tt = P + rows_per_tile * ldp;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
   const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
@@ -607,15 +617,15 @@ __global__ void __launch_bounds__(kCoreThreads)
   for (int j = threadIdx.x; j < r; j += blockDim.x)
     s[j] = diag_scale(kScaleGain, __ldg(S + j), __ldg(g + j), coeff, suppress_only);
   if (stage_params) {
-    stage(As, A, kr);
-    stage(Bs, B, kr);
+    stage_rows(As, A, k, r, lda);
+    stage_rows(Bs, B, r, k, ldb);
   }
-  load_tile(P, r, p, row0, rows, r);
+  load_tile(P, ldp, p, row0, rows, r);
   __syncthreads();
   for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // t = p A^T
     const int row = e / k, m = e % k;
-    const acc_t* pr = P + row * r;
-    const acc_t* Am = Asrc + int64_t(m) * r;
+    const acc_t* pr = P + row * ldp;
+    const acc_t* Am = Asrc + int64_t(m) * lda;
     acc_t acc = 0;
     for (int j = 0; j < r; ++j) acc += pr[j] * Am[j];
     Tt[e] = acc;
@@ -624,14 +634,14 @@ __global__ void __launch_bounds__(kCoreThreads)
   for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {  // h = p s + coeff t B^T
     const int row = e / r, j = e % r;
     const acc_t* tr = Tt + row * k;
-    const acc_t* Bj = Bsrc + int64_t(j) * k;
+    const acc_t* Bj = Bsrc + int64_t(j) * ldb;
     acc_t acc = 0;
     for (int m = 0; m < k; ++m) acc += tr[m] * Bj[m];
-    st(h + row0 * r + e, P[e] * s[j] + coeff * acc);
+    st(h + row0 * r + e, P[row * ldp + j] * s[j] + coeff * acc);
   }
 }
 
-// Shared: s (r) | A | B (when staged) | P | D (tile * r each) | Tt | Uu (tile * k each).
+// Shared: s (r) | A | B (as in the forward, when staged) | P | D (tile rows, stride tile_ld(r)) | Tt | Uu (tile * k each).
 // Workspace slice per CTA: ds (r) | dA (k*r) | dB (r*k).
 // minBlocks 1: without it ptxas caps this kernel at 64 registers on sm_80 and spills.
 template <typename T>
@@ -643,12 +653,13 @@ __global__ void __launch_bounds__(kCoreThreads, 1)
                          typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
   const int64_t kr = int64_t(k) * r, n_part = r + 2 * kr;
+  const int ldp = tile_ld(r), lda = stage_params ? ldp : r, ldb = stage_params ? odd_ld(k) : k;
   acc_t* s = dyn_smem<acc_t>();
   acc_t* As = s + r;
-  acc_t* Bs = As + (stage_params ? kr : 0);
-  acc_t* P = Bs + (stage_params ? kr : 0);
-  acc_t* D = P + rows_per_tile * r;
-  acc_t* Tt = D + rows_per_tile * r;
+  acc_t* Bs = As + (stage_params ? int64_t(k) * lda : 0);
+  acc_t* P = Bs + (stage_params ? int64_t(r) * ldb : 0);
+  acc_t* D = P + rows_per_tile * ldp;
+  acc_t* Tt = D + rows_per_tile * ldp;
   acc_t* Uu = Tt + rows_per_tile * k;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
@@ -663,23 +674,23 @@ __global__ void __launch_bounds__(kCoreThreads, 1)
   for (int j = threadIdx.x; j < r; j += blockDim.x)
     s[j] = diag_scale(kScaleGain, __ldg(S + j), __ldg(g + j), coeff, suppress_only);
   if (stage_params) {
-    stage(As, A, kr);
-    stage(Bs, B, kr);
+    stage_rows(As, A, k, r, lda);
+    stage_rows(Bs, B, r, k, ldb);
   }
   for (int64_t row0 = c0; row0 < c1; row0 += rows_per_tile) {
     const int rows = int(c1 - row0 < rows_per_tile ? c1 - row0 : rows_per_tile);
-    load_tile(P, r, p, row0, rows, r);
-    load_tile(D, r, dh, row0, rows, r);
+    load_tile(P, ldp, p, row0, rows, r);
+    load_tile(D, ldp, dh, row0, rows, r);
     __syncthreads();
     for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // t = p A^T, u = coeff dh B
       const int row = e / k, m = e % k;
-      const acc_t* pr = P + row * r;
-      const acc_t* dr = D + row * r;
-      const acc_t* Am = Asrc + int64_t(m) * r;
+      const acc_t* pr = P + row * ldp;
+      const acc_t* dr = D + row * ldp;
+      const acc_t* Am = Asrc + int64_t(m) * lda;
       acc_t at = 0, au = 0;
       for (int j = 0; j < r; ++j) {
         at += pr[j] * Am[j];
-        au += dr[j] * Bsrc[int64_t(j) * k + m];
+        au += dr[j] * Bsrc[int64_t(j) * ldb + m];
       }
       Tt[e] = at;
       Uu[e] = coeff * au;
@@ -689,21 +700,21 @@ __global__ void __launch_bounds__(kCoreThreads, 1)
       const int row = e / r, j = e % r;
       const acc_t* ur = Uu + row * k;
       acc_t acc = 0;
-      for (int m = 0; m < k; ++m) acc += ur[m] * Asrc[int64_t(m) * r + j];
-      st(dp + row0 * r + e, D[e] * s[j] + acc);
+      for (int m = 0; m < k; ++m) acc += ur[m] * Asrc[int64_t(m) * lda + j];
+      st(dp + row0 * r + e, D[row * ldp + j] * s[j] + acc);
     }
     const bool first = row0 == c0;
     for (int64_t o = threadIdx.x; o < n_part; o += blockDim.x) {
       acc_t acc = first ? acc_t(0) : part[o];
       if (o < r) {  // ds_j += dh_j p_j
         const int j = int(o);
-        for (int row = 0; row < rows; ++row) acc += D[row * r + j] * P[row * r + j];
+        for (int row = 0; row < rows; ++row) acc += D[row * ldp + j] * P[row * ldp + j];
       } else if (o < r + kr) {  // dA_mj += u_m p_j
         const int e = int(o - r), m = e / r, j = e % r;
-        for (int row = 0; row < rows; ++row) acc += Uu[row * k + m] * P[row * r + j];
+        for (int row = 0; row < rows; ++row) acc += Uu[row * k + m] * P[row * ldp + j];
       } else {  // dB_jm += coeff dh_j t_m
         const int e = int(o - r - kr), j = e / k, m = e % k;
-        for (int row = 0; row < rows; ++row) acc += coeff * D[row * r + j] * Tt[row * k + m];
+        for (int row = 0; row < rows; ++row) acc += coeff * D[row * ldp + j] * Tt[row * k + m];
       }
       part[o] = acc;
     }
@@ -715,8 +726,9 @@ template <>
 struct CoreLaunch<Core::dplr> {
   static constexpr int final_mode = kFinalGain;
   static TilePlan tile(const CoreParams& k, bool backward, size_t acc_bytes, int64_t max_rows) {
-    return plan_tile("dplr core", k.r, k.r, 2 * k.k * k.r, backward ? 2 * k.r + 2 * k.k : k.r + k.k, acc_bytes,
-                     max_rows);
+    const int64_t ldp = tile_ld(int(k.r));
+    return plan_tile("dplr core", k.r, k.r, k.k * ldp + k.r * odd_ld(int(k.k)), backward ? 2 * ldp + 2 * k.k : ldp + k.k,
+                     acc_bytes, max_rows);
   }
   template <typename T>
   static void forward(const CoreCall& c, const TilePlan& pl, ax::stream_t st) {
@@ -743,8 +755,7 @@ struct CoreLaunch<Core::dplr> {
 
 // ------------------------------------------------------------------------------------------ ablate
 
-// Shared: S (r) | C (r*k, when staged) | P (tile * r) | V (tile * k) | a (k): P starts 16-byte aligned for r a
-// multiple of the vector.
+// Shared: S (r) | C (r rows, stride odd_ld(k), when staged) | P (tile rows, stride tile_ld(r)) | V (tile * k) | a (k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     ablate_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r, int k, int rows_per_tile,
@@ -752,11 +763,11 @@ __global__ void __launch_bounds__(kCoreThreads)
                           const typename acc_of<T>::type* __restrict__ C, const typename acc_of<T>::type* __restrict__ a,
                           T* __restrict__ h) {
   using acc_t = typename acc_of<T>::type;
-  const int64_t rk = int64_t(r) * k;
+  const int ldp = tile_ld(r), ldc = stage_params ? odd_ld(k) : k;
   acc_t* Ss = dyn_smem<acc_t>();
   acc_t* Cs = Ss + r;
-  acc_t* P = Cs + (stage_params ? rk : 0);
-  acc_t* V = P + rows_per_tile * r;
+  acc_t* P = Cs + (stage_params ? int64_t(r) * ldc : 0);
+  acc_t* V = P + rows_per_tile * ldp;
   acc_t* as = V + rows_per_tile * k;
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
@@ -768,28 +779,29 @@ __global__ void __launch_bounds__(kCoreThreads)
   const int rows = int(t.row1 - t.row0);
   stage(Ss, S, r);
   stage(as, a, k);
-  if (stage_params) stage(Cs, C, rk);
-  load_tile(P, r, p, row0, rows, r);
+  if (stage_params) stage_rows(Cs, C, r, k, ldc);
+  load_tile(P, ldp, p, row0, rows, r);
   __syncthreads();
   for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // v = coeff a (p S C)
     const int row = e / k, m = e % k;
-    const acc_t* pr = P + row * r;
+    const acc_t* pr = P + row * ldp;
     acc_t acc = 0;
-    for (int j = 0; j < r; ++j) acc += pr[j] * Ss[j] * Csrc[int64_t(j) * k + m];
+    for (int j = 0; j < r; ++j) acc += pr[j] * Ss[j] * Csrc[int64_t(j) * ldc + m];
     V[e] = acc * (coeff * as[m]);
   }
   __syncthreads();
   for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {  // h = p S - C v
     const int row = e / r, j = e % r;
     const acc_t* vr = V + row * k;
-    const acc_t* Cj = Csrc + int64_t(j) * k;
+    const acc_t* Cj = Csrc + int64_t(j) * ldc;
     acc_t acc = 0;
     for (int m = 0; m < k; ++m) acc += Cj[m] * vr[m];
-    st(h + row0 * r + e, P[e] * Ss[j] - acc);
+    st(h + row0 * r + e, P[row * ldp + j] * Ss[j] - acc);
   }
 }
 
-// Shared: S (r) | C (when staged) | P | D (tile * r each) | V | W (tile * k each) | a (k): V = p S C, W = -dh C. Workspace slice per CTA: dC (r*k) | da (k).
+// Shared: S (r) | C (as in the forward, when staged) | P | D (tile rows, stride tile_ld(r)) | V | W (tile * k each) |
+// a (k): V = p S C, W = -dh C. Workspace slice per CTA: dC (r*k) | da (k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     ablate_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
@@ -799,11 +811,12 @@ __global__ void __launch_bounds__(kCoreThreads)
                            typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
   const int64_t rk = int64_t(r) * k, n_part = rk + k;
+  const int ldp = tile_ld(r), ldc = stage_params ? odd_ld(k) : k;
   acc_t* Ss = dyn_smem<acc_t>();
   acc_t* Cs = Ss + r;
-  acc_t* P = Cs + (stage_params ? rk : 0);
-  acc_t* D = P + rows_per_tile * r;
-  acc_t* V = D + rows_per_tile * r;
+  acc_t* P = Cs + (stage_params ? int64_t(r) * ldc : 0);
+  acc_t* D = P + rows_per_tile * ldp;
+  acc_t* V = D + rows_per_tile * ldp;
   acc_t* W = V + rows_per_tile * k;
   acc_t* as = W + rows_per_tile * k;
   const RowRange t = cta_rows(m);
@@ -816,19 +829,19 @@ __global__ void __launch_bounds__(kCoreThreads)
   acc_t* part = ws + int64_t(blockIdx.x) * n_part;
   stage(Ss, S, r);
   stage(as, a, k);
-  if (stage_params) stage(Cs, C, rk);
+  if (stage_params) stage_rows(Cs, C, r, k, ldc);
   for (int64_t row0 = c0; row0 < c1; row0 += rows_per_tile) {
     const int rows = int(c1 - row0 < rows_per_tile ? c1 - row0 : rows_per_tile);
-    load_tile(P, r, p, row0, rows, r);
-    load_tile(D, r, dh, row0, rows, r);
+    load_tile(P, ldp, p, row0, rows, r);
+    load_tile(D, ldp, dh, row0, rows, r);
     __syncthreads();
     for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {
       const int row = e / k, m = e % k;
-      const acc_t* pr = P + row * r;
-      const acc_t* dr = D + row * r;
+      const acc_t* pr = P + row * ldp;
+      const acc_t* dr = D + row * ldp;
       acc_t v = 0, dw = 0;
       for (int j = 0; j < r; ++j) {
-        const acc_t cjm = Csrc[int64_t(j) * k + m];
+        const acc_t cjm = Csrc[int64_t(j) * ldc + m];
         v += pr[j] * Ss[j] * cjm;
         dw -= dr[j] * cjm;
       }
@@ -839,10 +852,10 @@ __global__ void __launch_bounds__(kCoreThreads)
     for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {  // dp = (dh + C dv) S, dv = coeff a dw
       const int row = e / r, j = e % r;
       const acc_t* wr = W + row * k;
-      const acc_t* Cj = Csrc + int64_t(j) * k;
+      const acc_t* Cj = Csrc + int64_t(j) * ldc;
       acc_t acc = 0;
       for (int m = 0; m < k; ++m) acc += Cj[m] * (coeff * as[m] * wr[m]);
-      st(dp + row0 * r + e, (D[e] + acc) * Ss[j]);
+      st(dp + row0 * r + e, (D[row * ldp + j] + acc) * Ss[j]);
     }
     const bool first = row0 == c0;
     for (int64_t o = threadIdx.x; o < n_part; o += blockDim.x) {
@@ -851,8 +864,8 @@ __global__ void __launch_bounds__(kCoreThreads)
         const int j = int(o / k), m = int(o % k);
         const acc_t ca = coeff * as[m];
         for (int row = 0; row < rows; ++row) {
-          const acc_t h0 = P[row * r + j] * Ss[j];
-          acc += h0 * (ca * W[row * k + m]) - D[row * r + j] * (V[row * k + m] * ca);
+          const acc_t h0 = P[row * ldp + j] * Ss[j];
+          acc += h0 * (ca * W[row * k + m]) - D[row * ldp + j] * (V[row * k + m] * ca);
         }
       } else {  // da_m += coeff v_m dw_m
         const int m = int(o - rk);
@@ -868,8 +881,9 @@ template <>
 struct CoreLaunch<Core::ablate> {
   static constexpr int final_mode = kFinalNone;
   static TilePlan tile(const CoreParams& k, bool backward, size_t acc_bytes, int64_t max_rows) {
-    return plan_tile("ablate core", k.r, k.r + k.k, k.r * k.k, backward ? 2 * k.r + 2 * k.k : k.r + k.k, acc_bytes,
-                     max_rows);
+    const int64_t ldp = tile_ld(int(k.r));
+    return plan_tile("ablate core", k.r, k.r + k.k, k.r * odd_ld(int(k.k)), backward ? 2 * ldp + 2 * k.k : ldp + k.k,
+                     acc_bytes, max_rows);
   }
   template <typename T>
   static void forward(const CoreCall& c, const TilePlan& pl, ax::stream_t st) {

@@ -7,6 +7,8 @@
 // emu/checker.h). All device memory is ax_emu::DeviceBuffer: inputs initialised, outputs and workspaces
 // poisoned and uninitialised, so an entry a kernel forgets to write, or a partial it reads before writing,
 // fails; launches must use the stream the API was given.
+#include <map>
+
 #include "csrc/kernels/launch_cores.cuh"
 #include "csrc/kernels/rowcore.h"
 #include "tests/cpp/kernel_test_util.h"
@@ -246,6 +248,27 @@ AX_TEST(cores_tile_fills_are_vector_and_conflict_free) {
   }
   AX_CHECK(loads > 0);
   AX_CHECK(stores > 0);
+}
+
+// The shared layouts of the low-rank core in the emulator's memory model (checked build only): with A, B and the row
+// tiles in their padded strides each dplr kernel's shared accesses, weighted by count as in kernel_metrics.md, are
+// within the 1.25 bank-conflict target at the training width r 256 and rank 8.
+AX_TEST(cores_dplr_shared_layout_is_conflict_free) {
+  if (!ax_emu::checked_build()) return;
+  ax_emu::start_metrics();
+  check_core<__nv_bfloat16>(ax::Core::dplr, Shape{64, 256, 8, 0}, 0.9, false, 8);
+  const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
+  std::map<std::string, std::pair<double, double>> per_kernel;  // wavefronts, conflict-free wavefronts
+  for (const ax_emu::MetricRow& m : rows)
+    if (m.shared && m.kernel.find("dplr") != std::string::npos) {
+      per_kernel[m.kernel].first += m.wavefronts;
+      per_kernel[m.kernel].second += m.ideal_wavefronts;
+    }
+  AX_CHECK_EQ(per_kernel.size(), size_t(2));
+  for (const auto& [kernel, wf] : per_kernel) {
+    std::printf("    %s: bank-conflict factor %.3f\n", kernel.c_str(), wf.first / wf.second);
+    AX_CHECK(wf.first <= 1.25 * wf.second);
+  }
 }
 
 AX_TEST(cores_same_bits_for_every_schedule) {
