@@ -131,8 +131,11 @@ inline int64_t core_entry_rows(int64_t n, const CoreParams& c) { return c.entrie
 // in chunk order) times the chain-rule factor at the group's coefficient (the sum starting from the first group's
 // value; with a bank, over the groups of each adapter, 0 for an adapter no group runs); a per-group entry is its
 // group's sum.
+// Chunks: at least kCoreChunks per group of at least 16 * kCoreChunks rows, so a backward grid holds twice the SMs of
+// an H100 / H200 (132); a constant, not the device's SM count, so every engine chunks the same way.
+constexpr int64_t kCoreChunks = 264;
 inline int64_t core_rows_per_chunk(int64_t rows) {
-  const int64_t c = (rows + 127) / 128;
+  const int64_t c = rows / kCoreChunks;
   return c > 16 ? c : 16;
 }
 inline int64_t core_chunks_per_entry(int64_t rows) {

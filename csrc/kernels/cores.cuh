@@ -186,10 +186,13 @@ template <typename T, typename acc_t>
 __device__ __forceinline__ bool vec_rows(const T* x, int r, const acc_t* dst, int ldd) {
   return r % vec_elems<T>() == 0 && ldd % int(16 / sizeof(acc_t)) == 0 && aligned16(x) && aligned16(dst);
 }
-// One vector of T at src (16-byte aligned) as accumulators.
+// One vector of T at src (16-byte aligned); its elements as accumulators.
+template <typename T>
+__device__ __forceinline__ Vec<T> ld_vec(const T* src) {
+  return *reinterpret_cast<const Vec<T>*>(src);
+}
 template <typename T, typename acc_t>
-__device__ __forceinline__ void ld_vec(acc_t (&a)[vec_elems<T>()], const T* src) {
-  const Vec<T> x = *reinterpret_cast<const Vec<T>*>(src);
+__device__ __forceinline__ void widen(acc_t (&a)[vec_elems<T>()], const Vec<T>& x) {
 #pragma unroll
   for (int q = 0; q < vec_elems<T>(); ++q) a[q] = ld<acc_t>(x.e + q);
 }
@@ -252,19 +255,31 @@ __device__ __forceinline__ void stage_rows(acc_t* dst, const acc_t* src, int n, 
   for (int e = threadIdx.x; e < n * w; e += blockDim.x) dst[(e / w) * ld + e % w] = __ldg(src + e);
 }
 
+// Vectors a thread of a tile fill has in flight before it stores any: 4 x 16 bytes x 256 threads = 16 KiB per CTA.
+constexpr int kFillBatch = 4;
+
 // Loads rows [row0, row0 + rows) of x (width r) into a shared tile of row stride ldd as accumulators: vectors when
-// vec_rows allows, else one element per trip.
+// vec_rows allows (kFillBatch loads issued before their stores), else one element per trip.
 template <typename T, typename acc_t>
 __device__ __forceinline__ void load_tile(acc_t* dst, int ldd, const T* x, int64_t row0, int rows, int r) {
   constexpr int V = vec_elems<T>();
   const T* src = x + row0 * r;
   if (vec_rows(src, r, dst, ldd)) {
-    const int per_row = r / V, cnt = rows * per_row;
-    for (int v = threadIdx.x; v < cnt; v += blockDim.x) {
-      const int row = v / per_row, col = (v - row * per_row) * V;
-      acc_t a[V];
-      ld_vec(a, src + int64_t(row) * r + col);
-      st_packs(dst + row * ldd + col, a);
+    const int per_row = r / V, cnt = rows * per_row, step = int(blockDim.x);
+    for (int v0 = threadIdx.x; v0 < cnt; v0 += kFillBatch * step) {
+      Vec<T> raw[kFillBatch];
+#pragma unroll
+      for (int b = 0; b < kFillBatch; ++b)
+        if (v0 + b * step < cnt) raw[b] = ld_vec(src + int64_t(v0 + b * step) * V);  // rows are contiguous in x
+#pragma unroll
+      for (int b = 0; b < kFillBatch; ++b) {
+        const int v = v0 + b * step;
+        if (v >= cnt) break;
+        const int row = v / per_row, col = (v - row * per_row) * V;
+        acc_t a[V];
+        widen(a, raw[b]);
+        st_packs(dst + row * ldd + col, a);
+      }
     }
     return;
   }
@@ -346,7 +361,7 @@ __global__ void __launch_bounds__(kCoreThreads)
     for (int64_t v = threadIdx.x; v < cnt / V; v += blockDim.x) {
       const int64_t e = base + v * V;
       acc_t a[V], sv[V];
-      ld_vec(a, p + e);
+      widen(a, ld_vec(p + e));
       ld_packs(sv, s + int(v * V % r));
 #pragma unroll
       for (int q = 0; q < V; ++q) a[q] = a[q] * sv[q];

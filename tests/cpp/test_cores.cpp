@@ -191,14 +191,14 @@ AX_TEST(cores_f64_bit_exact) { check_all_cores<double>(2); }
 AX_TEST(cores_f16_bit_exact) { check_all_cores<__half>(3); }
 AX_TEST(cores_bf16_bit_exact) { check_all_cores<__nv_bfloat16>(4); }
 
-// Several row tiles per reduction CTA for every tiled core: 4200 rows make 33-row chunks, two tiles of
+// Several row tiles per reduction CTA for every tiled core: 8779 rows make 33-row chunks, two tiles of
 // at most 32 rows each (the barriers between tiles matter only there).
 AX_TEST(cores_several_row_tiles_per_cta) {
-  check_core<float>(ax::Core::dplr, Shape{4200, 20, 3, 0}, 0.9, false, 6);
-  check_core<__nv_bfloat16>(ax::Core::rot, Shape{4200, 20, 4, 1}, -0.6, false, 6);
-  check_core<float>(ax::Core::rot, Shape{4200, 24, 3, 2}, 0.7, false, 6);
-  check_core<__half>(ax::Core::ablate, Shape{4200, 20, 2, 0}, 0.8, false, 6);
-  check_core<float>(ax::Core::gain, Shape{4200, 20, 1, 0}, 0.5, true, 6);
+  check_core<float>(ax::Core::dplr, Shape{8779, 20, 3, 0}, 0.9, false, 6);
+  check_core<__nv_bfloat16>(ax::Core::rot, Shape{8779, 20, 4, 1}, -0.6, false, 6);
+  check_core<float>(ax::Core::rot, Shape{8779, 24, 3, 2}, 0.7, false, 6);
+  check_core<__half>(ax::Core::ablate, Shape{8779, 20, 2, 0}, 0.8, false, 6);
+  check_core<float>(ax::Core::gain, Shape{8779, 20, 1, 0}, 0.5, true, 6);
 }
 
 AX_TEST(cores_wide_tiles_and_unstaged_params) {
