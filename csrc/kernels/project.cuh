@@ -86,8 +86,12 @@ __device__ __forceinline__ float proj_weight(const ProjCoreArgs& c, const ProjRo
 
 __host__ __device__ inline bool proj_is_lowrank(int core) { return core == kProjDplr || core == kProjAblate; }
 
-// Shared memory of the epilogue in floats: P (32 rows x r), s (r), d (k), Q (32 x k).
-__host__ __device__ inline int proj_epilogue_floats(int r, int k) { return kProjBM * r + r + k + kProjBM * k; }
+// Row stride of the fp32 P tile in shared memory: 8 (mod 32) floats, so that the C fragments' 8-byte stores (a
+// half warp: 4 rows x 4 column pairs) fill the 32 banks once (a stride of 256 puts the 8 rows of a warp in one
+// bank group: 8-way).
+__host__ __device__ inline int proj_ld(int r) { return r + (8 - r % 32 + 32) % 32; }
+// Shared memory of the epilogue in floats: P (32 rows, stride proj_ld(r)), s (r), d (k), Q (32 x k).
+__host__ __device__ inline int proj_epilogue_floats(int r, int k) { return kProjBM * proj_ld(r) + r + k + kProjBM * k; }
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
@@ -103,6 +107,16 @@ __device__ __forceinline__ void mma16816<__half>(float d[4], const uint32_t a[4]
 }
 
 __device__ __forceinline__ uint32_t ld_u32(const void* p) { return *static_cast<const uint32_t*>(p); }
+// Columns col, col + 1 of a row at dst, of which `left` are inside the row: one 8-byte store when both are and dst
+// is 8-byte aligned (an odd row width leaves every other row of a workspace unaligned).
+__device__ __forceinline__ void st_pair(float* dst, int left, float a, float b) {
+  if (left >= 2 && (reinterpret_cast<uintptr_t>(dst) & 7) == 0) {
+    *reinterpret_cast<float2*>(dst) = make_float2(a, b);
+  } else {
+    if (left >= 1) dst[0] = a;
+    if (left >= 2) dst[1] = b;
+  }
+}
 
 // s_j (and the low-rank weights d_j) into shared memory, for an unsteered call (a steered one computes them per
 // row in the epilogue).
@@ -114,20 +128,21 @@ __device__ __forceinline__ void proj_scales(float* s, float* d, int r, const Pro
     for (int j = threadIdx.x; j < c.k; j += blockDim.x) d[j] = proj_weight(c, rc, j);
 }
 
-// h (and p) of `rows` rows from the fp32 P tile in shared memory (expressions of rot_forward_kernel).
+// h (and p) of `rows` rows from the fp32 P tile in shared memory, row stride proj_ld(r) (expressions of
+// rot_forward_kernel).
 // Low-rank cores first form Q = (P u) L d (rows x k) in shared memory: the caller's barrier after
 // P and s, one here after Q. Every thread reaches it (the core is uniform over the grid).
 template <typename T>
 __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const float* d, float* Q, int rows, int r,
                                               const ProjCoreArgs& c, int64_t row0, T* h, T* p_out) {
-  const int k = c.k;
+  const int k = c.k, ldp = proj_ld(r);
   const bool lowrank = proj_is_lowrank(c.core);
   const bool steered = c.coeffs != nullptr;
   if (lowrank) {
     for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {
       const int row = e / k, j = e % k;
       const ProjRowCore rc = proj_row_core(c, r, row0 + row);
-      const float* pr = P + row * r;
+      const float* pr = P + row * ldp;
       float acc = 0.f;
       if (c.core == kProjDplr)
         for (int col = 0; col < r; ++col) acc += pr[col] * __ldg(rc.A + int64_t(j) * r + col);
@@ -142,12 +157,13 @@ __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const fl
     const int row = e / r, col = e % r;
     const ProjRowCore rc = proj_row_core(c, r, row0 + row);
     auto sc = [&](int j) { return steered ? proj_scale(c, rc, j) : s[j]; };
-    if (p_out) st(p_out + row0 * r + e, P[e]);
+    const float pe = P[row * ldp + col];
+    if (p_out) st(p_out + row0 * r + e, pe);
     float acc;
     if (c.core == kProjRot && c.side != kRotNone) {
       const int bs = c.bs, i = col % bs, b0 = col - i;
       const float* Rb = rc.R + int64_t(b0) * bs;
-      const float* pb = P + row * r + b0;
+      const float* pb = P + row * ldp + b0;
       acc = 0.f;
       if (c.side == kRotV) {
         for (int j = 0; j < bs; ++j) acc += __ldg(Rb + i * bs + j) * pb[j];
@@ -156,7 +172,7 @@ __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const fl
         for (int j = 0; j < bs; ++j) acc += pb[j] * sc(b0 + j) * __ldg(Rb + j * bs + i);
       }
     } else {
-      acc = P[e] * sc(col);
+      acc = pe * sc(col);
       if (lowrank) {
         const float* q = Q + row * k;
         const float* m = rc.B + int64_t(col) * k;
@@ -238,26 +254,27 @@ __global__ void __launch_bounds__(kProjThreads, 1)
   }
   ax::cp_async_wait<0>();
 
-  // C fragment: (row g | g+8, col nt*8 + tq*2 + {0,1}) of the warp's m-tile.
+  // C fragment: (row g | g+8, col nt*8 + tq*2 + {0,1}) of the warp's m-tile, stored as column pairs (8 bytes).
   if (ws != nullptr) {
     float* part = ws + (int64_t(blockIdx.y) * n + row0) * r;
 #pragma unroll
     for (int j = 0; j < NT; ++j)
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int row = mi * 16 + g + (q >= 2 ? 8 : 0), col = (nh + 2 * j) * 8 + tq * 2 + (q & 1);
-        if (row < rows && col < r) part[row * r + col] = acc[j][q];
+      for (int h2 = 0; h2 < 2; ++h2) {
+        const int row = mi * 16 + g + 8 * h2, col = (nh + 2 * j) * 8 + tq * 2;
+        if (row < rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);
       }
     return;
   }
+  const int ldp = proj_ld(r);
   float* P = dyn_smem<float>();  // reuses the stage buffers (all reads of them are behind the last barrier)
-  float *s = P + kProjBM * r, *d = s + r, *Q = d + c.k;
+  float *s = P + kProjBM * ldp, *d = s + r, *Q = d + c.k;
 #pragma unroll
   for (int j = 0; j < NT; ++j)
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int row = mi * 16 + g + (q >= 2 ? 8 : 0), col = (nh + 2 * j) * 8 + tq * 2 + (q & 1);
-      if (row < rows && col < r) P[row * r + col] = acc[j][q];
+    for (int h2 = 0; h2 < 2; ++h2) {
+      const int row = mi * 16 + g + 8 * h2, col = (nh + 2 * j) * 8 + tq * 2;
+      if (row < rows) st_pair(P + row * ldp + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);
     }
   proj_scales(s, d, r, c);
   __syncthreads();
@@ -269,14 +286,15 @@ template <typename T>
 __global__ void __launch_bounds__(kProjThreads, 1)  // minBlocks 1: else ptxas caps it at 32 registers on sm_80 and spills
     project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, ProjCoreArgs c,
                           T* __restrict__ h, T* __restrict__ p_out) {
+  const int ldp = proj_ld(r);
   float* P = dyn_smem<float>();
-  float *s = P + kProjBM * r, *d = s + r, *Q = d + c.k;
+  float *s = P + kProjBM * ldp, *d = s + r, *Q = d + c.k;
   const int64_t row0 = int64_t(blockIdx.x) * kProjBM;
   const int rows = int(n - row0 < kProjBM ? n - row0 : kProjBM);
   for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {
     float tot = 0.f;
     for (int k = 0; k < splits; ++k) tot += ws[(int64_t(k) * n + row0) * r + e];
-    P[e] = tot;
+    P[(e / r) * ldp + e % r] = tot;
   }
   proj_scales(s, d, r, c);
   __syncthreads();

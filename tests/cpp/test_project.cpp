@@ -126,6 +126,7 @@ AX_TEST(project_prefill_matches_reference) {
   check_project<__half>(64, 56, 256, 3, 0, 1, 14, 32);       // ablate, r 256 and k 32: the largest epilogue
   check_project<__nv_bfloat16>(35, 96, 66, 0, 0, 1, 17);     // r just past 64 (8 n-tiles per warp), 6 K steps
   check_project<__half>(19, 48, 130, 1, 2, 2, 18);           // r just past 128 (16 n-tiles), rot U, 3 K steps
+  check_project<__nv_bfloat16>(10, 64, 33, 0, 0, 1, 20);     // odd r: the last column pair of a row is one column
 }
 
 AX_TEST(project_decode_split_k_matches_reference) {
@@ -134,6 +135,7 @@ AX_TEST(project_decode_split_k_matches_reference) {
   check_project<__nv_bfloat16>(1, 1536, 20, 0, 0, 1, 9);  // one token
   check_project<__half>(3, 1024, 40, 2, 0, 1, 15, 5);       // dplr through the finish kernel
   check_project<__nv_bfloat16>(7, 2048, 24, 3, 0, 1, 16, 4);  // ablate through the finish kernel
+  check_project<__half>(3, 1024, 21, 0, 0, 1, 19);            // odd r: every other workspace row is not 8-byte aligned
 }
 
 AX_TEST(project_same_bits_for_every_schedule) {
