@@ -61,7 +61,7 @@ struct Buffers {
   ax_emu::DeviceBuffer<float>*C = dev<float>(kR * 1, "C"), *a = dev<float>(1, "a", 0.1, 0.5);
   ax_emu::DeviceBuffer<float>* t = dev<float>(kR * 64, "rot_T"), *G = dev<float>(kR * 64, "grad_R");
   ax_emu::DeviceBuffer<float>*Rc = dev<float>(kR * 64, "R"), *dt = dev<float>(kR * 64, "dt");
-  ax_emu::DeviceBuffer<float>* ws = dev<float>(ax::core_chunks_per_entry(kRows) * (kR + 2 * 8 * kR) +
+  ax_emu::DeviceBuffer<float>* ws = dev<float>(ax::core_chunks_per_entry(kRows) * ax::core_slice(kR + 2 * 8 * kR) +
                                                    ax::project_workspace_elems(16, kDin, kR),
                                                "workspace");
   ax_emu::DeviceBuffer<float>* dparams = dev<float>(kR + 2 * 8 * kR, "dparams");

@@ -6,8 +6,8 @@ a race, a cp.async refill too early, a split-K finish in the same launch, an off
 fragment registers, a missing cp_async_wait, a launch on the wrong stream, ...). For each, the kernel tests
 of the family it changes (tests/cpp/test_{cores,cayley,project}.cpp) are built in the emulator's checked
 build (emu/checker.h) from the mutated copy and run; the mutant is killed when they fail (a wrong value or
-an emulator error). The unmutated source is built and run the same way first: it must pass, or the kill
-count means nothing.
+an emulator error). The unmutated source is built and run the same way, beside the mutants: it must pass, or
+the kill count means nothing.
 
 Usage: python tools/mutation_suite.py [--jobs 2] [--only ID ...] [--list] [--out report.md]
 Exits non-zero if the baseline fails, a mutation no longer applies (the source changed: update its
@@ -54,16 +54,18 @@ MUTANTS = [
     ("split-k-finish-in-same-launch",
      "the last split-K CTA sums the other CTAs' partials in the same launch (no finish kernel)",
      [("csrc/kernels/project.cuh",
-       "        if (row < rows && col < r) part[row * r + col] = acc[j][q];\n      }\n    return;\n  }\n",
-       "        if (row < rows && col < r) part[row * r + col] = acc[j][q];\n      }\n"
+       "        if (row < rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);\n      }\n"
+       "    return;\n  }\n",
+       "        if (row < rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);\n      }\n"
        "    if (blockIdx.y + 1 != gridDim.y) return;\n"
        "    __syncthreads();\n"
+       "    const int ldp = proj_ld(r);\n"
        "    float* P = dyn_smem<float>();\n"
-       "    float *s = P + kProjBM * r, *d = s + r, *Q = d + c.k;\n"
+       "    float *s = P + kProjBM * ldp, *d = s + r, *Q = d + c.k;\n"
        "    for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {\n"
        "      float tot = 0.f;\n"
        "      for (int k = 0; k < int(gridDim.y); ++k) tot += ws[(int64_t(k) * n + row0) * r + e];\n"
-       "      P[e] = tot;\n"
+       "      P[(e / r) * ldp + e % r] = tot;\n"
        "    }\n"
        "    proj_scales(s, d, r, c);\n"
        "    __syncthreads();\n"
@@ -79,8 +81,8 @@ MUTANTS = [
     ("off-by-one-split-k-partial",
      "a split-K CTA writes one partial row past its rows (into the next split's slice)",
      [("csrc/kernels/project.cuh",
-       "        if (row < rows && col < r) part[row * r + col] = acc[j][q];",
-       "        if (row <= rows && col < r) part[row * r + col] = acc[j][q];")]),
+       "        if (row < rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);",
+       "        if (row <= rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);")]),
     ("swapped-mma-fragment-registers",
      "a[1] and a[2] of the A fragment exchanged",
      [("csrc/kernels/project.cuh",
@@ -114,8 +116,8 @@ MUTANTS = [
        "      acc_t acc = part[o];\n      if (o < r) {\n        const int j = int(o);\n        if (side == kRotV)")]),
     ("reduce-one-cta-too-many",
      "the second-stage reduction sums one CTA slice past the workspace",
-     [("csrc/kernels/cores.cuh", "    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) sum += ws[c * n_part + j];",
-       "    for (int64_t c = e * per_entry; c <= (e + 1) * per_entry; ++c) sum += ws[c * n_part + j];")]),
+     [("csrc/kernels/cores.cuh", "    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) sum += ws[c * slice + j];",
+       "    for (int64_t c = e * per_entry; c <= (e + 1) * per_entry; ++c) sum += ws[c * slice + j];")]),
     ("deleted-barrier-low-rank-epilogue",
      "the projection epilogue reads Q = (P u) L d before all of it is written",
      [("csrc/kernels/project.cuh", "      Q[e] = acc * (steered ? proj_weight(c, rc, j) : d[j]);\n    }\n    __syncthreads();\n",
@@ -167,6 +169,18 @@ MUTANTS = [
 ]
 
 
+# Optimisation of the mutants' checked builds (emu/emu.cmake's AX_CHECKED_OPT): -O1 -g1 compiles a kernel test in
+# about half the time of the default -O2 -g; the checks are the same instrumentation.
+CHECKED_OPT = "-O1;-g1"
+
+# Tests a mutant runs first (by target) before the rest of its targets' tests: the ones written for its bug, which
+# otherwise run after every other test of the binary.
+_STEERED = {"test_cores_checked": ["cores_steered_groups_equal_unsteered_calls",
+                                   "cores_bank_groups_equal_unsteered_calls_of_their_adapter"]}
+FIRST_TESTS = {"steering-group-zero-coefficient": _STEERED, "steering-shared-rotation": _STEERED,
+               "bank-adapter-zero-parameters": _STEERED,
+               "projection-steering-group-zero": {"test_project_checked": ["project_steered_groups_equal_unsteered_calls"]}}
+
 # The checked test target that exercises each kernel file.
 FAMILY_TARGETS = {"csrc/kernels/cores.cuh": "test_cores_checked", "csrc/kernels/launch_cores.cuh": "test_cores_checked",
                   "csrc/kernels/cayley.cuh": "test_cayley_checked", "csrc/kernels/launch_cayley.cuh": "test_cayley_checked",
@@ -208,18 +222,20 @@ def prepare(workdir, edits):
         f.write_text(text.replace(old, new))
 
 
-def build_and_test(workdir, cuda_home, timeout, targets):
+def build_and_test(workdir, cuda_home, timeout, targets, first=None):
     build = workdir / "build"
     rc, out, _ = run(["cmake", "-S", str(workdir), "-B", str(build), "-DCMAKE_BUILD_TYPE=Debug",
-                      f"-DAX_CUDA_HOME={cuda_home}"], workdir, timeout)
+                      f"-DAX_CUDA_HOME={cuda_home}", f"-DAX_CHECKED_OPT={CHECKED_OPT}"], workdir, timeout)
     if rc:
         return "build", out
     rc, out, _ = run(["cmake", "--build", str(build), "--target", *targets], workdir, timeout)
     if rc:
         return "build", out
     outputs = []
-    for target in targets:  # a mutant is killed by its first failing test: the rest need not run
-        rc, out, _ = run([str(build / target), "--fail-fast"], workdir, timeout)
+    runs = [[str(build / t), "--fail-fast", *names] for t, names in (first or {}).items() if t in targets]
+    runs += [[str(build / target), "--fail-fast"] for target in targets]
+    for cmd in runs:  # a mutant is killed by its first failing test: the rest need not run
+        rc, out, _ = run(cmd, workdir, timeout)
         outputs.append(out)
         if rc:
             return "fail", out
@@ -243,7 +259,7 @@ def one(mid, what, edits, cuda_home, timeout, keep):
         except ValueError as e:
             return mid, what, "stale", str(e), 0.0
         t0 = time.time()
-        status, out = build_and_test(work, cuda_home, timeout, targets_of(edits))
+        status, out = build_and_test(work, cuda_home, timeout, targets_of(edits), FIRST_TESTS.get(mid))
         if keep:
             shutil.copytree(work, Path(keep) / mid, dirs_exist_ok=True)
         return mid, what, status, out, time.time() - t0
@@ -278,23 +294,27 @@ def main():
         mutants = [m for m in MUTANTS if m[0] in args.only]
 
     t0 = time.time()
-    say(f"baseline: building {', '.join(ALL_TARGETS)} from the unmutated source ...")
-    _, _, status, out, secs = one("baseline", "", [], cuda_home, args.timeout, args.keep)
-    if status != "pass":
-        print(f"mutation_suite: the unmutated kernel tests do not pass ({status}):\n{out[-4000:]}", file=sys.stderr)
-        return 1
-    say(f"baseline: passes ({secs:.0f} s)")
-
-    results = []
+    # The baseline runs in the pool beside the mutants (first in the queue); the suite fails if it does not pass.
+    say(f"baseline: building {', '.join(ALL_TARGETS)} from the unmutated source, beside the mutants ...")
+    results, baseline = [], None
     with cf.ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futs = [pool.submit(one, mid, what, edits, cuda_home, args.timeout, args.keep) for mid, what, edits in mutants]
+        futs = [pool.submit(one, "baseline", "", [], cuda_home, args.timeout, args.keep)]
+        futs += [pool.submit(one, mid, what, edits, cuda_home, args.timeout, args.keep) for mid, what, edits in mutants]
         for f in cf.as_completed(futs):
             mid, what, status, out, secs = f.result()
+            if mid == "baseline":
+                baseline = (status, out)
+                say(f"baseline: {'passes' if status == 'pass' else 'FAILS'} ({secs:.0f} s)")
+                continue
             verdict = {"fail": "killed", "pass": "SURVIVED", "build": "BUILD FAILED", "stale": "STALE"}[status]
             detail = first_failure(out) if status == "fail" else (out[-1500:] if status != "pass" else "tests passed")
             results.append((mid, what, verdict, detail, secs))
             say(f"{mid}: {verdict} ({secs:.0f} s): {detail.splitlines()[0] if detail else ''}")
 
+    if baseline is None or baseline[0] != "pass":
+        print(f"mutation_suite: the unmutated kernel tests do not pass ({baseline[0] if baseline else 'not run'}):\n"
+              f"{baseline[1][-4000:] if baseline else ''}", file=sys.stderr)
+        return 1
     order = {m[0]: i for i, m in enumerate(MUTANTS)}
     results.sort(key=lambda r: order[r[0]])
     killed = sum(r[2] == "killed" for r in results)

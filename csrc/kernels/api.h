@@ -23,6 +23,8 @@
 #include <type_traits>
 #include <vector>
 
+#include "csrc/kernels/math.h"
+
 // What this build holds (setup.py defines them; 0 / "" elsewhere, e.g. the torch-free tests).
 #ifndef AX_WITH_CUDA
 #define AX_WITH_CUDA 0
@@ -145,7 +147,12 @@ inline int64_t core_chunks_per_entry(int64_t rows) {
 inline int64_t core_chunks(int64_t n, const CoreParams& c) {
   return c.entries * core_chunks_per_entry(core_entry_rows(n, c));
 }
-inline int64_t core_workspace_elems(int64_t n, const CoreParams& c) { return core_chunks(n, c) * core_partials(c); }
+// Stride of a chunk's slice of partials in the workspace: the partials rounded up to 8 accumulators, so every slice
+// starts on a 32-byte sector (the second stage reads one entry of each slice per thread: whole sectors per warp).
+AX_HD inline int64_t core_slice(int64_t partials) { return (partials + 7) / 8 * 8; }
+inline int64_t core_workspace_elems(int64_t n, const CoreParams& c) {
+  return core_chunks(n, c) * core_slice(core_partials(c));
+}
 
 // A core forward (p -> h) or backward (grad_h, p -> dp, dparams) over n rows.
 struct CoreCall {

@@ -241,13 +241,14 @@ __device__ __forceinline__ void ld_packs(acc_t (&a)[V], const acc_t* src) {
 // Shared-memory row strides against bank conflicts (32 banks of 4 bytes).
 // odd_ld(n): rows of n read by the lanes of consecutive rows at one column (rot's R, dplr's B, ablate's C): an odd
 // stride puts 32 rows in 32 banks (a stride of 8 is 8-way conflicted).
-// tile_ld(r): a row tile that the lanes of one instruction read on different rows at one column (dplr, ablate: a lane
-// per row and low-rank index): an odd number of 16-byte groups keeps the rows 16-byte aligned for the vector fills
-// and puts up to 8 rows in 8 distinct bank groups (a stride of 256 puts them all in one bank).
+// tile_ld(r, width): a row tile that the lanes of one instruction read on different rows, `width` consecutive columns
+// per row (dplr, ablate: lanes per row and low-rank index): an odd number of width-element groups (width 4 or 8)
+// keeps the rows 16-byte aligned for the vector fills and puts 32 / width rows in distinct banks (a stride of 256 puts
+// them all in one bank).
 __host__ __device__ inline int odd_ld(int n) { return n % 2 == 0 ? n + 1 : n; }
-__host__ __device__ inline int tile_ld(int r) {
-  const int groups = (r + 3) / 4;
-  return 4 * (groups % 2 == 0 ? groups + 1 : groups);
+__host__ __device__ inline int tile_ld(int r, int width = 4) {
+  const int groups = (r + width - 1) / width;
+  return width * (groups % 2 == 0 ? groups + 1 : groups);
 }
 // Parameters of n rows of width w into shared memory with row stride ld.
 template <typename acc_t>
@@ -384,7 +385,7 @@ __global__ void __launch_bounds__(kCoreThreads)
   const acc_t coeff = entry_coeff(m, t.entry);
   const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
   x += ad * r;
-  acc_t* part = ws + int64_t(blockIdx.x) * r;
+  acc_t* part = ws + int64_t(blockIdx.x) * core_slice(r);
   for (int j = threadIdx.x; j < r; j += blockDim.x) {
     const acc_t sj = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
     acc_t acc = 0;
@@ -486,10 +487,10 @@ __global__ void __launch_bounds__(kCoreThreads)
 // Shared: s (r) | R (as in the forward, when staged) | P | D | X (rows_per_tile * r each); X holds the rotated p
 // (V side) or dh R^T (U side) of each element, for the ds partials.
 // Workspace slice per CTA: ds (r) | dR (r*bs).
-// minBlocks 3: with none ptxas caps this kernel at 40 registers on sm_90 (48 on sm_80) and spills; 3 CTAs (85 registers)
-// leave room for the shared-memory limit of 4 row tiles per SM.
+// minBlocks 2: with none ptxas caps this kernel at 40 registers on sm_90 (48 on sm_80) and spills, with 3 (85 registers)
+// it spills on sm_90.
 template <typename T>
-__global__ void __launch_bounds__(kCoreThreads, 3)
+__global__ void __launch_bounds__(kCoreThreads, 2)
     rot_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
                         int bs, int side, int rows_per_tile, bool stage_params,
                         const typename acc_of<T>::type* __restrict__ S,
@@ -511,7 +512,7 @@ __global__ void __launch_bounds__(kCoreThreads, 3)
   R += t.entry * R_stride;
   const acc_t* Rsrc = stage_params ? Rs : R;
   const int64_t c0 = t.row0, c1 = t.row1;
-  acc_t* part = ws + int64_t(blockIdx.x) * n_part;
+  acc_t* part = ws + int64_t(blockIdx.x) * core_slice(n_part);
   for (int j = threadIdx.x; j < r; j += blockDim.x) s[j] = __ldg(S + j) + coeff * __ldg(delta_s + j);
   if (stage_params) stage_rows(Rs, R, r, bs, ld);
   const int bb = bs * bs;
@@ -685,7 +686,7 @@ __global__ void __launch_bounds__(kCoreThreads, 1)
   const acc_t* Asrc = stage_params ? As : A;
   const acc_t* Bsrc = stage_params ? Bs : B;
   const int64_t c0 = t.row0, c1 = t.row1;
-  acc_t* part = ws + int64_t(blockIdx.x) * n_part;
+  acc_t* part = ws + int64_t(blockIdx.x) * core_slice(n_part);
   for (int j = threadIdx.x; j < r; j += blockDim.x)
     s[j] = diag_scale(kScaleGain, __ldg(S + j), __ldg(g + j), coeff, suppress_only);
   if (stage_params) {
@@ -770,7 +771,23 @@ struct CoreLaunch<Core::dplr> {
 
 // ------------------------------------------------------------------------------------------ ablate
 
-// Shared: S (r) | C (r rows, stride odd_ld(k), when staged) | P (tile rows, stride tile_ld(r)) | V (tile * k) | a (k).
+// Threads per (row, low-rank index) item of ablate's length-r sums (v = p S C, dw = -dh C): a power of 2 that keeps
+// the 256 threads busy on a 32-row tile (8 at k 1, 4 at k 2, 2 at k 3..4, else 1). Each sums every lanes-th term in
+// order; the lanes then add their sums in an xor butterfly (tests/cpp/row_oracles.h's split_sum).
+__host__ __device__ inline int ablate_lanes(int k) {
+  const int fit = kCoreThreads / (kCoreMaxTileRows * (k > 0 ? k : 1));
+  return fit >= 8 ? 8 : fit >= 4 ? 4 : fit >= 2 ? 2 : 1;
+}
+// Row stride of ablate's P and D tiles: ablate_lanes(k) consecutive columns per row in one instruction.
+__host__ __device__ inline int ablate_ld(int r, int k) { return tile_ld(r, ablate_lanes(k) > 4 ? ablate_lanes(k) : 4); }
+template <typename acc_t>
+__device__ __forceinline__ acc_t butterfly_sum(acc_t x, int lanes) {
+  for (int off = lanes / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
+  return x;
+}
+
+// Shared: S (r) | C (r rows, stride odd_ld(k), when staged) | P (tile rows, stride ablate_ld(r, k)) | V (tile * k) |
+// a (k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     ablate_forward_kernel(const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r, int k, int rows_per_tile,
@@ -778,7 +795,7 @@ __global__ void __launch_bounds__(kCoreThreads)
                           const typename acc_of<T>::type* __restrict__ C, const typename acc_of<T>::type* __restrict__ a,
                           T* __restrict__ h) {
   using acc_t = typename acc_of<T>::type;
-  const int ldp = tile_ld(r), ldc = stage_params ? odd_ld(k) : k;
+  const int ldp = ablate_ld(r, k), ldc = stage_params ? odd_ld(k) : k, lanes = ablate_lanes(k);
   acc_t* Ss = dyn_smem<acc_t>();
   acc_t* Cs = Ss + r;
   acc_t* P = Cs + (stage_params ? int64_t(r) * ldc : 0);
@@ -797,12 +814,17 @@ __global__ void __launch_bounds__(kCoreThreads)
   if (stage_params) stage_rows(Cs, C, r, k, ldc);
   load_tile(P, ldp, p, row0, rows, r);
   __syncthreads();
-  for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {  // v = coeff a (p S C)
-    const int row = e / k, m = e % k;
-    const acc_t* pr = P + row * ldp;
+  // v = coeff a (p S C): `lanes` threads per item e = (row, m); the trip count is warp-uniform for the butterfly
+  const int items = rows * k;
+  for (int t = threadIdx.x; t - int(threadIdx.x % 32) < items * lanes; t += blockDim.x) {
+    const int e = t / lanes, l = t % lanes, row = e / k, m = e % k;
     acc_t acc = 0;
-    for (int j = 0; j < r; ++j) acc += pr[j] * Ss[j] * Csrc[int64_t(j) * ldc + m];
-    V[e] = acc * (coeff * as[m]);
+    if (e < items) {
+      const acc_t* pr = P + row * ldp;
+      for (int j = l; j < r; j += lanes) acc += pr[j] * Ss[j] * Csrc[int64_t(j) * ldc + m];
+    }
+    acc = butterfly_sum(acc, lanes);
+    if (e < items && l == 0) V[e] = acc * (coeff * as[m]);
   }
   __syncthreads();
   for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {  // h = p S - C v
@@ -815,8 +837,8 @@ __global__ void __launch_bounds__(kCoreThreads)
   }
 }
 
-// Shared: S (r) | C (as in the forward, when staged) | P | D (tile rows, stride tile_ld(r)) | V | W (tile * k each) |
-// a (k): V = p S C, W = -dh C. Workspace slice per CTA: dC (r*k) | da (k).
+// Shared: S (r) | C (as in the forward, when staged) | P | D (tile rows, stride ablate_ld(r, k)) | V | W (tile * k
+// each) | a (k): V = p S C, W = -dh C. Workspace slice per CTA: dC (r*k) | da (k).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     ablate_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
@@ -826,7 +848,7 @@ __global__ void __launch_bounds__(kCoreThreads)
                            typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
   const int64_t rk = int64_t(r) * k, n_part = rk + k;
-  const int ldp = tile_ld(r), ldc = stage_params ? odd_ld(k) : k;
+  const int ldp = ablate_ld(r, k), ldc = stage_params ? odd_ld(k) : k, lanes = ablate_lanes(k);
   acc_t* Ss = dyn_smem<acc_t>();
   acc_t* Cs = Ss + r;
   acc_t* P = Cs + (stage_params ? int64_t(r) * ldc : 0);
@@ -841,7 +863,7 @@ __global__ void __launch_bounds__(kCoreThreads)
   a += ad * k;
   const acc_t* Csrc = stage_params ? Cs : C;
   const int64_t c0 = t.row0, c1 = t.row1;
-  acc_t* part = ws + int64_t(blockIdx.x) * n_part;
+  acc_t* part = ws + int64_t(blockIdx.x) * core_slice(n_part);
   stage(Ss, S, r);
   stage(as, a, k);
   if (stage_params) stage_rows(Cs, C, r, k, ldc);
@@ -850,18 +872,25 @@ __global__ void __launch_bounds__(kCoreThreads)
     load_tile(P, ldp, p, row0, rows, r);
     load_tile(D, ldp, dh, row0, rows, r);
     __syncthreads();
-    for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {
-      const int row = e / k, m = e % k;
-      const acc_t* pr = P + row * ldp;
-      const acc_t* dr = D + row * ldp;
+    const int items = rows * k;  // `lanes` threads per item, as in the forward
+    for (int t = threadIdx.x; t - int(threadIdx.x % 32) < items * lanes; t += blockDim.x) {
+      const int e = t / lanes, l = t % lanes, row = e / k, m = e % k;
       acc_t v = 0, dw = 0;
-      for (int j = 0; j < r; ++j) {
-        const acc_t cjm = Csrc[int64_t(j) * ldc + m];
-        v += pr[j] * Ss[j] * cjm;
-        dw -= dr[j] * cjm;
+      if (e < items) {
+        const acc_t* pr = P + row * ldp;
+        const acc_t* dr = D + row * ldp;
+        for (int j = l; j < r; j += lanes) {
+          const acc_t cjm = Csrc[int64_t(j) * ldc + m];
+          v += pr[j] * Ss[j] * cjm;
+          dw -= dr[j] * cjm;
+        }
       }
-      V[e] = v;
-      W[e] = dw;
+      v = butterfly_sum(v, lanes);
+      dw = butterfly_sum(dw, lanes);
+      if (e < items && l == 0) {
+        V[e] = v;
+        W[e] = dw;
+      }
     }
     __syncthreads();
     for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {  // dp = (dh + C dv) S, dv = coeff a dw
@@ -896,7 +925,7 @@ template <>
 struct CoreLaunch<Core::ablate> {
   static constexpr int final_mode = kFinalNone;
   static TilePlan tile(const CoreParams& k, bool backward, size_t acc_bytes, int64_t max_rows) {
-    const int64_t ldp = tile_ld(int(k.r));
+    const int64_t ldp = ablate_ld(int(k.r), int(k.k));
     return plan_tile("ablate core", k.r, k.r + k.k, k.r * odd_ld(int(k.k)), backward ? 2 * ldp + 2 * k.k : ldp + k.k,
                      acc_bytes, max_rows);
   }
@@ -938,11 +967,12 @@ __global__ void __launch_bounds__(kCoreThreads)
                            const int64_t* __restrict__ adapters, int64_t n_adapters, bool suppress_only,
                            acc_t* __restrict__ out) {
   const int64_t o = int64_t(blockIdx.x) * blockDim.x + threadIdx.x, n_shared = n_part - n_entry_part;
+  const int64_t slice = core_slice(n_part);  // a CTA's slice of the workspace
   if (o >= n_adapters * n_shared + entries * n_entry_part) return;
   if (o >= n_adapters * n_shared) {
     const int64_t q = o - n_adapters * n_shared, e = q / n_entry_part, j = n_shared + q % n_entry_part;
     acc_t tot = 0;
-    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) tot += ws[c * n_part + j];
+    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) tot += ws[c * slice + j];
     out[o] = tot;
     return;
   }
@@ -952,7 +982,7 @@ __global__ void __launch_bounds__(kCoreThreads)
   for (int64_t e = 0; e < entries; ++e) {
     if (clamp_adapter(adapters, n_adapters, e) != ad) continue;
     acc_t sum = 0;
-    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) sum += ws[c * n_part + j];
+    for (int64_t c = e * per_entry; c < (e + 1) * per_entry; ++c) sum += ws[c * slice + j];
     const acc_t ce = coeffs ? __ldg(coeffs + e) : coeff;
     if (j < r) {
       if (mode == kFinalGain) {

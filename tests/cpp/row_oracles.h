@@ -48,15 +48,27 @@ inline void dplr_row_backward(const acc_t* dh, const acc_t* p, const acc_t* s, c
   }
 }
 
-// ablate: h0 = p * S; v = h0 C (k); h = h0 - C (coeff * a * v).  C (r, k) row-major.
+// A sum over j < r as `lanes` threads of a kernel take it: thread l applies add(its sum, j) for j = l, l + lanes, ...
+// in order from 0, then the threads add their sums in an xor butterfly (offsets lanes / 2, ..., 1). lanes 1: in order.
+template <typename acc_t, typename Add>
+inline acc_t split_sum(int r, int lanes, Add add) {
+  acc_t part[32], next[32];
+  for (int l = 0; l < lanes; ++l) part[l] = 0;
+  for (int j = 0; j < r; ++j) add(part[j % lanes], j);
+  for (int off = lanes / 2; off > 0; off /= 2) {
+    for (int l = 0; l < lanes; ++l) next[l] = part[l] + part[l ^ off];
+    for (int l = 0; l < lanes; ++l) part[l] = next[l];
+  }
+  return part[0];
+}
+
+// ablate: h0 = p * S; v = h0 C (k); h = h0 - C (coeff * a * v).  C (r, k) row-major. The length-r sums of v (and of
+// the backward's dw) are split over `lanes` threads (the kernels' ablate_lanes(k)).
 template <typename acc_t>
 inline void ablate_row_forward(const acc_t* p, const acc_t* S, const acc_t* C, const acc_t* a, acc_t coeff, int r,
-                               int k, acc_t* v, acc_t* h) {
-  for (int m = 0; m < k; ++m) v[m] = 0;
-  for (int j = 0; j < r; ++j) {
-    const acc_t h0 = p[j] * S[j];
-    for (int m = 0; m < k; ++m) v[m] += h0 * C[j * k + m];
-  }
+                               int k, acc_t* v, acc_t* h, int lanes = 1) {
+  for (int m = 0; m < k; ++m)
+    v[m] = split_sum<acc_t>(r, lanes, [&](acc_t& sum, int j) { sum += p[j] * S[j] * C[j * k + m]; });
   for (int m = 0; m < k; ++m) v[m] *= coeff * a[m];
   for (int j = 0; j < r; ++j) {
     acc_t acc = 0;
@@ -69,14 +81,10 @@ inline void ablate_row_forward(const acc_t* p, const acc_t* S, const acc_t* C, c
 template <typename acc_t>
 inline void ablate_row_backward(const acc_t* dh, const acc_t* p, const acc_t* S, const acc_t* C, const acc_t* a,
                                 acc_t coeff, int r, int k, acc_t* v, acc_t* dv, acc_t* dp, acc_t* dC,
-                                acc_t* da) {
-  for (int m = 0; m < k; ++m) v[m] = dv[m] = 0;
-  for (int j = 0; j < r; ++j) {
-    const acc_t h0 = p[j] * S[j];
-    for (int m = 0; m < k; ++m) {
-      v[m] += h0 * C[j * k + m];
-      dv[m] -= dh[j] * C[j * k + m];  // dw for now
-    }
+                                acc_t* da, int lanes = 1) {
+  for (int m = 0; m < k; ++m) {
+    v[m] = split_sum<acc_t>(r, lanes, [&](acc_t& sum, int j) { sum += p[j] * S[j] * C[j * k + m]; });
+    dv[m] = split_sum<acc_t>(r, lanes, [&](acc_t& sum, int j) { sum -= dh[j] * C[j * k + m]; });  // dw for now
   }
   for (int m = 0; m < k; ++m) {
     const acc_t dw = dv[m];

@@ -77,7 +77,8 @@ void check_core(ax::Core core, Shape sh, double coeff, bool suppress, uint64_t s
         break;
       case ax::Core::rot: ax::rot_row_forward(x.data(), s.data(), P1.data(), int(side), int(r), int(bs), h.data()); break;
       case ax::Core::ablate:
-        ax::ablate_row_forward(x.data(), S.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(), h.data());
+        ax::ablate_row_forward(x.data(), S.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(), h.data(),
+                               K::kern::ablate_lanes(int(k)));
         break;
     }
     store_row(h, h_ref, i, r);
@@ -96,7 +97,7 @@ void check_core(ax::Core core, Shape sh, double coeff, bool suppress, uint64_t s
         break;
       case ax::Core::ablate:
         ax::ablate_row_backward(d.data(), x.data(), S.data(), P1.data(), P2.data(), A(coeff), int(r), int(k), w.data(),
-                                w.data() + k, dpr.data(), part, part + r * k);
+                                w.data() + k, dpr.data(), part, part + r * k, K::kern::ablate_lanes(int(k)));
         break;
     }
     store_row(dpr, dp_ref, i, r);
@@ -115,7 +116,7 @@ void check_core(ax::Core core, Shape sh, double coeff, bool suppress, uint64_t s
   Dev<T> p_d(shifted(p), "p"), dh_d(shifted(dh), "grad_h"), h_d(static_cast<size_t>(n * r + off), "h"),
       dp_d(static_cast<size_t>(n * r + off), "dp");
   Dev<A> S_d(S, "S"), g_d(g, "g"), P1_d(P1, "A/R/C"), P2_d(P2, "B/a"), dparams_d(static_cast<size_t>(n_part), "dparams");
-  Dev<A> ws_d(static_cast<size_t>(ax::core_chunks_per_entry(n) * n_part), "workspace");
+  Dev<A> ws_d(static_cast<size_t>(ax::core_chunks_per_entry(n) * ax::core_slice(n_part)), "workspace");
   void* st = test_stream();
   ax::CoreCall call;
   call.dtype = dtype_of<T>();
@@ -208,6 +209,8 @@ AX_TEST(cores_wide_tiles_and_unstaged_params) {
   check_core<float>(ax::Core::ablate, Shape{33, 640, 20, 0}, 0.8, false, 5);  // C does not fit, 8-row tiles
   check_core<double>(ax::Core::dplr, Shape{20, 200, 16, 0}, 0.9, true, 5);
   check_core<float>(ax::Core::gain, Shape{21, 3000, 1, 0}, 0.5, false, 5);
+  check_core<__nv_bfloat16>(ax::Core::ablate, Shape{70, 40, 1, 0}, 0.8, false, 5);  // k 1: 8 threads per sum
+  check_core<double>(ax::Core::ablate, Shape{37, 52, 2, 0}, 0.8, false, 5);          // k 2: 4 threads per sum
 }
 
 // Rows of a vector's width whose start is not 16-byte aligned (a view one element into its storage): the
@@ -355,7 +358,7 @@ void check_steered(ax::Core core, int64_t groups, int64_t rows, int64_t r, int64
                                       : P1.empty() ? P1 : slice(P1, ad);
     Dev<A> P1_d(P1_e, "A/R/C"), dparams_e(static_cast<size_t>(n_part), "dparams");
     Dev<A> g_e(slice(g, ad), "g"), P2_e(P2.empty() ? P2 : slice(P2, ad), "B/a");
-    Dev<A> ws_e(static_cast<size_t>(ax::core_chunks_per_entry(rows) * n_part), "workspace");
+    Dev<A> ws_e(static_cast<size_t>(ax::core_chunks_per_entry(rows) * ax::core_slice(n_part)), "workspace");
     ax::CoreCall call;
     call.dtype = dtype_of<T>();
     call.n = rows;
