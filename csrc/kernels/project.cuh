@@ -184,7 +184,10 @@ __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const fl
 }
 
 // cp.async of K step `step` (16 columns from k_begin + 16 step) of the x tile (32 rows) and the Vh
-// tile (RP rows) into stage step % 2; zero-filled outside x, Vh and the K range.
+// tile (RP rows) into stage step % 2; zero-filled outside x, Vh and the K range. Copy c moves half c / 8 % 2 of
+// row c / 16 * 8 + c % 8: a quarter warp writes one half of 8 consecutive rows, 8 distinct bank groups at the
+// 48-byte row stride (two lanes per row would put rows 0 and 3 in one), and a warp still reads both halves of its
+// 16 rows (whole 32-byte sectors).
 template <typename T, int RP>
 __device__ __forceinline__ void proj_issue(T* stages, int step, const T* x, const T* Vh, int64_t n, int d_in, int r,
                                            int64_t row0, int k_begin, int k_end) {
@@ -192,12 +195,12 @@ __device__ __forceinline__ void proj_issue(T* stages, int step, const T* x, cons
   T* svs = sxs + kProjBM * kProjLd;
   const int k0 = k_begin + step * kProjBK;
   for (int c = threadIdx.x; c < (kProjBM + RP) * 2; c += kProjThreads) {
-    const int row = c / 2, kk = k0 + (c % 2) * 8;
+    const int row = c / 16 * 8 + c % 8, half = c / 8 % 2, kk = k0 + half * 8;
     const bool is_x = row < kProjBM;
     const int rr = is_x ? row : row - kProjBM;
     const bool valid = kk < k_end && (is_x ? row0 + rr < n : rr < r);
     const T* src = !valid ? x : is_x ? x + (row0 + rr) * d_in + kk : Vh + int64_t(rr) * d_in + kk;
-    T* dst = (is_x ? sxs : svs) + rr * kProjLd + (c % 2) * 8;
+    T* dst = (is_x ? sxs : svs) + rr * kProjLd + half * 8;
     ax::cp_async_16_zfill(dst, src, valid);
   }
 }

@@ -138,6 +138,32 @@ AX_TEST(project_decode_split_k_matches_reference) {
   check_project<__half>(3, 1024, 21, 0, 0, 1, 19);            // odd r: every other workspace row is not 8-byte aligned
 }
 
+// The projection kernel in the emulator's memory model (checked build only): its cp.async fill, mma fragment reads
+// and P tile, weighted by count as in kernel_metrics.md, within the 1.25 bank-conflict target, and its global
+// accesses whole sectors, at r 256 (prefill) and in the split-K decode.
+AX_TEST(project_core_shared_layout_is_conflict_free) {
+  if (!ax_emu::checked_build()) return;
+  ax_emu::start_metrics();
+  check_project<__nv_bfloat16>(40, 64, 256, 0, 0, 1, 21);
+  check_project<__nv_bfloat16>(2, 2048, 256, 0, 0, 1, 22);
+  const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
+  double wf = 0, ideal = 0, sectors = 0, min_sectors = 0;
+  for (const ax_emu::MetricRow& m : rows) {
+    if (m.kernel.find("project_core_kernel") == std::string::npos) continue;
+    if (m.shared) {
+      wf += m.wavefronts;
+      ideal += m.ideal_wavefronts;
+    } else {
+      sectors += m.sectors;
+      min_sectors += m.min_sectors;
+    }
+  }
+  std::printf("    project_core_kernel: bank-conflict factor %.3f, sector efficiency %.3f\n", wf / ideal,
+              min_sectors / sectors);
+  AX_CHECK(ideal > 0 && wf <= 1.25 * ideal);
+  AX_CHECK(sectors > 0 && min_sectors >= 0.85 * sectors);
+}
+
 AX_TEST(project_same_bits_for_every_schedule) {
   SeedGuard guard;
   std::mt19937_64 rng(3);
