@@ -2,7 +2,7 @@
 PEFT LoRA, PEFT OFT) on layer shapes of real models — trainable parameters, forward and
 forward+backward time (median over interleaved repeats, with the interquartile range), peak memory,
 added MACs per token (counted, with the formula), calibration time; then decode latency (1, 4, 16
-tokens per call) and a roofline of every kernel (this machine, and an H100 model at the headline
+tokens per call) and a roofline of every kernel (this machine, and H100 / H200 models at the headline
 shape). Writes Markdown, CSV and a PNG bar chart.
 
     python benchmarks/cost_report.py --quick                 # ~1 minute on a 2-core CPU (CI smoke)
@@ -217,7 +217,7 @@ def roofline_section(args, cfg, device, dtype, rates, measured, shape_name, d_in
     e = torch.finfo(dtype).bits // 8
     r = min(cfg.r, d_in, d_out)
     k, bs = cfg.lora_rank, cfg.block_size
-    # headline H100 shape: d 4096, r 256, k 8, 8k tokens, bf16
+    # the headline shape of the GPU models: d 4096, r 256, k 8, 8k tokens, bf16
     Hd, Hr, Hk, HN = 4096, 256, 8, 8192
     seen, rows = set(), []
     names_map = {"core h = f(p)": "core fwd {v}", "core backward": "core bwd {v}", "block_cayley": "block_cayley fwd",
@@ -242,17 +242,21 @@ def roofline_section(args, cfg, device, dtype, rates, measured, shape_name, d_in
                          st_e.fmt_us() if st_e else "–",
                          f"{hc.flops / 1e9:.3f}", f"{hc.bytes / 1e6:.2f}",
                          f"{hc.roofline_s(C.H100['flops'], C.H100['bw']) * 1e6:.2f}",
-                         hc.bound(C.H100["flops"], C.H100["bw"])])
+                         hc.bound(C.H100["flops"], C.H100["bw"]),
+                         f"{hc.roofline_s(C.H200['flops'], C.H200['bw']) * 1e6:.2f}",
+                         hc.bound(C.H200["flops"], C.H200["bw"])])
     hdr = ["op", "phase", "FLOPs formula", "MFLOP here", "MB here (min)", "FLOP/B", "roofline µs here",
-           "measured µs here (ext)", "% of roofline", "eager reference µs", "GFLOP H100 shape", "MB H100 shape", "roofline µs H100", "H100 bound"]
+           "measured µs here (ext)", "% of roofline", "eager reference µs", "GFLOP H100 shape", "MB H100 shape",
+           "roofline µs H100", "H100 bound", "roofline µs H200", "H200 bound"]
     text = [f"## Roofline ({shape_name}: d_in {d_in}, d_out {d_out}, r {r}, k {k}, bs {bs}, {N} tokens, "
             f"{str(dtype).split('.')[-1]})", "",
             f"This machine ({device}): measured GEMM rate **{rates['gemm_flops'] / 1e9:.1f} GFLOP/s** "
             f"({rates['gemm_shape']}), copy bandwidth **{rates['copy_bw'] / 1e9:.1f} GB/s** (read + write of "
             f"{rates['copy_bytes'] / 2**20:.0f} MiB). Roofline time = max(FLOPs / GEMM rate, min bytes / bandwidth); "
-            "'% of roofline' = roofline / measured (100% = at the ceiling). The H100 columns model the issue's "
+            "'% of roofline' = roofline / measured (100% = at the ceiling). The H100 / H200 columns model the issue's "
             f"headline shape (d {Hd}, r {Hr}, k {Hk}, {HN} tokens, bf16) at {C.H100['flops'] / 1e12:.0f} TFLOP/s and "
-            f"{C.H100['bw'] / 1e12:.1f} TB/s. Minimum bytes read every operand once and write every result once "
+            f"{C.H100['bw'] / 1e12:.1f} TB/s (H100) / {C.H200['bw'] / 1e12:.1f} TB/s (H200), about 80% of the dense "
+            "bf16 peak and 90% of the HBM bandwidth. Minimum bytes read every operand once and write every result once "
             "(activations/weights in the dtype of the columns: the run's dtype here, bf16 for the H100; fp32 S-space "
             "parameters). 'eager reference µs' times the reference's core alone (torch ops; its backward through "
             "torch.autograd.grad, so it includes the autograd engine's few tens of µs); per-call ops (block_cayley) are tiny and bound "
