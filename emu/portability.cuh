@@ -74,8 +74,8 @@ __device__ __forceinline__ uint32_t smem_u32addr(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
-// One 16-byte shared store (st.shared.v4.f32). nvcc splits a plain float4 store into four 4-byte ones where it
-// cannot prove the address 16-byte aligned through a computed offset; dst must be 16-byte aligned.
+// One 16-byte shared store (st.shared.v4.f32); dst must be 16-byte aligned. nvcc 13 splits a plain float4 store
+// into four 4-byte ones behind some computed shared offsets (a tile placed after a `stage ? n : 0` offset).
 __device__ __forceinline__ void st_shared_v4(float* dst, float4 v) {
   asm volatile("st.shared.v4.f32 [%0], {%1, %2, %3, %4};\n" ::"r"(smem_u32addr(dst)), "f"(v.x), "f"(v.y), "f"(v.z),
                "f"(v.w)

@@ -443,7 +443,6 @@ struct CoreLaunch<Core::gain> {
 
 // --------------------------------------------------------------------------------------------- rot
 
-
 // Shared: s (r) | R (r rows, stride odd_ld(bs), when staged) | P (rows_per_tile * r).
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
@@ -779,7 +778,10 @@ __host__ __device__ inline int ablate_lanes(int k) {
   return fit >= 8 ? 8 : fit >= 4 ? 4 : fit >= 2 ? 2 : 1;
 }
 // Row stride of ablate's P and D tiles: ablate_lanes(k) consecutive columns per row in one instruction.
-__host__ __device__ inline int ablate_ld(int r, int k) { return tile_ld(r, ablate_lanes(k) > 4 ? ablate_lanes(k) : 4); }
+__host__ __device__ inline int ablate_ld(int r, int k) {
+  const int lanes = ablate_lanes(k);
+  return tile_ld(r, lanes > 4 ? lanes : 4);
+}
 template <typename acc_t>
 __device__ __forceinline__ acc_t butterfly_sum(acc_t x, int lanes) {
   for (int off = lanes / 2; off > 0; off /= 2) x += __shfl_xor_sync(0xffffffffu, x, off);
@@ -816,8 +818,8 @@ __global__ void __launch_bounds__(kCoreThreads)
   __syncthreads();
   // v = coeff a (p S C): `lanes` threads per item e = (row, m); the trip count is warp-uniform for the butterfly
   const int items = rows * k;
-  for (int t = threadIdx.x; t - int(threadIdx.x % 32) < items * lanes; t += blockDim.x) {
-    const int e = t / lanes, l = t % lanes, row = e / k, m = e % k;
+  for (int u = threadIdx.x; u - int(threadIdx.x % 32) < items * lanes; u += blockDim.x) {
+    const int e = u / lanes, l = u % lanes, row = e / k, m = e % k;
     acc_t acc = 0;
     if (e < items) {
       const acc_t* pr = P + row * ldp;
@@ -873,8 +875,8 @@ __global__ void __launch_bounds__(kCoreThreads)
     load_tile(D, ldp, dh, row0, rows, r);
     __syncthreads();
     const int items = rows * k;  // `lanes` threads per item, as in the forward
-    for (int t = threadIdx.x; t - int(threadIdx.x % 32) < items * lanes; t += blockDim.x) {
-      const int e = t / lanes, l = t % lanes, row = e / k, m = e % k;
+    for (int u = threadIdx.x; u - int(threadIdx.x % 32) < items * lanes; u += blockDim.x) {
+      const int e = u / lanes, l = u % lanes, row = e / k, m = e % k;
       acc_t v = 0, dw = 0;
       if (e < items) {
         const acc_t* pr = P + row * ldp;

@@ -118,4 +118,24 @@ void store_row(const std::vector<A>& v, std::vector<T>& x, int64_t i, int64_t r)
   for (int64_t j = 0; j < r; ++j) x[i * r + j] = from_acc<T>(v[j]);
 }
 
+// The memory-metrics rows (checked builds) of the kernels whose name contains `kernel`, summed as kernel_metrics.md
+// weights them: shared wavefronts and their conflict-free count, global sectors and their minimum.
+struct MetricTotals {
+  double wavefronts = 0, ideal_wavefronts = 0, sectors = 0, min_sectors = 0;
+};
+inline MetricTotals metric_totals(const std::vector<ax_emu::MetricRow>& rows, const std::string& kernel) {
+  MetricTotals t;
+  for (const ax_emu::MetricRow& m : rows) {
+    if (m.kernel.find(kernel) == std::string::npos) continue;
+    if (m.shared) {
+      t.wavefronts += m.wavefronts;
+      t.ideal_wavefronts += m.ideal_wavefronts;
+    } else {
+      t.sectors += m.sectors;
+      t.min_sectors += m.min_sectors;
+    }
+  }
+  return t;
+}
+
 }  // namespace kt

@@ -146,22 +146,11 @@ AX_TEST(project_core_shared_layout_is_conflict_free) {
   ax_emu::start_metrics();
   check_project<__nv_bfloat16>(40, 64, 256, 0, 0, 1, 21);
   check_project<__nv_bfloat16>(2, 2048, 256, 0, 0, 1, 22);
-  const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
-  double wf = 0, ideal = 0, sectors = 0, min_sectors = 0;
-  for (const ax_emu::MetricRow& m : rows) {
-    if (m.kernel.find("project_core_kernel") == std::string::npos) continue;
-    if (m.shared) {
-      wf += m.wavefronts;
-      ideal += m.ideal_wavefronts;
-    } else {
-      sectors += m.sectors;
-      min_sectors += m.min_sectors;
-    }
-  }
-  std::printf("    project_core_kernel: bank-conflict factor %.3f, sector efficiency %.3f\n", wf / ideal,
-              min_sectors / sectors);
-  AX_CHECK(ideal > 0 && wf <= 1.25 * ideal);
-  AX_CHECK(sectors > 0 && min_sectors >= 0.85 * sectors);
+  const MetricTotals t = metric_totals(ax_emu::stop_metrics(), "project_core_kernel");
+  std::printf("    project_core_kernel: bank-conflict factor %.3f, sector efficiency %.3f\n",
+              t.wavefronts / t.ideal_wavefronts, t.min_sectors / t.sectors);
+  AX_CHECK(t.ideal_wavefronts > 0 && t.wavefronts <= 1.25 * t.ideal_wavefronts);
+  AX_CHECK(t.sectors > 0 && t.min_sectors >= 0.85 * t.sectors);
 }
 
 AX_TEST(project_same_bits_for_every_schedule) {
