@@ -7,8 +7,9 @@
 // p = x Vh^T only when need_p (else an empty (0, r) tensor). The frozen GEMM runs first (cuBLAS / the CPU BLAS,
 // bias in its epilogue) and the adapter's output GEMM accumulates into it (addmm_, beta = 1: no extra pass over
 // y). h = core(x Vh^T) has two paths, one result contract:
-//   fused     the kernel set's project_forward (tensor-core projection, the core in the epilogue, split-K for
-//             decode) where the set has one, K::fuse_rows(n) wants it and the shape fits it;
+//   fused     the kernel set's project_forward (tensor-core projection, the core in the epilogue; for decode a
+//             K-split kernel and a finish kernel) where the set has one, K::fuse_rows(n) wants it and the shape
+//             fits it;
 //   unfused   p = x Vh^T by the BLAS, then the core kernel.
 #pragma once
 

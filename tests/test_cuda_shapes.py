@@ -8,7 +8,7 @@ every core parameter against the float64 reference of test_layer_ops. test_paths
 with the profiler that each setting launches the kernels it names.
 
 The test_sanitizer_* cases are small, so that they fit under compute-sanitizer, yet reach every code path:
-the split-K decode, prefill tiles with ragged rows and a K tail, r past a tile boundary, several row tiles
+the decode kernels, prefill tiles with ragged rows and a K tail, r past a tile boundary, several row tiles
 per backward CTA, the 48 KiB rot tile (r 256, block size 8), both block_cayley kernels. Their float64
 reference runs on the CPU, so the kernels under the sanitizer are the op's own (and cuBLAS's).
 
@@ -113,8 +113,8 @@ def _cuda_kernels(fn):
 @pytest.mark.parametrize("rows", [1, 16, 17, 8192], ids=lambda n: f"rows{n}")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 def test_paths_follow_the_threshold(dtype, rows, mode, monkeypatch):
-    """The fused kernel runs where the setting asks and the dtype allows (with its split-K finish for
-    <= 16 rows at d_in 4096), else cuBLAS and the core kernel."""
+    """The fused kernels run where the setting asks and the dtype allows (the decode kernel and its finish for
+    <= 16 rows, the prefill tile for more), else cuBLAS and the core kernel."""
     _set_mode(monkeypatch, mode)
     r = 256
     kw = dict(device="cuda", dtype=dtype)
@@ -125,7 +125,8 @@ def test_paths_follow_the_threshold(dtype, rows, mode, monkeypatch):
     call()  # module loading and handle creation stay out of the profile
     names = _cuda_kernels(call)
     fused = dtype != torch.float32 and (mode == "fused" or (mode == "default" and rows <= DEFAULT_FUSED_ROWS))
-    assert any("project_core_kernel" in k for k in names) == fused, names
+    assert any("project_core_kernel" in k for k in names) == (fused and rows > 16), names
+    assert any("project_decode_kernel" in k for k in names) == (fused and rows <= 16), names
     assert any("project_finish_kernel" in k for k in names) == (fused and rows <= 16), names
     assert any("diag_forward_kernel" in k for k in names) == (not fused), names
 
@@ -137,8 +138,8 @@ SANITIZER_LAYER = [
     # per backward CTA, two 32-row tiles
     ("cublas-f32-r256", 40, 64, 256, 8, 8, torch.float32, "cublas"),
     ("cublas-bf16-r72", 4100, 96, 72, 4, 3, torch.bfloat16, "cublas"),
-    # the fused projection: split-K decode (3 rows, d_in 2048: 4 splits) at r 256 (16 n-tiles per warp)
-    ("fused-splitk-r256", 3, 2048, 256, 8, 8, torch.bfloat16, "fused"),
+    # the fused projection: the decode kernels (3 rows, d_in 2048: 16 splits of 128) at r 256 (8 column slices)
+    ("fused-decode-r256", 3, 2048, 256, 8, 8, torch.bfloat16, "fused"),
     # prefill tiles: 70 rows (3 CTAs, the last ragged), d_in 200 (the last K step half filled), r 72 (8 n-tiles)
     ("fused-prefill-r72", 70, 200, 72, 4, 3, torch.float16, "fused"),
     # r 40 (4 n-tiles), 33 rows (a second CTA with one row)

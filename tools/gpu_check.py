@@ -74,14 +74,14 @@ SANITIZER_FAMILIES = {
     "dplr core": "sanitizer and layer and cublas and dplr",
     "rot core": "sanitizer and layer and cublas and rot",
     "ablate core": "sanitizer and layer and cublas and ablate",
-    "fused projection, split-K": "sanitizer and layer and splitk",
+    "fused projection, decode": "sanitizer and layer and decode",
     "fused projection, prefill": "sanitizer and layer and prefill",
 }
 # antipasto_ext's CUDA kernels (csrc/kernels/*.cuh): a sanitizer report whose access is in one of these is ours
 OUR_KERNELS = re.compile(r"ax::cuda_impl|_ZN2ax9cuda_impl|\b(cayley_(forward|backward)_(small|cta)_kernel|"
                          r"diag_(forward|backward)_kernel|rot_(forward|backward)_kernel|dplr_(forward|backward)_kernel|"
                          r"ablate_(forward|backward)_kernel|reduce_partials_kernel|project_core_kernel|"
-                         r"project_finish_kernel)\b")
+                         r"project_decode_kernel|project_finish_kernel)\b")
 # a host frame in antipasto_ext's library (site-packages/antipasto_ext/_C...so): the kernel was launched by our op
 OUR_LIBRARY = re.compile(r"antipasto_ext")
 SANITIZER_EXIT = 86  # --error-exitcode: the sanitizer found something (told apart from a failing test)

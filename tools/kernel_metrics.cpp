@@ -8,6 +8,7 @@
 // Built by CMakeLists.txt as `kernel_metrics` (checked build); run through tools/kernel_metrics.py, which
 // writes benchmarks/results/kernel_metrics.md.
 //   kernel_metrics [--list] [--blocks N] [case ...]   (a case is chosen by name or name prefix)
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
@@ -199,6 +200,37 @@ std::string short_site(const std::string& site) {
   return out;
 }
 
+// The decode path's launch geometry (api.h) under a model of an H200's HBM: every byte a CTA loads is in flight at
+// once (one cp.async group), so the decode kernel takes one DRAM latency plus its HBM bytes at peak bandwidth, and
+// streams at the peak rate when the bytes in flight cover bandwidth x latency (Little's law; the column "in flight /
+// (bandwidth x latency)"); the finish kernel one L2 latency per round of 16 loads per thread plus one for the core.
+// Launch gaps are not counted (a CUDA graph). A model with stated constants, not a measurement.
+constexpr double kHbmBytesPerS = 4.8e12, kDramLatencyS = 0.6e-6, kL2LatencyS = 0.3e-6;
+void print_decode_model() {
+  std::printf("\n## Decode model (H200: %.1f TB/s HBM, %.1f us DRAM and %.1f us L2 latency assumed; not a "
+              "measurement)\n\n| rows | d_in -> r | CTAs | K per CTA | KiB in flight per CTA | in flight / (bandwidth x "
+              "latency) | HBM bytes | model us (decode + finish) | floor us | floor / model |\n"
+              "|---|---|---|---|---|---|---|---|---|---|\n",
+              kHbmBytesPerS / 1e12, kDramLatencyS * 1e6, kL2LatencyS * 1e6);
+  for (int64_t d_in : {int64_t(1024), int64_t(4096), int64_t(14336)})
+    for (int64_t r : {int64_t(64), int64_t(256)})
+      for (int64_t n : {int64_t(1), int64_t(16)}) {
+        const int64_t k = ax::project_decode_k(d_in, r), splits = ax::project_decode_splits(d_in, r);
+        const int64_t tiles = (r + ax::kDecodeCols - 1) / ax::kDecodeCols, ctas = splits * tiles;
+        const double per_cta = double((n + std::min<int64_t>(r, ax::kDecodeCols)) * k * 2);
+        const double vh = double(r * d_in * 2), hbm = vh + double(n * d_in * 2);
+        const double in_flight = double(r * d_in * 2 + n * d_in * 2 * tiles);  // every CTA's slice at once
+        const double cover = in_flight / (kHbmBytesPerS * kDramLatencyS);
+        const double t_decode = kDramLatencyS + hbm / kHbmBytesPerS;
+        const int64_t groups = r < 256 ? 256 / r : 1, per_group = (splits + groups - 1) / groups;
+        const double t_finish = kL2LatencyS * double((per_group + 15) / 16 + 1);
+        const double floor = hbm / kHbmBytesPerS;
+        std::printf("| %lld | %lld -> %lld | %lld | %lld | %.1f | %.2f | %.0f KiB | %.2f | %.2f | %.0f%% |\n",
+                    (long long)n, (long long)d_in, (long long)r, (long long)ctas, (long long)k, per_cta / 1024.0,
+                    cover, hbm / 1024.0, (t_decode + t_finish) * 1e6, floor * 1e6, 100.0 * floor / (t_decode + t_finish));
+      }
+}
+
 // Access-weighted mean of a ratio over the rows of one kernel (hot loops dominate by access count).
 struct Summary {
   double wf = 0, ideal = 0, sec = 0, minsec = 0;
@@ -287,5 +319,6 @@ int main(int argc, char** argv) {
                     s.minsec / s.sec >= 0.85 ? "" : " (below target)");
     std::printf("| %s | %s | %s | %s |\n", key.substr(0, tab).c_str(), key.substr(tab + 1).c_str(), bank, sector);
   }
+  print_decode_model();
   return 0;
 }

@@ -2,7 +2,7 @@
 """Mutation suite of the kernel tests: proof that the emulator's checks and the kernel tests bite.
 
 Each mutant is a copy of the repository's kernel source with one realistic bug planted (a deleted barrier,
-a race, a cp.async refill too early, a split-K finish in the same launch, an off-by-one bound, swapped mma
+a race, a cp.async refill too early, a K-split finish in the same launch, an off-by-one bound, swapped mma
 fragment registers, a missing cp_async_wait, a launch on the wrong stream, ...). For each, the kernel tests
 of the family it changes (tests/cpp/test_{cores,cayley,project}.cpp) are built in the emulator's checked
 build (emu/checker.h) from the mutated copy and run; the mutant is killed when they fail (a wrong value or
@@ -52,37 +52,45 @@ MUTANTS = [
        "    ax::cp_async_commit();\n    ax::cp_async_wait<1>();\n    __syncthreads();\n",
        "    ax::cp_async_commit();\n    __syncthreads();\n")]),
     ("split-k-finish-in-same-launch",
-     "the last split-K CTA sums the other CTAs' partials in the same launch (no finish kernel)",
+     "the last decode CTA sums the other CTAs' partials in the same launch; the finish kernel reads only its slice",
      [("csrc/kernels/project.cuh",
-       "        if (row < rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);\n      }\n"
-       "    return;\n  }\n",
-       "        if (row < rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);\n      }\n"
-       "    if (blockIdx.y + 1 != gridDim.y) return;\n"
-       "    __syncthreads();\n"
-       "    const int ldp = proj_ld(r);\n"
-       "    float* P = dyn_smem<float>();\n"
-       "    float *s = P + kProjBM * ldp, *d = s + r, *Q = d + c.k;\n"
-       "    for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {\n"
-       "      float tot = 0.f;\n"
-       "      for (int k = 0; k < int(gridDim.y); ++k) tot += ws[(int64_t(k) * n + row0) * r + e];\n"
-       "      P[(e / r) * ldp + e % r] = tot;\n"
-       "    }\n"
-       "    proj_scales(s, d, r, c);\n"
-       "    __syncthreads();\n"
-       "    proj_epilogue(P, s, d, Q, rows, r, c, row0, h, p_out);\n"
-       "    return;\n  }\n"),
-      ("csrc/kernels/project.cuh", "  if (splits > 1) {\n    AX_LAUNCH((project_finish_kernel<T>)",
-       "  if (false) {\n    AX_LAUNCH((project_finish_kernel<T>)")]),
+       "      part[int64_t(row) * r + col] = ((q[0] + q[w]) + q[2 * w]) + q[3 * w];\n    }\n  }\n}\n",
+       "      part[int64_t(row) * r + col] = ((q[0] + q[w]) + q[2 * w]) + q[3 * w];\n    }\n  }\n"
+       "  if (blockIdx.x + 1 != gridDim.x) return;\n"
+       "  __syncthreads();\n"
+       "  for (int e = tid; e < n * kDecCols; e += kDecThreads) {\n"
+       "    const int row = e / kDecCols, col = e % kDecCols;\n"
+       "    if (col0 + col >= r) continue;\n"
+       "    float tot = 0.f;\n"
+       "    for (int k = 0; k < int(gridDim.x); ++k) tot += ws[(int64_t(k) * n + row) * r + col0 + col];\n"
+       "    part[int64_t(row) * r + col] = tot;\n"
+       "  }\n}\n"),
+      ("csrc/kernels/project.cuh",
+       "size_t(finish_floats(int(r), c.k)) * sizeof(float), st, ws, int(splits), n, int(r), c, h, p_out);",
+       "size_t(finish_floats(int(r), c.k)) * sizeof(float), st, ws + (splits - 1) * n * r, 1, n, int(r), c, h, p_out);")]),
     ("off-by-one-ragged-rows",
      "the last row tile of a core call (forward or backward) runs one row past its group",
      [("csrc/kernels/cores.cuh",
        "  return RowRange{e, row0, row0 + m.cta_rows < end ? row0 + m.cta_rows : end};",
        "  return RowRange{e, row0, row0 + m.cta_rows < end ? row0 + m.cta_rows : end + 1};")]),
     ("off-by-one-split-k-partial",
-     "a split-K CTA writes one partial row past its rows (into the next split's slice)",
+     "a decode CTA writes its partials one column past its slice (into the next slice's or row's place)",
      [("csrc/kernels/project.cuh",
-       "        if (row < rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);",
-       "        if (row <= rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);")]),
+       "    if (col0 + col < r) {\n      const float* q = red + row * kDecRedLd + col;",
+       "    if (col0 + col <= r) {\n      const float* q = red + row * kDecRedLd + col;")]),
+    ("decode-warp-sum-before-barrier",
+     "the decode kernel sums the four warps' fp32 tiles before all of them are written",
+     [("csrc/kernels/project.cuh",
+       "acc[j][2 * h2], acc[j][2 * h2 + 1]);\n    }\n  __syncthreads();\n  float* part = ws",
+       "acc[j][2 * h2], acc[j][2 * h2 + 1]);\n    }\n  float* part = ws")]),
+    ("decode-finish-drops-a-group",
+     "the decode finish adds all but the last group of a column's split partials",
+     [("csrc/kernels/project.cuh", "    for (int g = 1; g < groups; ++g) tot += sums[g * r + j];",
+       "    for (int g = 1; g < groups - 1; ++g) tot += sums[g * r + j];")]),
+    ("decode-tiles-overwritten-while-read",
+     "the decode kernel's fp32 tiles overwrite the x / Vh tiles other warps may still read (barrier gone)",
+     [("csrc/kernels/project.cuh",
+       "  __syncthreads();  // the tiles' last reads before the warps' fp32 tiles overwrite them\n", "")]),
     ("swapped-mma-fragment-registers",
      "a[1] and a[2] of the A fragment exchanged",
      [("csrc/kernels/project.cuh",
@@ -120,8 +128,8 @@ MUTANTS = [
        "    for (int64_t c = e * per_entry; c <= (e + 1) * per_entry; ++c) sum += ws[c * slice + j];")]),
     ("deleted-barrier-low-rank-epilogue",
      "the projection epilogue reads Q = (P u) L d before all of it is written",
-     [("csrc/kernels/project.cuh", "      Q[e] = acc * (steered ? proj_weight(c, rc, j) : d[j]);\n    }\n    __syncthreads();\n",
-       "      Q[e] = acc * (steered ? proj_weight(c, rc, j) : d[j]);\n    }\n")]),
+     [("csrc/kernels/project.cuh", "      if (lane == 0) Q[e] = acc * (steered ? proj_weight(c, rc, j) : d[j]);\n    }\n    __syncthreads();\n",
+       "      if (lane == 0) Q[e] = acc * (steered ? proj_weight(c, rc, j) : d[j]);\n    }\n")]),
     ("deleted-barrier-cayley-elimination",
      "the shared-memory Cayley solve starts a pivot step before the last one is written",
      [("csrc/kernels/cayley.cuh",

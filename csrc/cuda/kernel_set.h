@@ -21,9 +21,10 @@ struct CudaKernels {
   static at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) { return at::empty(sizes, options); }
   // The fused projection kernel for n rows: up to ANTIPASTO_EXT_FUSED_PROJECTION_ROWS (read per call, so the
   // benchmark can time both paths in one process; default 16, 0 turns it off), else cuBLAS + the core kernel.
-  // Why 16, a model until a GPU run measures it: the kernel's tile is 32 rows x all r columns on one CTA of 4
-  // warps (mma.sync), so it fills the GPU only through split-K, which it uses for n <= 16; past that cuBLAS's
-  // large tiles win. benchmarks/cost_report.py --device cuda times both paths per row count ("Dispatch of the
+  // Why 16, a model until a GPU run measures it: up to 16 rows the decode kernels read Vh once over at least 132
+  // CTAs with all of it in flight and keep P in fp32 in the workspace, the bytes of cuBLAS's GEMV without its P
+  // round trip through the core kernel; past 16 rows the fused tile (32 rows x all r columns, 4 warps of mma.sync,
+  // each CTA reading all of Vh) is far below cuBLAS's wgmma tiles. benchmarks/cost_report.py --device cuda times both paths per row count ("Dispatch of the
   // projection") and prints the crossover to set here.
   static constexpr bool has_fused_projection = true;
   static bool fuse_rows(int64_t n) {

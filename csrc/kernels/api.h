@@ -189,18 +189,31 @@ struct ProjectCall {
   void* workspace = nullptr;
 };
 
-// K elements per split of the split-K decode path (n <= 16 rows and d_in >= 1024; a multiple of 16), else d_in;
-// and its workspace in floats.
-inline int64_t project_k_split(int64_t n, int64_t d_in) {
-  if (n > 16 || d_in < 1024) return d_in;
-  int64_t splits = d_in / 512;
-  if (splits > 64) splits = 64;
-  return (d_in / splits + 15) / 16 * 16;
+// The decode path of the fused projection (n <= kDecodeRows rows): project_decode_kernel computes the fp32 partial
+// P of a kDecodeCols-column slice over a K range of project_decode_k(d_in, r) elements per CTA, its whole slice of
+// x and Vh in flight at once; project_finish_kernel sums the partials of each row in split order (deterministic,
+// no atomics) and applies the core. The grid holds at least kDecodeCtas CTAs where the K range allows it: the SM
+// count of an H100 / H200 (a constant, so every engine splits alike), so every SM streams its share of Vh.
+// The K range is a multiple of 64 (whole 128-byte rows per quarter warp in the fill) and at most kDecodeMaxK (the
+// CTA's tiles then take 25 KiB of shared memory).
+constexpr int64_t kDecodeRows = 16;   // one m16 tile
+constexpr int64_t kDecodeCols = 32;   // four n8 tiles
+constexpr int64_t kDecodeCtas = 132;
+constexpr int64_t kDecodeMaxK = 256;
+inline bool project_decodes(int64_t n) { return n <= kDecodeRows; }
+inline int64_t project_decode_k(int64_t d_in, int64_t r) {
+  const int64_t tiles = (r + kDecodeCols - 1) / kDecodeCols;
+  const int64_t splits = (kDecodeCtas + tiles - 1) / tiles;
+  const int64_t k = ((d_in + splits - 1) / splits + 63) / 64 * 64;
+  return k < kDecodeMaxK ? k : kDecodeMaxK;
 }
+inline int64_t project_decode_splits(int64_t d_in, int64_t r) {
+  const int64_t k = project_decode_k(d_in, r);
+  return (d_in + k - 1) / k;
+}
+// Floats of the decode path's workspace (the partials, (splits, n, r)); 0 for more rows.
 inline int64_t project_workspace_elems(int64_t n, int64_t d_in, int64_t r) {
-  const int64_t k_split = project_k_split(n, d_in);
-  const int64_t splits = k_split > 0 ? (d_in + k_split - 1) / k_split : 1;
-  return splits > 1 ? splits * n * r : 0;
+  return project_decodes(n) ? project_decode_splits(d_in, r) * n * r : 0;
 }
 
 // Block Cayley rotations (docs/SPEC.md §2): forward t (n_blocks, bs(bs-1)/2) -> R (n_blocks, bs, bs);

@@ -19,9 +19,12 @@
 // Steering (coeffs: groups of group_rows consecutive rows, each at its coefficient, with its rotation set and, in a
 // bank, its adapter's parameters): the epilogue computes s and d per row instead of staging them once per CTA.
 //
-// Decode (n <= 16 rows, long d_in): split-K. Grid (1, splits): CTA s computes the partial P of its K
-// range and writes it to a workspace; project_finish_kernel adds the splits in a fixed order
-// (deterministic, no atomics) and applies the core.
+// Decode (n <= 16 rows; api.h project_decode_k): grid (K splits, 32-column slices of r), at least 132 CTAs where
+// d_in allows. project_decode_kernel: 4 warps on one 16-row m-tile; the CTA's whole slice of x (n rows) and Vh
+// (32 rows) goes into shared memory as one cp.async group (up to 16 KiB of Vh in flight per CTA: together every
+// byte of Vh at once), warp w runs the K steps w, w + 4, ... on all four n-tiles, the four warps' fp32 tiles are
+// summed in warp order and the partial P goes to the workspace. project_finish_kernel (a CTA per row) sums the
+// partials in split order (deterministic, no atomics) and applies the core.
 #pragma once
 
 #include <algorithm>
@@ -90,8 +93,8 @@ __host__ __device__ inline bool proj_is_lowrank(int core) { return core == kProj
 // half warp: 4 rows x 4 column pairs) fill the 32 banks once (a stride of 256 puts the 8 rows of a warp in one
 // bank group: 8-way).
 __host__ __device__ inline int proj_ld(int r) { return r + (8 - r % 32 + 32) % 32; }
-// Shared memory of the epilogue in floats: P (32 rows, stride proj_ld(r)), s (r), d (k), Q (32 x k).
-__host__ __device__ inline int proj_epilogue_floats(int r, int k) { return kProjBM * proj_ld(r) + r + k + kProjBM * k; }
+// Shared memory of the epilogue in floats: P (rows, stride proj_ld(r)), s (r), d (k), Q (rows x k).
+__host__ __device__ inline int proj_epilogue_floats(int r, int k, int rows) { return rows * proj_ld(r) + r + k + rows * k; }
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
@@ -130,8 +133,9 @@ __device__ __forceinline__ void proj_scales(float* s, float* d, int r, const Pro
 
 // h (and p) of `rows` rows from the fp32 P tile in shared memory, row stride proj_ld(r) (expressions of
 // rot_forward_kernel).
-// Low-rank cores first form Q = (P u) L d (rows x k) in shared memory: the caller's barrier after
-// P and s, one here after Q. Every thread reaches it (the core is uniform over the grid).
+// Low-rank cores first form Q = (P u) L d (rows x k) in shared memory, a warp per entry (lanes over the r columns:
+// coalesced reads of dplr's A rows, then a butterfly sum): the caller's barrier after P and s, one here after Q.
+// Every thread reaches it (the core is uniform over the grid).
 template <typename T>
 __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const float* d, float* Q, int rows, int r,
                                               const ProjCoreArgs& c, int64_t row0, T* h, T* p_out) {
@@ -139,16 +143,19 @@ __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const fl
   const bool lowrank = proj_is_lowrank(c.core);
   const bool steered = c.coeffs != nullptr;
   if (lowrank) {
-    for (int e = threadIdx.x; e < rows * k; e += blockDim.x) {
+    const int lane = threadIdx.x % 32;
+    for (int e = threadIdx.x / 32; e < rows * k; e += blockDim.x / 32) {  // warp-uniform
       const int row = e / k, j = e % k;
       const ProjRowCore rc = proj_row_core(c, r, row0 + row);
       const float* pr = P + row * ldp;
       float acc = 0.f;
       if (c.core == kProjDplr)
-        for (int col = 0; col < r; ++col) acc += pr[col] * __ldg(rc.A + int64_t(j) * r + col);
+        for (int col = lane; col < r; col += 32) acc += pr[col] * __ldg(rc.A + int64_t(j) * r + col);
       else  // ablate: s = S whatever the row
-        for (int col = 0; col < r; ++col) acc += pr[col] * (steered ? __ldg(c.S + col) : s[col]) * __ldg(rc.A + int64_t(col) * k + j);
-      Q[e] = acc * (steered ? proj_weight(c, rc, j) : d[j]);
+        for (int col = lane; col < r; col += 32)
+          acc += pr[col] * (steered ? __ldg(c.S + col) : s[col]) * __ldg(rc.A + int64_t(col) * k + j);
+      acc = butterfly_sum(acc, 32);
+      if (lane == 0) Q[e] = acc * (steered ? proj_weight(c, rc, j) : d[j]);
     }
     __syncthreads();
   }
@@ -183,35 +190,33 @@ __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const fl
   }
 }
 
-// cp.async of K step `step` (16 columns from k_begin + 16 step) of the x tile (32 rows) and the Vh
-// tile (RP rows) into stage step % 2; zero-filled outside x, Vh and the K range. Copy c moves half c / 8 % 2 of
+// cp.async of K step `step` (columns 16 step ..) of the x tile (32 rows) and the Vh tile (RP rows) into stage
+// step % 2; zero-filled outside x and Vh. Copy c moves half c / 8 % 2 of
 // row c / 16 * 8 + c % 8: a quarter warp writes one half of 8 consecutive rows, 8 distinct bank groups at the
 // 48-byte row stride (two lanes per row would put rows 0 and 3 in one), and a warp still reads both halves of its
 // 16 rows (whole 32-byte sectors).
 template <typename T, int RP>
 __device__ __forceinline__ void proj_issue(T* stages, int step, const T* x, const T* Vh, int64_t n, int d_in, int r,
-                                           int64_t row0, int k_begin, int k_end) {
+                                           int64_t row0) {
   T* sxs = stages + (step & 1) * ((kProjBM + RP) * kProjLd);
   T* svs = sxs + kProjBM * kProjLd;
-  const int k0 = k_begin + step * kProjBK;
+  const int k0 = step * kProjBK;
   for (int c = threadIdx.x; c < (kProjBM + RP) * 2; c += kProjThreads) {
     const int row = c / 16 * 8 + c % 8, half = c / 8 % 2, kk = k0 + half * 8;
     const bool is_x = row < kProjBM;
     const int rr = is_x ? row : row - kProjBM;
-    const bool valid = kk < k_end && (is_x ? row0 + rr < n : rr < r);
+    const bool valid = kk < d_in && (is_x ? row0 + rr < n : rr < r);
     const T* src = !valid ? x : is_x ? x + (row0 + rr) * d_in + kk : Vh + int64_t(rr) * d_in + kk;
     T* dst = (is_x ? sxs : svs) + rr * kProjLd + half * 8;
     ax::cp_async_16_zfill(dst, src, valid);
   }
 }
 
-// One CTA: rows [blockIdx.x * 32, +32) x all r columns, K range of split blockIdx.y.
-// ws == nullptr: apply the core and write h (and p). Else: write the fp32 partial P to
-// ws[(split * n + row) * r + col] (split-K decode; project_finish_kernel applies the core).
+// One CTA: rows [blockIdx.x * 32, +32) x all r columns over all of K; applies the core and writes h (and p).
 template <typename T, int NT>
 __global__ void __launch_bounds__(kProjThreads, 1)
-    project_core_kernel(const T* __restrict__ x, const T* __restrict__ Vh, int64_t n, int d_in, int r, int k_split,
-                        ProjCoreArgs c, T* __restrict__ h, T* __restrict__ p_out, float* __restrict__ ws) {
+    project_core_kernel(const T* __restrict__ x, const T* __restrict__ Vh, int64_t n, int d_in, int r, ProjCoreArgs c,
+                        T* __restrict__ h, T* __restrict__ p_out) {
   constexpr int RP = 16 * NT;  // padded rows of the Vh tile (two warps x NT n-tiles of 8)
   constexpr int kStage = (kProjBM + RP) * kProjLd;
   T* stages = dyn_smem<T>();
@@ -219,18 +224,16 @@ __global__ void __launch_bounds__(kProjThreads, 1)
   const int mi = warp & 1, nh = warp >> 1;
   const int64_t row0 = int64_t(blockIdx.x) * kProjBM;
   const int rows = int(n - row0 < kProjBM ? n - row0 : kProjBM);
-  const int k_begin = int(blockIdx.y) * k_split;
-  const int k_end = k_begin + k_split < d_in ? k_begin + k_split : d_in;
-  const int n_steps = (k_end - k_begin + kProjBK - 1) / kProjBK;
+  const int n_steps = (d_in + kProjBK - 1) / kProjBK;
 
   float acc[NT][4];
 #pragma unroll
   for (int j = 0; j < NT; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
 
-  if (n_steps > 0) proj_issue<T, RP>(stages, 0, x, Vh, n, d_in, r, row0, k_begin, k_end);
+  if (n_steps > 0) proj_issue<T, RP>(stages, 0, x, Vh, n, d_in, r, row0);
   ax::cp_async_commit();
   for (int step = 0; step < n_steps; ++step) {
-    if (step + 1 < n_steps) proj_issue<T, RP>(stages, step + 1, x, Vh, n, d_in, r, row0, k_begin, k_end);
+    if (step + 1 < n_steps) proj_issue<T, RP>(stages, step + 1, x, Vh, n, d_in, r, row0);
     ax::cp_async_commit();
     ax::cp_async_wait<1>();
     __syncthreads();
@@ -258,17 +261,6 @@ __global__ void __launch_bounds__(kProjThreads, 1)
   ax::cp_async_wait<0>();
 
   // C fragment: (row g | g+8, col nt*8 + tq*2 + {0,1}) of the warp's m-tile, stored as column pairs (8 bytes).
-  if (ws != nullptr) {
-    float* part = ws + (int64_t(blockIdx.y) * n + row0) * r;
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-#pragma unroll
-      for (int h2 = 0; h2 < 2; ++h2) {
-        const int row = mi * 16 + g + 8 * h2, col = (nh + 2 * j) * 8 + tq * 2;
-        if (row < rows) st_pair(part + row * r + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);
-      }
-    return;
-  }
   const int ldp = proj_ld(r);
   float* P = dyn_smem<float>();  // reuses the stage buffers (all reads of them are behind the last barrier)
   float *s = P + kProjBM * ldp, *d = s + r, *Q = d + c.k;
@@ -284,45 +276,160 @@ __global__ void __launch_bounds__(kProjThreads, 1)
   proj_epilogue(P, s, d, Q, rows, r, c, row0, h, p_out);
 }
 
-// Split-K decode, second stage: P = sum over splits (in order) of the partials, then the core.
+// Decode: the partial P (n rows, 32 columns from blockIdx.y * 32, K range blockIdx.x) into the workspace at
+// ws[(split * n + row) * r + col].
+constexpr int kDecThreads = 128;
+constexpr int kDecRows = int(ax::kDecodeRows);
+constexpr int kDecCols = int(ax::kDecodeCols);
+// Row stride of the decode tiles in 16-bit elements: k + 8 is 4 (mod 32) words for k a multiple of 64, so the
+// fragments' 32-bit loads (8 rows x 4 words per warp) and the fill's 16-byte stores (a quarter warp on 8
+// consecutive chunks of one row) are conflict-free.
+__host__ __device__ inline int decode_ld(int k) { return k + 8; }
+constexpr int kDecRedLd = kDecCols + 8;  // the warps' fp32 tiles: 8 (mod 32) floats, conflict-free 8-byte stores
+__host__ __device__ inline size_t decode_smem_bytes(int k, size_t elem) {
+  const size_t tiles = size_t(kDecRows + kDecCols) * size_t(decode_ld(k)) * elem;
+  const size_t red = size_t(kDecThreads / 32) * kDecRows * kDecRedLd * sizeof(float);
+  return tiles > red ? tiles : red;
+}
+
 template <typename T>
-__global__ void __launch_bounds__(kProjThreads, 1)  // minBlocks 1: else ptxas caps it at 32 registers on sm_80 and spills
+__global__ void __launch_bounds__(kDecThreads)
+    project_decode_kernel(const T* __restrict__ x, const T* __restrict__ Vh, int n, int d_in, int r, int k_split,
+                          float* __restrict__ ws) {
+  const int ld = decode_ld(k_split);
+  T* sx = dyn_smem<T>();         // x: rows 0 .. n - 1 (the mma reads zeros for the others)
+  T* sv = sx + kDecRows * ld;    // Vh: 32 rows, zero past r and d_in
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32, g = lane / 4, tq = lane % 4;
+  const int k_begin = int(blockIdx.x) * k_split, col0 = int(blockIdx.y) * kDecCols;
+  const int k_len = d_in - k_begin < k_split ? d_in - k_begin : k_split;
+  const int per_row = k_split / 8, x_chunks = n * per_row;  // 16-byte chunks
+  for (int c = tid; c < x_chunks + kDecCols * per_row; c += kDecThreads) {
+    const bool is_x = c < x_chunks;
+    const int cc = is_x ? c : c - x_chunks, rr = cc / per_row, kk = cc % per_row * 8;
+    const bool valid = kk < k_len && (is_x || col0 + rr < r);
+    const T* src = !valid ? x : is_x ? x + int64_t(rr) * d_in + k_begin + kk : Vh + int64_t(col0 + rr) * d_in + k_begin + kk;
+    ax::cp_async_16_zfill((is_x ? sx : sv) + rr * ld + kk, src, valid);
+  }
+  ax::cp_async_commit();
+  ax::cp_async_wait<0>();
+  __syncthreads();
+
+  float acc[4][4];
+#pragma unroll
+  for (int j = 0; j < 4; ++j) acc[j][0] = acc[j][1] = acc[j][2] = acc[j][3] = 0.f;
+  const int steps = (k_len + kProjBK - 1) / kProjBK;
+  for (int step = warp; step < steps; step += kDecThreads / 32) {
+    const T* arow = sx + g * ld + step * kProjBK + tq * 2;
+    uint32_t a[4];
+    a[0] = g < n ? ld_u32(arow) : 0u;
+    a[1] = g + 8 < n ? ld_u32(arow + 8 * ld) : 0u;
+    a[2] = g < n ? ld_u32(arow + 8) : 0u;
+    a[3] = g + 8 < n ? ld_u32(arow + 8 * ld + 8) : 0u;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (col0 + j * 8 < r) {  // warp-uniform
+        const T* brow = sv + (j * 8 + g) * ld + step * kProjBK + tq * 2;
+        uint32_t b[2];
+        b[0] = ld_u32(brow);
+        b[1] = ld_u32(brow + 8);
+        mma16816<T>(acc[j], a, b, acc[j]);
+      }
+    }
+  }
+  __syncthreads();  // the tiles' last reads before the warps' fp32 tiles overwrite them
+  float* red = dyn_smem<float>();
+#pragma unroll
+  for (int j = 0; j < 4; ++j)
+#pragma unroll
+    for (int h2 = 0; h2 < 2; ++h2) {
+      const int row = g + 8 * h2;
+      if (row < n) st_pair(red + (warp * kDecRows + row) * kDecRedLd + j * 8 + tq * 2, 2, acc[j][2 * h2], acc[j][2 * h2 + 1]);
+    }
+  __syncthreads();
+  float* part = ws + int64_t(blockIdx.x) * n * r + col0;
+  for (int e = tid; e < n * kDecCols; e += kDecThreads) {
+    const int row = e / kDecCols, col = e % kDecCols;
+    if (col0 + col < r) {
+      const float* q = red + row * kDecRedLd + col;
+      constexpr int w = kDecRows * kDecRedLd;
+      part[int64_t(row) * r + col] = ((q[0] + q[w]) + q[2 * w]) + q[3 * w];
+    }
+  }
+}
+
+// Decode, second stage: a CTA per row; P = the sum over splits of the partials, then the core. The threads of a
+// column split its partials into groups = 256 / r interleaved sets (split g, g + groups, ...), each summed in split
+// order with up to 16 loads in flight, and the groups are added in group order: a fixed order for each r.
+constexpr int kFinishThreads = 256;
+constexpr int kFinishBatch = 16;
+__host__ __device__ inline int finish_groups(int r) { return r < kFinishThreads ? kFinishThreads / r : 1; }
+// Shared memory of the finish in floats: the groups' sums (256), then the epilogue of one row.
+__host__ __device__ inline int finish_floats(int r, int k) { return kFinishThreads + proj_epilogue_floats(r, k, 1); }
+
+template <typename T>
+__global__ void __launch_bounds__(kFinishThreads)
     project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, ProjCoreArgs c,
                           T* __restrict__ h, T* __restrict__ p_out) {
-  const int ldp = proj_ld(r);
-  float* P = dyn_smem<float>();
-  float *s = P + kProjBM * ldp, *d = s + r, *Q = d + c.k;
-  const int64_t row0 = int64_t(blockIdx.x) * kProjBM;
-  const int rows = int(n - row0 < kProjBM ? n - row0 : kProjBM);
-  for (int e = threadIdx.x; e < rows * r; e += blockDim.x) {
+  float* sums = dyn_smem<float>();
+  float *P = sums + kFinishThreads, *s = P + proj_ld(r), *d = s + r, *Q = d + c.k;
+  const int64_t row = blockIdx.x, stride = n * r;
+  const int groups = finish_groups(r), col = int(threadIdx.x) % r, group = int(threadIdx.x) / r;
+  if (group < groups) {
+    const float* src = ws + row * r + col;
     float tot = 0.f;
-    for (int k = 0; k < splits; ++k) tot += ws[(int64_t(k) * n + row0) * r + e];
-    P[(e / r) * ldp + e % r] = tot;
+    for (int k0 = group; k0 < splits; k0 += groups * kFinishBatch) {
+      float v[kFinishBatch];
+#pragma unroll
+      for (int j = 0; j < kFinishBatch; ++j) v[j] = k0 + j * groups < splits ? src[(k0 + j * groups) * stride] : 0.f;
+#pragma unroll
+      for (int j = 0; j < kFinishBatch; ++j) tot += v[j];
+    }
+    sums[group * r + col] = tot;
+  }
+  __syncthreads();
+  for (int j = threadIdx.x; j < r; j += blockDim.x) {
+    float tot = sums[j];
+    for (int g = 1; g < groups; ++g) tot += sums[g * r + j];
+    P[j] = tot;
   }
   proj_scales(s, d, r, c);
   __syncthreads();
-  proj_epilogue(P, s, d, Q, rows, r, c, row0, h, p_out);
+  proj_epilogue(P, s, d, Q, 1, r, c, row, h, p_out);
 }
 
 // ------------------------------------------------------------------------------------------ launch
 
 template <typename T, int NT>
-void launch_project_nt(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r, const ProjCoreArgs& c, T* h,
-                       T* p_out, float* ws, ax::stream_t st) {
+void launch_project_tile(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r, const ProjCoreArgs& c, T* h,
+                         T* p_out, ax::stream_t st) {
   constexpr int RP = 16 * NT;
   const size_t stage_bytes = size_t(2) * (kProjBM + RP) * kProjLd * sizeof(T);
-  const size_t epi_bytes = size_t(proj_epilogue_floats(int(r), c.k)) * sizeof(float);
-  const size_t smem = stage_bytes > epi_bytes ? stage_bytes : epi_bytes;
-  const int64_t k_split = ax::project_k_split(n, d_in);
-  const unsigned splits = unsigned((d_in + k_split - 1) / k_split);
-  const dim3 grid(blocks_for(n, kProjBM), splits);
-  AX_LAUNCH((project_core_kernel<T, NT>), grid, dim3(kProjThreads), smem, st, x, Vh, n, int(d_in), int(r),
-            int(k_split), c, h, p_out, splits > 1 ? ws : nullptr);
+  const size_t epi_bytes = size_t(proj_epilogue_floats(int(r), c.k, kProjBM)) * sizeof(float);
+  AX_LAUNCH((project_core_kernel<T, NT>), dim3(blocks_for(n, kProjBM)), dim3(kProjThreads),
+            stage_bytes > epi_bytes ? stage_bytes : epi_bytes, st, x, Vh, n, int(d_in), int(r), c, h, p_out);
   AX_CHECK_LAUNCH();
-  if (splits > 1) {
-    AX_LAUNCH((project_finish_kernel<T>), dim3(blocks_for(n, kProjBM)), dim3(kProjThreads), epi_bytes, st, ws,
-              int(splits), n, int(r), c, h, p_out);
+}
+
+// h (and p) of n rows: the decode kernel and its finish for n <= 16 (ws: project_workspace_elems floats), else the
+// row tiles with NT n-tiles per warp for r.
+template <typename T>
+void launch_project(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r, const ProjCoreArgs& c, T* h,
+                    T* p_out, float* ws, ax::stream_t st) {
+  if (ax::project_decodes(n)) {
+    const int64_t k_split = ax::project_decode_k(d_in, r), splits = ax::project_decode_splits(d_in, r);
+    AX_LAUNCH((project_decode_kernel<T>), dim3(unsigned(splits), unsigned(blocks_for(r, kDecCols))),
+              dim3(kDecThreads), decode_smem_bytes(int(k_split), sizeof(T)), st, x, Vh, int(n), int(d_in), int(r),
+              int(k_split), ws);
     AX_CHECK_LAUNCH();
+    AX_LAUNCH((project_finish_kernel<T>), dim3(unsigned(n)), dim3(kFinishThreads),
+              size_t(finish_floats(int(r), c.k)) * sizeof(float), st, ws, int(splits), n, int(r), c, h, p_out);
+    AX_CHECK_LAUNCH();
+  } else if (r <= 64) {
+    launch_project_tile<T, 4>(x, Vh, n, d_in, r, c, h, p_out, st);
+  } else if (r <= 128) {
+    launch_project_tile<T, 8>(x, Vh, n, d_in, r, c, h, p_out, st);
+  } else {
+    launch_project_tile<T, 16>(x, Vh, n, d_in, r, c, h, p_out, st);
   }
 }
 

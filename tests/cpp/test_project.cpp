@@ -97,7 +97,7 @@ void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int b
   const double tol = std::is_same<T, __nv_bfloat16>::value ? 8e-3 : 1.5e-3;
   std::printf("    %s n=%lld d_in=%lld r=%lld core=%d side=%d bs=%d k=%d splits=%lld: rel err h %.2g, p %.2g\n", name_of<T>(),
               (long long)n, (long long)d_in, (long long)r, core, side, bs, k,
-              (long long)((d_in + ax::project_k_split(n, d_in) - 1) / ax::project_k_split(n, d_in)), herr / hmax, perr / pmax);
+              (long long)(ax::project_decodes(n) ? ax::project_decode_splits(d_in, r) : 0), herr / hmax, perr / pmax);
   AX_CHECK(herr <= tol * hmax);
   AX_CHECK(perr <= tol * pmax);
 }
@@ -119,65 +119,76 @@ AX_TEST(project_prefill_matches_reference) {
   check_project<__half>(70, 64, 12, 1, 2, 3, 2);           // rot U, 3 row tiles
   check_project<__nv_bfloat16>(33, 48, 48, 1, 1, 16, 3);  // rot V, bs 16
   check_project<__half>(40, 128, 100, 0, 0, 1, 5);        // 8 n-tiles per warp
-  check_project<__nv_bfloat16>(9, 32, 256, 1, 0, 1, 4);    // r = 256 (16 n-tiles per warp), rot none
+  check_project<__nv_bfloat16>(17, 32, 256, 1, 0, 1, 4);   // r = 256 (16 n-tiles per warp), rot none
   check_project<__nv_bfloat16>(45, 40, 24, 2, 0, 1, 11, 3);  // dplr k 3
   check_project<__half>(33, 64, 72, 2, 0, 1, 12, 32);        // dplr k 32 (the largest tile of Q)
   check_project<__nv_bfloat16>(20, 24, 36, 3, 0, 1, 13, 2);  // ablate k 2
   check_project<__half>(64, 56, 256, 3, 0, 1, 14, 32);       // ablate, r 256 and k 32: the largest epilogue
   check_project<__nv_bfloat16>(35, 96, 66, 0, 0, 1, 17);     // r just past 64 (8 n-tiles per warp), 6 K steps
   check_project<__half>(19, 48, 130, 1, 2, 2, 18);           // r just past 128 (16 n-tiles), rot U, 3 K steps
-  check_project<__nv_bfloat16>(10, 64, 33, 0, 0, 1, 20);     // odd r: the last column pair of a row is one column
+  check_project<__nv_bfloat16>(18, 64, 33, 0, 0, 1, 20);     // odd r: the last column pair of a row is one column
 }
 
-AX_TEST(project_decode_split_k_matches_reference) {
-  check_project<__nv_bfloat16>(5, 2048, 36, 1, 1, 4, 6);  // 4 splits of 512
-  check_project<__half>(16, 1024, 64, 0, 0, 1, 7);        // 2 splits
+AX_TEST(project_decode_matches_reference) {
+  check_project<__nv_bfloat16>(5, 2048, 36, 1, 1, 4, 6);  // two column slices, the second 4 columns wide
+  check_project<__half>(16, 1024, 64, 0, 0, 1, 7);        // all 16 rows of the m-tile
   check_project<__nv_bfloat16>(1, 1536, 20, 0, 0, 1, 9);  // one token
   check_project<__half>(3, 1024, 40, 2, 0, 1, 15, 5);       // dplr through the finish kernel
   check_project<__nv_bfloat16>(7, 2048, 24, 3, 0, 1, 16, 4);  // ablate through the finish kernel
   check_project<__half>(3, 1024, 21, 0, 0, 1, 19);            // odd r: every other workspace row is not 8-byte aligned
+  // r 256 (8 column slices), 9 rows (the m-tile's second half partly), d_in 1000: 16 splits of 64, the last 40 wide
+  // (a half-filled K step)
+  check_project<__nv_bfloat16>(9, 1000, 256, 1, 2, 8, 23);
+  check_project<__half>(2, 40, 48, 0, 0, 1, 24);  // d_in 40: one split shorter than its K range
 }
 
 // The projection kernel in the emulator's memory model (checked build only): its cp.async fill, mma fragment reads
 // and P tile, weighted by count as in kernel_metrics.md, within the 1.25 bank-conflict target, and its global
-// accesses whole sectors, at r 256 (prefill) and in the split-K decode.
+// accesses whole sectors, at r 256: the prefill tile (40 rows) and the decode kernels (2 rows).
 AX_TEST(project_core_shared_layout_is_conflict_free) {
   if (!ax_emu::checked_build()) return;
   ax_emu::start_metrics();
   check_project<__nv_bfloat16>(40, 64, 256, 0, 0, 1, 21);
   check_project<__nv_bfloat16>(2, 2048, 256, 0, 0, 1, 22);
-  const MetricTotals t = metric_totals(ax_emu::stop_metrics(), "project_core_kernel");
-  std::printf("    project_core_kernel: bank-conflict factor %.3f, sector efficiency %.3f\n",
-              t.wavefronts / t.ideal_wavefronts, t.min_sectors / t.sectors);
-  AX_CHECK(t.ideal_wavefronts > 0 && t.wavefronts <= 1.25 * t.ideal_wavefronts);
-  AX_CHECK(t.sectors > 0 && t.min_sectors >= 0.85 * t.sectors);
+  const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
+  for (const char* kernel : {"project_core_kernel", "project_decode_kernel", "project_finish_kernel"}) {
+    const MetricTotals t = metric_totals(rows, kernel);
+    std::printf("    %s: bank-conflict factor %.3f, sector efficiency %.3f\n", kernel, t.wavefronts / t.ideal_wavefronts,
+                t.min_sectors / t.sectors);
+    AX_CHECK(t.ideal_wavefronts > 0 && t.wavefronts <= 1.25 * t.ideal_wavefronts);
+    AX_CHECK(t.sectors > 0 && t.min_sectors >= 0.85 * t.sectors);
+  }
 }
 
 AX_TEST(project_same_bits_for_every_schedule) {
   SeedGuard guard;
   std::mt19937_64 rng(3);
-  const int64_t n = 20, d_in = 96, r = 40;
-  Dev<__nv_bfloat16> x(randn<__nv_bfloat16>(static_cast<size_t>(n * d_in), rng), "x");
-  Dev<__nv_bfloat16> Vh(randn<__nv_bfloat16>(static_cast<size_t>(r * d_in), rng), "Vh");
-  Dev<float> S(std::vector<float>(static_cast<size_t>(r), 1.5f), "S"), g(std::vector<float>(static_cast<size_t>(r), 0.1f), "g");
-  std::vector<__nv_bfloat16> first;
-  for (uint64_t seed : {1ull, 2ull, 3ull}) {
-    ax_emu::set_seed(seed);
-    Dev<__nv_bfloat16> h_d(static_cast<size_t>(n * r), "h");
-    ax::ProjectCall call = gain_call(S.data(), g.data(), n, d_in, r);
-    call.x = x.data();
-    call.Vh = Vh.data();
-    call.h = h_d.data();
-    K::project_forward(call, test_stream());
-    const std::vector<__nv_bfloat16> h = h_d.to_host();
-    if (first.empty()) first = h;
-    AX_CHECK(same_bits(h, first, "h"));
+  const int64_t d_in = 1024, r = 40;
+  for (int64_t n : {20, 3}) {  // the prefill tile; the decode kernels (16 splits)
+    Dev<__nv_bfloat16> x(randn<__nv_bfloat16>(static_cast<size_t>(n * d_in), rng), "x");
+    Dev<__nv_bfloat16> Vh(randn<__nv_bfloat16>(static_cast<size_t>(r * d_in), rng), "Vh");
+    Dev<float> S(std::vector<float>(static_cast<size_t>(r), 1.5f), "S"), g(std::vector<float>(static_cast<size_t>(r), 0.1f), "g");
+    Dev<float> ws(static_cast<size_t>(std::max<int64_t>(1, ax::project_workspace_elems(n, d_in, r))), "workspace");
+    std::vector<__nv_bfloat16> first;
+    for (uint64_t seed : {1ull, 2ull, 3ull}) {
+      ax_emu::set_seed(seed);
+      Dev<__nv_bfloat16> h_d(static_cast<size_t>(n * r), "h");
+      ax::ProjectCall call = gain_call(S.data(), g.data(), n, d_in, r);
+      call.x = x.data();
+      call.Vh = Vh.data();
+      call.h = h_d.data();
+      call.workspace = ws.data();
+      K::project_forward(call, test_stream());
+      const std::vector<__nv_bfloat16> h = h_d.to_host();
+      if (first.empty()) first = h;
+      AX_CHECK(same_bits(h, first, "h"));
+    }
   }
 }
 
 // A steered call (groups of rows at their coefficients; rot: a rotation set each; with n_adapters > 1 a bank) against
 // one unsteered call per group with that group's coefficient and parameters: bit for bit (P of a row does not depend
-// on the other rows, and the split-K choice is the same for every call with at most 16 rows, or with more than 16).
+// on the other rows, and the decode path's K splits are the same for every call with at most 16 rows).
 template <typename T>
 void check_project_steered(int64_t groups, int64_t rows, int64_t d_in, int64_t r, ax::Core core, int side, int bs,
                            int k, int64_t n_adapters, uint64_t seed) {
@@ -262,7 +273,7 @@ void check_project_steered(int64_t groups, int64_t rows, int64_t d_in, int64_t r
 
 AX_TEST(project_steered_groups_equal_unsteered_calls) {
   for (int64_t nA : {1, 3}) {
-    // decode: 5 rows of one group each, split-K (d_in 1024); prefill: 2 groups of 40 rows
+    // decode: 5 rows of one group each (d_in 1024: 16 splits); prefill: 2 groups of 40 rows
     for (auto [groups, rows, d_in] : {std::tuple<int64_t, int64_t, int64_t>{5, 1, 1024}, {2, 40, 64}}) {
       check_project_steered<__nv_bfloat16>(groups, rows, d_in, 24, ax::Core::gain, 0, 1, 0, nA, 41);
       check_project_steered<__half>(groups, rows, d_in, 24, ax::Core::rot, ax::kRotV, 4, 0, nA, 42);
