@@ -131,6 +131,46 @@ def test_paths_follow_the_threshold(dtype, rows, mode, monkeypatch):
     assert any("diag_forward_kernel" in k for k in names) == (not fused), names
 
 
+@pytest.mark.parametrize("steered", [False, True], ids=["float-coeff", "coeff-tensor"])
+@pytest.mark.parametrize("example", ["antipasto", "rot_V", "dplr", "ablate"])
+def test_decode_step_captures_in_a_cuda_graph(example, steered, monkeypatch):
+    """A decode step of an adapted layer (bf16, d 2048, r 128: the decode kernels) is captured in a CUDA graph,
+    which a host read or a device synchronisation in the step would refuse, and its replays on new inputs match
+    eager calls: 1 and 4 tokens at the module's float coefficient, or 2 samples at (+1, -1)."""
+    monkeypatch.delenv(FUSED_ROWS, raising=False)
+    from torch import nn
+
+    from antipasto_ext.variants import EXAMPLES, VARIANTS
+    name, kw = EXAMPLES[example]
+    torch.manual_seed(0)
+    lin = nn.Linear(2048, 2048, device="cuda", dtype=torch.bfloat16)
+    m = VARIANTS[name].cls.from_linear(lin, r=128, **kw)
+    with torch.no_grad():
+        for prm in m.parameters():
+            if prm.requires_grad:
+                prm.add_(0.1 * torch.randn_like(prm))
+    shapes = [(2, 1, 2048)] if steered else [(1, 2048), (4, 2048)]
+    if steered:
+        m.coeff = torch.tensor([1.0, -1.0], device="cuda")
+    for shape in shapes:
+        static_x = torch.randn(shape, device="cuda", dtype=torch.bfloat16)
+        with torch.no_grad():
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # warm-up off the capture: handles, the rotation cache
+                for _ in range(2):
+                    m(static_x)
+            torch.cuda.current_stream().wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_y = m(static_x)
+            for _ in range(3):
+                x = torch.randn_like(static_x)
+                static_x.copy_(x)
+                graph.replay()
+                torch.testing.assert_close(static_y, m(x), rtol=2e-2, atol=2e-2)
+
+
 # (id, rows, d_in, r, block size, k, dtype, fused projection setting)
 SANITIZER_LAYER = [
     # cuBLAS projection + the core kernels. r 256, block size 8: the rot backward's tile is 48 KiB with 13 rows,

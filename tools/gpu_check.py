@@ -164,7 +164,8 @@ def plan(py: str, cuda_home: str, sanitizer: list, logs: Path) -> list:
         test_step(f"CUDA parity at real shapes: {name}", ["test_cuda_shapes.py"], kexpr, 140,
                   env={"OMP_NUM_THREADS": "4"}, tail=30)
         for name, kexpr in (("bf16", "real_shapes and bfloat16"), ("fp16", "real_shapes and float16 and not bfloat16"),
-                            ("fp32, and the kernels each setting launches", "real_shapes and float32 or paths"))
+                            ("fp32, the kernels each setting launches, a decode step in a CUDA graph",
+                             "real_shapes and float32 or paths or cuda_graph"))
     ] + [
         test_step("CUDA cases of the op, layer-op and module suites",
                   ["test_ops.py", "test_layer_ops.py", "test_modules.py", "test_steering.py"], "cuda and not cuda-emulated",
