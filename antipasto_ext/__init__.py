@@ -10,10 +10,11 @@ from .antipasto import AntiPaSTOLinear
 from .corda import CorDALinear
 from .dplr import DPLRLinear
 from .files import basis_differences, load, save, shares_basis
-from .model import adapters, attach, calibrate, detach, merge, set_adapter, set_coeff, steer, unmerge
+from .model import (adapters, attach, calibrate, detach, merge, set_adapter, set_coeff, shared_rotations, steer,
+                    unmerge)
 from .rot import RotLinear
 
 __all__ = ["AntiPaSTOLinear", "RotLinear", "AblateLinear", "CorDALinear", "DPLRLinear", "build_info", "ops",
            "reference", "attach", "detach", "calibrate", "save", "load", "merge", "unmerge", "set_coeff", "set_adapter",
-           "steer",
+           "steer", "shared_rotations",
            "adapters", "shares_basis", "basis_differences", "svd", "variants"]

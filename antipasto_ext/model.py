@@ -188,6 +188,25 @@ def steer(model: nn.Module, coeff, adapter=None):
             m.adapter = a
 
 
+# ------------------------------------------------------------------------------------------ rotations
+
+
+@contextlib.contextmanager
+def shared_rotations(model: nn.Module):
+    """``with shared_rotations(model): ...`` (around a training loop, or one optimizer step's micro-batches)
+    computes the Cayley rotations of every ``RotLinear`` of the model in one ``block_cayley`` launch per coefficient
+    (and per block size, angle, dtype and device) at first use, and reuses them in every forward until an optimizer
+    step changes a generator; each backward turns the rotations' accumulated gradient into every layer's
+    ``rot_T.grad`` with one ``block_cayley_backward`` per coefficient. Forward values and gradients are those of
+    the layers' own solves (which they do again after the block), up to rounding."""
+    from .rot import RotLinear, SharedRotations
+    shared = SharedRotations([m for m, _ in _occurrences(model, RotLinear).values()])
+    try:
+        yield model
+    finally:
+        shared.close()
+
+
 # ------------------------------------------------------------------------------------------ calibrate
 
 

@@ -6,7 +6,9 @@ pass — dispatcher ops and CUDA kernels per layer call, host synchronisations (
 syncs; on CPU also the linalg error checks that are a sync each on CUDA), where the time goes (top ops)
 and a Chrome trace. Then ``block_cayley`` alone, ext vs the eager ``reference.cayley_blocks``
 (batched torch.linalg.solve) for several block layouts, with the overhead breakdown of the ext call
-(kernel vs dispatch vs autograd).
+(kernel vs dispatch vs autograd). Last, one training step of a stack of rot layers (micro-batches at
+coefficients +1 and -1): each layer solving its own rotations vs ``shared_rotations`` (one Cayley launch per
+coefficient and one backward launch per backward for all the layers), timed interleaved, with the launches counted.
 
     python benchmarks/cayley_gap.py --quick      # CI smoke, well under a minute on a 2-core CPU
     python benchmarks/cayley_gap.py --quick --device cuda --dtype bfloat16   # GPU quick mode (tools/gpu_check.py)
@@ -25,6 +27,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
+import antipasto_ext as ax  # noqa: E402
 from antipasto_ext import ops, reference  # noqa: E402
 
 BLOCK_LAYOUTS = [(64, 4), (512, 4), (16, 16), (8, 32), (4, 64)]
@@ -222,6 +225,59 @@ def block_section(args, device):
     return "\n".join(md), csv_rows
 
 
+def step_section(args, device, dtype, layers=32, d=256, r=64, micro=4, tokens=16):
+    """One optimizer step's forwards and backwards (``micro`` micro-batches, alternately at +1 and -1) through a
+    stack of ``layers`` RotLinear (d -> d, r, the run's block size): per-layer solves vs shared_rotations."""
+    from torch import nn
+
+    torch.manual_seed(1)
+    def stack():
+        mods = [ax.RotLinear.from_linear(nn.Linear(d, d, device=device, dtype=dtype), r=r, block_size=args.block_size)
+                for _ in range(layers)]
+        with torch.no_grad():
+            for m in mods:
+                m.rot_T.normal_(0, 0.1)
+        return nn.Sequential(*mods)
+    model = stack()
+    xs = [torch.randn(tokens, d, device=device, dtype=dtype) for _ in range(micro)]
+
+    def step():
+        for i, x in enumerate(xs):
+            ax.set_coeff(model, 1.0 if i % 2 == 0 else -1.0)
+            model(x).float().square().mean().backward()
+        model.zero_grad()
+
+    def shared_step():
+        with ax.shared_rotations(model):
+            step()
+    counts = {}
+    for name, fn in (("per-layer solves", step), ("shared_rotations", shared_step)):
+        n = {"fwd": 0, "bwd": 0}
+        fwd, bwd = ops.block_cayley, ops.block_cayley_backward
+        ops.block_cayley = lambda *a, _f=fwd, **k: (n.__setitem__("fwd", n["fwd"] + 1), _f(*a, **k))[1]
+        ops.block_cayley_backward = lambda *a, _f=bwd, **k: (n.__setitem__("bwd", n["bwd"] + 1), _f(*a, **k))[1]
+        try:
+            fn()
+        finally:
+            ops.block_cayley, ops.block_cayley_backward = fwd, bwd
+        counts[name] = n
+    st = C.bench({"per-layer solves": step, "shared_rotations": shared_step}, device, warmup=args.warmup,
+                 repeats=args.repeats, sample_s=2e-2)
+    base = st["per-layer solves"].median
+    rows = [[name, f"{counts[name]['fwd'] if name == 'shared_rotations' else layers * micro}",
+             f"{counts[name]['bwd'] if name == 'shared_rotations' else layers * micro}", s.fmt_us(),
+             C.fmt_ratio(s.median, base)] for name, s in st.items()]
+    md = [f"## A training step: {layers} rot layers ({d} -> {d}, r {r}, bs {args.block_size}), {micro} micro-batches "
+          f"of {tokens} tokens at +1 / -1, {dtype}".replace("torch.", ""), "",
+          "Forward and backward of every micro-batch (µs per step, median ± half the IQR, interleaved). Cayley "
+          "launches: `block_cayley` forwards and backwards; per-layer solves run one of each per layer and "
+          "micro-batch (the backward inside autograd), shared_rotations one forward per coefficient and one "
+          "backward per backward pass.", "",
+          C.md_table(["path", "Cayley forwards", "Cayley backwards", "µs per step", "vs per-layer"], rows), ""]
+    csv = [["step", name, "fwd+bwd", f"{s.us:.3f}", f"{s.iqr * 1e6:.3f}"] for name, s in st.items()]
+    return "\n".join(md), csv
+
+
 def overhead_breakdown(args, device, t0, gR, bs, st):
     """Split the ext fwd+bwd of block_cayley into kernel time and framework overhead (Python wrapper,
     autograd graph, autograd engine), and show the floor that any autograd-visible op pays here."""
@@ -317,6 +373,12 @@ def main(argv=None):
     else:
         block_md, block_csv = "## block_cayley alone: skipped (ext backend unavailable)\n", []
     C.log(block_md)
+    C.log("== a training step: per-layer solves vs shared_rotations")
+    if "ext" in args.backends:
+        step_md, step_csv = step_section(args, device, dtype)
+    else:
+        step_md, step_csv = "## A training step: skipped (ext backend unavailable)\n", []
+    C.log(step_md)
     trace = paths["trace.json"]
     size = trace.stat().st_size if trace.exists() else 0
     if size > 2 * 2**20:  # keep big traces out of git (benchmarks/.gitignore ignores *.trace.json.big)
@@ -330,10 +392,10 @@ def main(argv=None):
     tmd = ["## Targets (from this run)", "", C.md_table(["target", "value", "limit", "status"], TARGETS)]
     C.log("\n".join(tmd))
     md = [C.header_md("Cayley-gap profile: antipasto vs antipasto_rot, eager vs ext", info), "\n".join(tmd), layer_md,
-          block_md, note]
+          block_md, step_md, note]
     paths["md"].write_text("\n".join(md) + "\n")
     C.write_csv(paths["csv"], info, ["section", "config", "phase", "value (ms | µs | ratio)", "IQR"],
-                layer_csv + block_csv)
+                layer_csv + block_csv + step_csv)
     C.log(f"wrote {paths['md']}, {paths['csv']}, {trace}")
     return 0
 

@@ -665,3 +665,88 @@ def test_docs_example_runs(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(block, "docs/model_level.md#example", "exec"), {})
     assert (tmp_path / "adapter.safetensors").exists()
+
+
+# ------------------------------------------------------------------------------------------ shared rotations
+
+
+def _rot_stack(seed=0, dtype=torch.float64):
+    """Three RotLinear layers: two of block size 4 (one group, one Cayley call), one of block size 2 (U side)."""
+    torch.manual_seed(seed)
+    layers = [ax.RotLinear.from_linear(nn.Linear(24, 32, dtype=dtype), r=8, block_size=4),
+              ax.RotLinear.from_linear(nn.Linear(32, 24, dtype=dtype), r=8, block_size=2, rotate_basis="U"),
+              ax.RotLinear.from_linear(nn.Linear(24, 16, dtype=dtype), r=12, block_size=4)]
+    with torch.no_grad():
+        for m in layers:
+            m.rot_T.normal_(0, 0.3)
+            m.delta_s.normal_(0, 0.1)
+    return nn.Sequential(layers[0], nn.Tanh(), layers[1], nn.Tanh(), layers[2])
+
+
+def _micro_batches(dtype=torch.float64):
+    """(coefficient, x): paired prompts at +1 and -1, and two samples at their own coefficients."""
+    g = torch.Generator().manual_seed(5)
+    x = lambda b: torch.randn(b, 3, 24, generator=g, dtype=dtype)  # noqa: E731
+    return [(1.0, x(2)), (-1.0, x(2)), (torch.tensor([1.0, -1.0], dtype=dtype), x(2)), (1.0, x(3))]
+
+
+def _train_step(model, batches):
+    outs = []
+    for coeff, x in batches:
+        ax.set_coeff(model, coeff)
+        y = model(x)
+        (y ** 2).mean().backward()
+        outs.append(y.detach())
+    return outs
+
+
+def test_shared_rotations_match_per_layer_solves_and_call_cayley_once_per_coefficient(monkeypatch):
+    plain, shared = _rot_stack(), _rot_stack()
+    calls = {"fwd": 0, "bwd": 0}
+    fwd, bwd = ax.ops.block_cayley, ax.ops.block_cayley_backward
+
+    def count(name, fn):
+        def wrapped(*a, **kw):
+            calls[name] += 1
+            return fn(*a, **kw)
+        return wrapped
+    monkeypatch.setattr(ax.ops, "block_cayley", count("fwd", fwd))
+    monkeypatch.setattr(ax.ops, "block_cayley_backward", count("bwd", bwd))
+    batches = _micro_batches() * 2  # 8 micro-batches, 3 coefficient keys (+1, -1, the tensor)
+    y_plain = _train_step(plain, batches)
+    assert calls["fwd"] == 3 * len(batches)  # one solve per layer and forward (its backward runs inside autograd)
+    calls.update(fwd=0, bwd=0)
+    with ax.shared_rotations(shared):
+        y_shared = _train_step(shared, batches)
+    assert calls == {"fwd": 2 * 3, "bwd": 2 * len(batches)}  # 2 groups x 3 coefficients; 2 groups per backward
+    for a, b in zip(y_plain, y_shared):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    for (name, p), q in zip(plain.named_parameters(), shared.parameters()):
+        if p.requires_grad:
+            assert q.grad is not None, name
+            torch.testing.assert_close(q.grad, p.grad, rtol=1e-10, atol=1e-12, msg=name)
+    assert all(m._shared is None for m in shared.modules() if isinstance(m, ax.RotLinear))
+
+
+def test_shared_rotations_around_a_training_loop_follow_each_step():
+    """Steps inside the block change rot_T: the next forward solves again, and training matches the plain loop."""
+    plain, shared = _rot_stack(), _rot_stack()
+    batches = _micro_batches()
+
+    def train(model):
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+        for step in range(3):
+            _train_step(model, batches[step % 2::2])
+            opt.step()
+            opt.zero_grad()
+    train(plain)
+    with ax.shared_rotations(shared):
+        train(shared)
+        assert all(m._shared is not None for m in shared.modules() if isinstance(m, ax.RotLinear))
+    assert all(m._shared is None for m in shared.modules() if isinstance(m, ax.RotLinear))
+    for (name, p), q in zip(plain.named_parameters(), shared.parameters()):
+        torch.testing.assert_close(q, p, rtol=1e-10, atol=1e-12, msg=name)
+    x = torch.randn(2, 24, dtype=torch.float64)
+    with ax.shared_rotations(shared), torch.no_grad():  # no autograd: the shared R, no hook
+        y = shared(x)
+    torch.testing.assert_close(y, shared(x))
