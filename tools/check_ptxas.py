@@ -47,8 +47,9 @@ RE_PTX_CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global \[[^]]+\], \[[
 
 # Tile kernels whose row tiles must be filled with 128-bit loads (short-name prefixes; float64 instantiations
 # are reported, not gated).
-VECTOR_KERNELS = ("diag_forward_kernel", "rot_forward_kernel", "rot_backward_kernel", "dplr_forward_kernel",
-                  "dplr_backward_kernel", "ablate_forward_kernel", "ablate_backward_kernel", "project_core_kernel")
+VECTOR_KERNELS = ("diag_forward_kernel", "diag_backward_kernel", "rot_forward_kernel", "rot_backward_kernel",
+                  "dplr_forward_kernel", "dplr_backward_kernel", "ablate_forward_kernel", "ablate_backward_kernel",
+                  "project_core_kernel", "project_decode_kernel")
 
 
 def wide_loads(ptx):

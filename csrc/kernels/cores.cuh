@@ -373,19 +373,60 @@ __global__ void __launch_bounds__(kCoreThreads)
   for (int64_t e = threadIdx.x; e < cnt; e += blockDim.x) st(h + base + e, ld<acc_t>(p + base + e) * s[e % r]);
 }
 
-// One thread per column j of the CTA's row chunk: dp = dh * s_j, partial ds_j = sum dh * p in row order.
+// Rows of dh and p a thread of the vector backward has in flight: 8 x 2 x 16 bytes.
+constexpr int kDiagBatch = 8;
+
+// The CTA's row chunk: dp = dh * s_j, partial ds_j = sum dh * p in row order for every column j. vec (r a multiple of
+// the vector width, dh / p / dp 16-byte aligned): a thread per vector of columns, kDiagBatch rows of 16-byte loads
+// in flight; else a thread per column, element by element.
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     diag_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
                          const typename acc_of<T>::type* __restrict__ S,
-                         const typename acc_of<T>::type* __restrict__ x, bool suppress_only, int mode,
+                         const typename acc_of<T>::type* __restrict__ x, bool suppress_only, int mode, bool vec,
                          T* __restrict__ dp, typename acc_of<T>::type* __restrict__ ws) {
   using acc_t = typename acc_of<T>::type;
+  constexpr int V = vec_elems<T>();
   const RowRange t = cta_rows(m);
   const acc_t coeff = entry_coeff(m, t.entry);
   const int64_t ad = entry_adapter(m, t.entry);  // the group's adapter in a bank, else 0
   x += ad * r;
   acc_t* part = ws + int64_t(blockIdx.x) * core_slice(r);
+  if (vec) {
+    for (int j0 = threadIdx.x * V; j0 < r; j0 += blockDim.x * V) {
+      acc_t sj[V], acc[V];
+#pragma unroll
+      for (int q = 0; q < V; ++q) {
+        sj[q] = diag_scale(mode, __ldg(S + j0 + q), __ldg(x + j0 + q), coeff, suppress_only);
+        acc[q] = 0;
+      }
+      for (int64_t i0 = t.row0; i0 < t.row1; i0 += kDiagBatch) {
+        Vec<T> d[kDiagBatch], pv[kDiagBatch];
+#pragma unroll
+        for (int b = 0; b < kDiagBatch; ++b)
+          if (i0 + b < t.row1) {
+            d[b] = ld_vec(dh + (i0 + b) * r + j0);
+            pv[b] = ld_vec(p + (i0 + b) * r + j0);
+          }
+#pragma unroll
+        for (int b = 0; b < kDiagBatch; ++b) {
+          if (i0 + b >= t.row1) break;
+          acc_t dd[V], pp[V], o[V];
+          widen(dd, d[b]);
+          widen(pp, pv[b]);
+#pragma unroll
+          for (int q = 0; q < V; ++q) {
+            o[q] = dd[q] * sj[q];
+            acc[q] += dd[q] * pp[q];
+          }
+          st_vec(dp + (i0 + b) * r + j0, o);
+        }
+      }
+#pragma unroll
+      for (int q = 0; q < V; ++q) part[j0 + q] = acc[q];
+    }
+    return;
+  }
   for (int j = threadIdx.x; j < r; j += blockDim.x) {
     const acc_t sj = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
     acc_t acc = 0;
@@ -418,11 +459,15 @@ struct DiagLaunch {
   static void backward(const CoreCall& c, int64_t chunk, int mode, ax::stream_t st) {
     using acc_t = typename acc_of<T>::type;
     const CoreParams& k = c.core;
-    const int threads = int(std::min<int64_t>(kCoreThreads, (k.r + 31) / 32 * 32));
+    constexpr int V = vec_elems<T>();
+    const bool vec = k.r % V == 0 && ((reinterpret_cast<uintptr_t>(c.grad_h) | reinterpret_cast<uintptr_t>(c.p) |
+                                       reinterpret_cast<uintptr_t>(c.dp)) & 15) == 0;
+    const int64_t cols = vec ? k.r / V : k.r;  // a thread per vector of columns, or per column
+    const int threads = int(std::min<int64_t>(kCoreThreads, (cols + 31) / 32 * 32));
     const auto m = rows_of<acc_t>(c, chunk);
     AX_LAUNCH((diag_backward_kernel<T>), grid_of(c, m), dim3(threads), 0, st, static_cast<const T*>(c.grad_h),
               static_cast<const T*>(c.p), m, int(k.r), static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g),
-              k.suppress_only, mode, static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
+              k.suppress_only, mode, vec, static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
     AX_CHECK_LAUNCH();
   }
 };

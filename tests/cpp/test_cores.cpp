@@ -254,6 +254,24 @@ AX_TEST(cores_tile_fills_are_vector_and_conflict_free) {
   AX_CHECK(stores > 0);
 }
 
+// The elementwise backward in the emulator's memory model (checked build only): its reads of grad_h and p and its
+// writes of dp are 16-byte accesses of whole sectors (bf16, and f32 at an r that is a multiple of 4 only).
+AX_TEST(cores_gain_backward_moves_vectors) {
+  if (!ax_emu::checked_build()) return;
+  ax_emu::start_metrics();
+  check_core<__nv_bfloat16>(ax::Core::gain, Shape{70, 256, 1, 0}, 0.7, false, 8);
+  check_core<float>(ax::Core::gain, Shape{33, 36, 1, 0}, -0.4, false, 9);
+  int accesses = 0;
+  for (const ax_emu::MetricRow& m : ax_emu::stop_metrics()) {
+    if (m.kernel.find("diag_backward_kernel") == std::string::npos || m.shared) continue;
+    if (m.site.find("ld_vec") == std::string::npos && m.site.find("st_vec") == std::string::npos) continue;
+    ++accesses;
+    AX_CHECK_EQ(m.bytes_per_lane, 16.0);
+    AX_CHECK_EQ(m.sectors, m.min_sectors);
+  }
+  AX_CHECK(accesses >= 3);  // grad_h, p, dp
+}
+
 // The shared layouts of the low-rank core in the emulator's memory model (checked build only): with A, B and the row
 // tiles in their padded strides each dplr kernel's shared accesses, weighted by count as in kernel_metrics.md, are
 // within the 1.25 bank-conflict target at the training width r 256 and rank 8.
