@@ -4,8 +4,10 @@
 //   dX = 2 Minv^T G Minv^T,  dA = coeff/2 * dX * (1 - tanh^2),  dT_ij = (dA_ij - dA_ji)/2.
 //
 // Two kernels per direction:
-//   * bs <= 8: one thread per Cayley block, templated on BS, fully unrolled, everything in
-//     registers (M in place, Gauss-Jordan without pivoting; G streamed from global).
+//   * bs <= 8: one thread per Cayley block, templated on BS, fully unrolled, the matrices in
+//     registers (M in place, Gauss-Jordan without pivoting). The CTA's blocks are contiguous in t, R,
+//     G and dt: it moves them between global and shared memory as whole contiguous slices (every
+//     warp access whole sectors) and each thread reads and writes its block there, at an odd stride.
 //   * 8 < bs <= 64: one CTA per Cayley block, matrices in shared memory, one element per thread
 //     per elimination step (two barriers a step).
 // M = I - X with X skew is never singular and needs no pivot (SPEC §2), so nothing is checked and
@@ -27,7 +29,7 @@ namespace AX_KERNEL_NS {
 namespace kern {
 
 constexpr int kCayleySmallMax = 8;      // register path up to this block size
-constexpr int kCayleySmallThreads = 64;  // threads (= Cayley blocks) per CTA on the register path
+constexpr int kCayleySmallThreads = 64;  // threads (= Cayley blocks) per CTA on the register path, at most
 constexpr int kCayleyCtaThreads = 256;  // threads per CTA on the shared-memory path
 
 // The coefficient of Cayley block b: coeffs[b / per] when given (one per steering group), else `value`.
@@ -41,50 +43,81 @@ struct BlockCoeff {
 
 // ------------------------------------------------------------------------------- bs <= 8: registers
 
+// Row stride of a block's staged entries: odd, so the threads of a warp (one block each) hit distinct banks.
+__host__ __device__ constexpr int cayley_stage_ld(int n) { return n % 2 ? n : n + 1; }
+// Shared memory of the register path for `threads` blocks per CTA: t (and dt) | R | G (backward).
+__host__ __device__ constexpr size_t cayley_small_smem(int bs, size_t acc_bytes, int threads, bool backward) {
+  return size_t(threads) * size_t(cayley_stage_ld(bs * (bs - 1) / 2) + (backward ? 2 : 1) * cayley_stage_ld(bs * bs)) *
+         acc_bytes;
+}
+// Blocks per CTA of the register path: 64, or 32 where 64 blocks' staging passes 48 KiB (f64 backward at bs >= 7).
+inline int cayley_small_threads(int bs, size_t acc_bytes, bool backward) {
+  return cayley_small_smem(bs, acc_bytes, kCayleySmallThreads, backward) <= 48 * 1024 ? kCayleySmallThreads
+                                                                                       : kCayleySmallThreads / 2;
+}
+
+// src (count entries of `per` values each, contiguous) into dst at row stride ld, or back.
+template <typename acc_t>
+__device__ __forceinline__ void cayley_stage_in(acc_t* dst, int ld, const acc_t* __restrict__ src, int count, int per) {
+  for (int e = threadIdx.x; e < count * per; e += blockDim.x) dst[(e / per) * ld + e % per] = __ldg(src + e);
+}
+template <typename acc_t>
+__device__ __forceinline__ void cayley_stage_out(acc_t* __restrict__ dst, const acc_t* src, int ld, int count, int per) {
+  for (int e = threadIdx.x; e < count * per; e += blockDim.x) dst[e] = src[(e / per) * ld + e % per];
+}
+
 template <int BS, typename acc_t>
 __global__ void __launch_bounds__(kCayleySmallThreads)
     cayley_forward_small_kernel(const acc_t* __restrict__ t, int64_t n_blocks, acc_t a_lim, BlockCoeff<acc_t> cf,
                                 acc_t* __restrict__ R) {
-  constexpr int kM = BS * (BS - 1) / 2;
-  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= n_blocks) return;
-  const acc_t coeff = cf.at(b);
-  const acc_t* tb = t + b * kM;
-  acc_t M[BS][BS];
-  // M = I - coeff * A / 2 (A clamped skew), computed as (-coeff * A) / 2 like cayley_block_forward.
-#pragma unroll
-  for (int i = 0; i < BS; ++i) {
-    M[i][i] = acc_t(1);
-#pragma unroll
-    for (int j = i + 1; j < BS; ++j) {
-      const acc_t a = a_lim * tanh((__ldg(tb + triu_index(i, j, BS)) / acc_t(2)) / a_lim);
-      M[i][j] = -coeff * a / acc_t(2);
-      M[j][i] = -coeff * (-a) / acc_t(2);
-    }
-  }
-  // In-place Gauss-Jordan without pivoting: M <- M^-1.
-#pragma unroll
-  for (int c = 0; c < BS; ++c) {
-    const acc_t rp = acc_t(1) / M[c][c];
-    M[c][c] = acc_t(1);
-#pragma unroll
-    for (int j = 0; j < BS; ++j) M[c][j] *= rp;
+  constexpr int kM = BS * (BS - 1) / 2, kNN = BS * BS, kLdT = cayley_stage_ld(kM), kLdR = cayley_stage_ld(kNN);
+  acc_t* ts = dyn_smem<acc_t>();
+  acc_t* Rs = ts + blockDim.x * kLdT;
+  const int64_t b0 = int64_t(blockIdx.x) * blockDim.x;
+  const int count = int(n_blocks - b0 < int64_t(blockDim.x) ? n_blocks - b0 : int64_t(blockDim.x));
+  cayley_stage_in(ts, kLdT, t + b0 * kM, count, kM);
+  __syncthreads();
+  if (int(threadIdx.x) < count) {
+    const acc_t coeff = cf.at(b0 + threadIdx.x);
+    const acc_t* tb = ts + threadIdx.x * kLdT;
+    acc_t M[BS][BS];
+    // M = I - coeff * A / 2 (A clamped skew), computed as (-coeff * A) / 2 like cayley_block_forward.
 #pragma unroll
     for (int i = 0; i < BS; ++i) {
-      if (i == c) continue;
-      const acc_t f = M[i][c];
-      M[i][c] = acc_t(0);
-      if (f != acc_t(0)) {
+      M[i][i] = acc_t(1);
 #pragma unroll
-        for (int j = 0; j < BS; ++j) M[i][j] -= f * M[c][j];
+      for (int j = i + 1; j < BS; ++j) {
+        const acc_t a = a_lim * tanh((tb[triu_index(i, j, BS)] / acc_t(2)) / a_lim);
+        M[i][j] = -coeff * a / acc_t(2);
+        M[j][i] = -coeff * (-a) / acc_t(2);
       }
     }
+    // In-place Gauss-Jordan without pivoting: M <- M^-1.
+#pragma unroll
+    for (int c = 0; c < BS; ++c) {
+      const acc_t rp = acc_t(1) / M[c][c];
+      M[c][c] = acc_t(1);
+#pragma unroll
+      for (int j = 0; j < BS; ++j) M[c][j] *= rp;
+#pragma unroll
+      for (int i = 0; i < BS; ++i) {
+        if (i == c) continue;
+        const acc_t f = M[i][c];
+        M[i][c] = acc_t(0);
+        if (f != acc_t(0)) {
+#pragma unroll
+          for (int j = 0; j < BS; ++j) M[i][j] -= f * M[c][j];
+        }
+      }
+    }
+    acc_t* Rb = Rs + threadIdx.x * kLdR;
+#pragma unroll
+    for (int i = 0; i < BS; ++i)
+#pragma unroll
+      for (int j = 0; j < BS; ++j) Rb[i * BS + j] = acc_t(2) * M[i][j] - (i == j ? acc_t(1) : acc_t(0));
   }
-  acc_t* Rb = R + b * (BS * BS);
-#pragma unroll
-  for (int i = 0; i < BS; ++i)
-#pragma unroll
-    for (int j = 0; j < BS; ++j) Rb[i * BS + j] = acc_t(2) * M[i][j] - (i == j ? acc_t(1) : acc_t(0));
+  __syncthreads();
+  cayley_stage_out(R + b0 * kNN, Rs, kLdR, count, kNN);
 }
 
 template <int BS, typename acc_t>
@@ -92,51 +125,62 @@ __global__ void __launch_bounds__(kCayleySmallThreads)
     cayley_backward_small_kernel(const acc_t* __restrict__ G, const acc_t* __restrict__ R,
                                  const acc_t* __restrict__ t, int64_t n_blocks, acc_t a_lim, BlockCoeff<acc_t> cf,
                                  acc_t* __restrict__ dt) {
-  constexpr int kM = BS * (BS - 1) / 2;
-  const int64_t b = int64_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (b >= n_blocks) return;
-  const acc_t coeff = cf.at(b);
-  const acc_t* Gb = G + b * (BS * BS);
-  const acc_t* Rb = R + b * (BS * BS);
-  const acc_t* tb = t + b * kM;
-  acc_t Minv[BS][BS];
+  constexpr int kM = BS * (BS - 1) / 2, kNN = BS * BS, kLdT = cayley_stage_ld(kM), kLdR = cayley_stage_ld(kNN);
+  acc_t* ts = dyn_smem<acc_t>();  // t, then dt in its place (each entry read before the same thread writes it)
+  acc_t* Rs = ts + blockDim.x * kLdT;
+  acc_t* Gs = Rs + blockDim.x * kLdR;
+  const int64_t b0 = int64_t(blockIdx.x) * blockDim.x;
+  const int count = int(n_blocks - b0 < int64_t(blockDim.x) ? n_blocks - b0 : int64_t(blockDim.x));
+  cayley_stage_in(ts, kLdT, t + b0 * kM, count, kM);
+  cayley_stage_in(Rs, kLdR, R + b0 * kNN, count, kNN);
+  cayley_stage_in(Gs, kLdR, G + b0 * kNN, count, kNN);
+  __syncthreads();
+  if (int(threadIdx.x) < count) {
+    const acc_t coeff = cf.at(b0 + threadIdx.x);
+    const acc_t* Gb = Gs + threadIdx.x * kLdR;
+    const acc_t* Rb = Rs + threadIdx.x * kLdR;
+    acc_t* tb = ts + threadIdx.x * kLdT;
+    acc_t Minv[BS][BS];
 #pragma unroll
-  for (int i = 0; i < BS; ++i)
+    for (int i = 0; i < BS; ++i)
 #pragma unroll
-    for (int j = 0; j < BS; ++j) Minv[i][j] = (__ldg(Rb + i * BS + j) + (i == j ? acc_t(1) : acc_t(0))) / acc_t(2);
-  // dX row by row: tmp_i = (Minv^T G)_i, dX_ij = 2 tmp_i . Minv_j. The upper triangle of dX waits in
-  // registers for its transposed partner from a later row.
-  acc_t upper[kM > 0 ? kM : 1];
-  const acc_t half_coeff = coeff / acc_t(2);
+      for (int j = 0; j < BS; ++j) Minv[i][j] = (Rb[i * BS + j] + (i == j ? acc_t(1) : acc_t(0))) / acc_t(2);
+    // dX row by row: tmp_i = (Minv^T G)_i, dX_ij = 2 tmp_i . Minv_j. The upper triangle of dX waits in
+    // registers for its transposed partner from a later row.
+    acc_t upper[kM > 0 ? kM : 1];
+    const acc_t half_coeff = coeff / acc_t(2);
 #pragma unroll
-  for (int i = 0; i < BS; ++i) {
-    acc_t tmp[BS];
+    for (int i = 0; i < BS; ++i) {
+      acc_t tmp[BS];
 #pragma unroll
-    for (int j = 0; j < BS; ++j) {
-      acc_t s = 0;
+      for (int j = 0; j < BS; ++j) {
+        acc_t s = 0;
 #pragma unroll
-      for (int k = 0; k < BS; ++k) s += Minv[k][i] * __ldg(Gb + k * BS + j);
-      tmp[j] = s;
-    }
+        for (int k = 0; k < BS; ++k) s += Minv[k][i] * Gb[k * BS + j];
+        tmp[j] = s;
+      }
 #pragma unroll
-    for (int j = 0; j < BS; ++j) {
-      if (j == i) continue;
-      acc_t s = 0;
+      for (int j = 0; j < BS; ++j) {
+        if (j == i) continue;
+        acc_t s = 0;
 #pragma unroll
-      for (int k = 0; k < BS; ++k) s += tmp[k] * Minv[j][k];
-      const acc_t dX = acc_t(2) * s;
-      if (j > i) {
-        upper[triu_index(i, j, BS)] = dX;
-      } else {  // pair (j, i), j < i: dX_ji waited in `upper`, dX_ij is this one
-        const int q = triu_index(j, i, BS);
-        const acc_t th = tanh((__ldg(tb + q) / acc_t(2)) / a_lim);
-        const acc_t dtanh = acc_t(1) - th * th;
-        const acc_t dA_up = half_coeff * upper[q] * dtanh;
-        const acc_t dA_lo = half_coeff * dX * dtanh;
-        dt[b * kM + q] = (dA_up - dA_lo) / acc_t(2);
+        for (int k = 0; k < BS; ++k) s += tmp[k] * Minv[j][k];
+        const acc_t dX = acc_t(2) * s;
+        if (j > i) {
+          upper[triu_index(i, j, BS)] = dX;
+        } else {  // pair (j, i), j < i: dX_ji waited in `upper`, dX_ij is this one
+          const int q = triu_index(j, i, BS);
+          const acc_t th = tanh((tb[q] / acc_t(2)) / a_lim);
+          const acc_t dtanh = acc_t(1) - th * th;
+          const acc_t dA_up = half_coeff * upper[q] * dtanh;
+          const acc_t dA_lo = half_coeff * dX * dtanh;
+          tb[q] = (dA_up - dA_lo) / acc_t(2);
+        }
       }
     }
   }
+  __syncthreads();
+  cayley_stage_out(dt + b0 * kM, ts, kLdT, count, kM);
 }
 
 // --------------------------------------------------------------------- 8 < bs <= 64: CTA per block
@@ -241,11 +285,13 @@ void launch_cayley_forward(const acc_t* t, int64_t n_blocks, int bs, acc_t a_lim
                            ax::stream_t stream) {
   if (n_blocks <= 0) return;
   if (bs <= kCayleySmallMax) {
-    const dim3 grid(unsigned((n_blocks + kCayleySmallThreads - 1) / kCayleySmallThreads)), block(kCayleySmallThreads);
+    const int threads = cayley_small_threads(bs, sizeof(acc_t), false);
+    const dim3 grid(unsigned((n_blocks + threads - 1) / threads)), block(threads);
+    const size_t smem = cayley_small_smem(bs, sizeof(acc_t), threads, false);
     switch (bs) {
-#define AX_CAYLEY_FWD_CASE(BS)                                                                               \
-  case BS:                                                                                                   \
-    AX_LAUNCH((cayley_forward_small_kernel<BS, acc_t>), grid, block, 0, stream, t, n_blocks, a_lim, coeff, R); \
+#define AX_CAYLEY_FWD_CASE(BS)                                                                                  \
+  case BS:                                                                                                      \
+    AX_LAUNCH((cayley_forward_small_kernel<BS, acc_t>), grid, block, smem, stream, t, n_blocks, a_lim, coeff, R); \
     break;
       AX_CAYLEY_FWD_CASE(2)
       AX_CAYLEY_FWD_CASE(3)
@@ -270,12 +316,14 @@ void launch_cayley_backward(const acc_t* G, const acc_t* R, const acc_t* t, int6
                             BlockCoeff<acc_t> coeff, acc_t* dt, ax::stream_t stream) {
   if (n_blocks <= 0) return;
   if (bs <= kCayleySmallMax) {
-    const dim3 grid(unsigned((n_blocks + kCayleySmallThreads - 1) / kCayleySmallThreads)), block(kCayleySmallThreads);
+    const int threads = cayley_small_threads(bs, sizeof(acc_t), true);
+    const dim3 grid(unsigned((n_blocks + threads - 1) / threads)), block(threads);
+    const size_t smem = cayley_small_smem(bs, sizeof(acc_t), threads, true);
     switch (bs) {
-#define AX_CAYLEY_BWD_CASE(BS)                                                                        \
-  case BS:                                                                                            \
-    AX_LAUNCH((cayley_backward_small_kernel<BS, acc_t>), grid, block, 0, stream, G, R, t, n_blocks, a_lim, \
-              coeff, dt);                                                                             \
+#define AX_CAYLEY_BWD_CASE(BS)                                                                           \
+  case BS:                                                                                               \
+    AX_LAUNCH((cayley_backward_small_kernel<BS, acc_t>), grid, block, smem, stream, G, R, t, n_blocks, a_lim, \
+              coeff, dt);                                                                                \
     break;
       AX_CAYLEY_BWD_CASE(2)
       AX_CAYLEY_BWD_CASE(3)

@@ -378,7 +378,13 @@ constexpr int kDiagBatch = 8;
 
 // The CTA's row chunk: dp = dh * s_j, partial ds_j = sum dh * p in row order for every column j. vec (r a multiple of
 // the vector width, dh / p / dp 16-byte aligned): a thread per vector of columns, kDiagBatch rows of 16-byte loads
-// in flight; else a thread per column, element by element.
+// in flight, s and the partials through shared memory (consecutive columns per warp access in global memory); else a
+// thread per column.
+// Where column j lives in shared memory: j with its low 3 bits xor-ed by bits 5..7, so that both a warp's 32
+// consecutive columns and the threads' runs of V consecutive columns (lane L at 8L + q) fall on distinct banks. Stays
+// inside j's aligned group of 8: the arrays take r rounded up to 8.
+__host__ __device__ inline int diag_swz(int j) { return j ^ ((j >> 5) & 7); }
+__host__ __device__ inline int diag_smem_elems(int r) { return (r + 7) / 8 * 8; }
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     diag_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,
@@ -393,11 +399,16 @@ __global__ void __launch_bounds__(kCoreThreads)
   x += ad * r;
   acc_t* part = ws + int64_t(blockIdx.x) * core_slice(r);
   if (vec) {
+    acc_t* ss = dyn_smem<acc_t>();            // s_j at diag_swz(j)
+    acc_t* sp = ss + diag_smem_elems(r);      // the partials at diag_swz(j)
+    for (int j = threadIdx.x; j < r; j += blockDim.x)
+      ss[diag_swz(j)] = diag_scale(mode, __ldg(S + j), __ldg(x + j), coeff, suppress_only);
+    __syncthreads();
     for (int j0 = threadIdx.x * V; j0 < r; j0 += blockDim.x * V) {
       acc_t sj[V], acc[V];
 #pragma unroll
       for (int q = 0; q < V; ++q) {
-        sj[q] = diag_scale(mode, __ldg(S + j0 + q), __ldg(x + j0 + q), coeff, suppress_only);
+        sj[q] = ss[diag_swz(j0 + q)];
         acc[q] = 0;
       }
       for (int64_t i0 = t.row0; i0 < t.row1; i0 += kDiagBatch) {
@@ -423,8 +434,10 @@ __global__ void __launch_bounds__(kCoreThreads)
         }
       }
 #pragma unroll
-      for (int q = 0; q < V; ++q) part[j0 + q] = acc[q];
+      for (int q = 0; q < V; ++q) sp[diag_swz(j0 + q)] = acc[q];
     }
+    __syncthreads();
+    for (int j = threadIdx.x; j < r; j += blockDim.x) part[j] = sp[diag_swz(j)];
     return;
   }
   for (int j = threadIdx.x; j < r; j += blockDim.x) {
@@ -465,7 +478,8 @@ struct DiagLaunch {
     const int64_t cols = vec ? k.r / V : k.r;  // a thread per vector of columns, or per column
     const int threads = int(std::min<int64_t>(kCoreThreads, (cols + 31) / 32 * 32));
     const auto m = rows_of<acc_t>(c, chunk);
-    AX_LAUNCH((diag_backward_kernel<T>), grid_of(c, m), dim3(threads), 0, st, static_cast<const T*>(c.grad_h),
+    const size_t smem = vec ? size_t(2 * diag_smem_elems(int(k.r))) * sizeof(acc_t) : 0;  // s and the partials
+    AX_LAUNCH((diag_backward_kernel<T>), grid_of(c, m), dim3(threads), smem, st, static_cast<const T*>(c.grad_h),
               static_cast<const T*>(c.p), m, int(k.r), static_cast<const acc_t*>(k.S), static_cast<const acc_t*>(k.g),
               k.suppress_only, mode, vec, static_cast<T*>(c.dp), static_cast<acc_t*>(c.workspace));
     AX_CHECK_LAUNCH();

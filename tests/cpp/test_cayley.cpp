@@ -69,6 +69,25 @@ AX_TEST(cayley_register_path_bit_exact) {  // bs <= 8: one thread per block; 70 
   }
 }
 
+// The register path in the emulator's memory model (checked build only): the staged slices move whole sectors and
+// the threads' reads and writes of their staged blocks are within the 1.25 bank-conflict target.
+AX_TEST(cayley_register_path_moves_whole_sectors) {
+  if (!ax_emu::checked_build()) return;
+  ax_emu::start_metrics();
+  for (int bs : {2, 4, 8}) {
+    check_cayley<float>(bs, 200, 1.0, uint64_t(bs));
+    check_cayley<double>(bs, 100, -0.7, uint64_t(bs));
+  }
+  const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
+  for (const char* kernel : {"cayley_forward_small_kernel", "cayley_backward_small_kernel"}) {
+    const kt::MetricTotals t = kt::metric_totals(rows, kernel);
+    std::printf("    %s: bank-conflict factor %.3f, sector efficiency %.3f\n", kernel, t.wavefronts / t.ideal_wavefronts,
+                t.min_sectors / t.sectors);
+    AX_CHECK(t.ideal_wavefronts > 0 && t.wavefronts <= 1.25 * t.ideal_wavefronts);
+    AX_CHECK(t.sectors > 0 && t.min_sectors >= 0.85 * t.sectors);
+  }
+}
+
 AX_TEST(cayley_shared_memory_path_bit_exact) {  // bs > 8: one CTA per block
   for (int bs : {9, 12, 16, 23, 32, 64}) {
     check_cayley<float>(bs, 3, 1.0, uint64_t(bs));

@@ -255,14 +255,21 @@ AX_TEST(cores_tile_fills_are_vector_and_conflict_free) {
 }
 
 // The elementwise backward in the emulator's memory model (checked build only): its reads of grad_h and p and its
-// writes of dp are 16-byte accesses of whole sectors (bf16, and f32 at an r that is a multiple of 4 only).
+// writes of dp are 16-byte accesses of whole sectors (bf16, and f32 at an r that is a multiple of 4 only), and the
+// whole kernel, s and the partials included, is within the targets (bank-conflict factor 1.25, sectors 85%).
 AX_TEST(cores_gain_backward_moves_vectors) {
   if (!ax_emu::checked_build()) return;
   ax_emu::start_metrics();
   check_core<__nv_bfloat16>(ax::Core::gain, Shape{70, 256, 1, 0}, 0.7, false, 8);
   check_core<float>(ax::Core::gain, Shape{33, 36, 1, 0}, -0.4, false, 9);
+  const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
+  const MetricTotals t = metric_totals(rows, "diag_backward_kernel");
+  std::printf("    diag_backward_kernel: bank-conflict factor %.3f, sector efficiency %.3f\n",
+              t.wavefronts / t.ideal_wavefronts, t.min_sectors / t.sectors);
+  AX_CHECK(t.ideal_wavefronts > 0 && t.wavefronts <= 1.25 * t.ideal_wavefronts);
+  AX_CHECK(t.sectors > 0 && t.min_sectors >= 0.85 * t.sectors);
   int accesses = 0;
-  for (const ax_emu::MetricRow& m : ax_emu::stop_metrics()) {
+  for (const ax_emu::MetricRow& m : rows) {
     if (m.kernel.find("diag_backward_kernel") == std::string::npos || m.shared) continue;
     if (m.site.find("ld_vec") == std::string::npos && m.site.find("st_vec") == std::string::npos) continue;
     ++accesses;
