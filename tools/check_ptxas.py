@@ -10,10 +10,11 @@ Hot kernels: every kernel that accumulates in float32 (the float32 / bfloat16 / 
 paths and the float32 Cayley kernels). The float64 instantiations are the verification path: they
 are reported (marked "f64") but do not fail the check unless --strict-f64 is given.
 
-Vector loads: the tile kernels (VECTOR_KERNELS) must move their row tiles with 128-bit global loads
-(ld.global[.nc].v4 of 32-bit elements, v2 of 64-bit, or cp.async of 16 bytes). Checked in the PTX nvcc keeps
-from the same compile (there is no cuobjdump / nvdisasm on the CPU machines, so not in SASS; ptxas keeps a PTX
-vector access a vector access). The table counts each kernel's 128-bit global loads.
+Vector loads: the tile kernels (VECTOR_KERNELS) must move their row tiles with 128-bit global loads. Where
+cuobjdump exists (a full CUDA toolkit, the GPU machine) they are counted in the SASS of the same compile
+(LDG.*.128, and LDGSTS.*.128 for cp.async); elsewhere (the CPU machines have no cuobjdump) in the PTX nvcc keeps
+(ld.global[.nc].v4 of 32-bit elements, v2 of 64-bit, or cp.async of 16 bytes; ptxas keeps a PTX vector access a
+vector access). The table counts each kernel's 128-bit global loads and says which code it counted.
 
 Occupancy: resident warps per SM that registers allow (65536 registers, 64 warps, registers allocated in units
 of 256 per warp; whole CTAs and shared memory, sized at launch, can lower it).
@@ -44,6 +45,9 @@ RE_SMEM = re.compile(r"(\d+) bytes smem")
 RE_PTX_ENTRY = re.compile(r"^\.(?:visible|weak) \.entry (\S+)\(", re.M)
 RE_PTX_LOAD = re.compile(r"\bld\.global(?:\.nc)?(?:\.L\w+::\w+)*(?:\.v(\d))?\.[bfsu](\d+)")
 RE_PTX_CP_ASYNC = re.compile(r"\bcp\.async\.c[ag]\.shared\.global \[[^]]+\], \[[^]]+\], (\d+)")
+RE_SASS_ARCH = re.compile(r"code for (sm_\d+)")
+RE_SASS_FUNCTION = re.compile(r"Function : (\S+)")
+RE_SASS_WIDE = re.compile(r"\bLDG(?:STS)?(?:\.[A-Z0-9_]+)*\.128\b")
 
 # Tile kernels whose row tiles must be filled with 128-bit loads (short-name prefixes; float64 instantiations
 # are reported, not gated).
@@ -62,6 +66,31 @@ def wide_loads(ptx):
         w += [8 * int(n) for n in RE_PTX_CP_ASYNC.findall(body)]
         out[name] = sum(1 for b in w if b >= 128)
     return out
+
+
+def sass_wide_loads(sass):
+    """{(mangled entry, arch): number of 128-bit global loads (LDG.*.128, LDGSTS.*.128)} from `cuobjdump -sass`."""
+    out, arch, cur = {}, None, None
+    for line in sass.splitlines():
+        m = RE_SASS_ARCH.search(line)
+        if m:
+            arch, cur = m.group(1), None
+            continue
+        m = RE_SASS_FUNCTION.search(line)
+        if m:
+            cur = (m.group(1), arch)
+            out[cur] = 0
+            continue
+        if cur is not None and RE_SASS_WIDE.search(line):
+            out[cur] += 1
+    return out
+
+
+def find_tool(name):
+    home = os.environ.get("CUDA_HOME")
+    if home and Path(home, "bin", name).exists():
+        return str(Path(home, "bin", name))
+    return shutil.which(name)
 
 
 def occupancy(regs):
@@ -165,6 +194,13 @@ def main():
         for ptx in sorted(Path(tmp).glob("*.ptx")):
             for k, v in wide_loads(ptx.read_text()).items():
                 loads[k] = max(loads.get(k, 0), v)
+        cuobjdump, sass = find_tool("cuobjdump"), None
+        if cuobjdump and proc.returncode == 0:
+            dump = subprocess.run([cuobjdump, "-sass", str(Path(tmp, "kernels.o"))], capture_output=True, text=True)
+            if dump.returncode == 0:
+                sass = sass_wide_loads(dump.stdout)
+            else:
+                print(f"check_ptxas: cuobjdump failed, counting PTX loads:\n{dump.stderr[-2000:]}", file=sys.stderr)
     log = proc.stdout + proc.stderr
     if proc.returncode != 0:
         print(log[-20000:], file=sys.stderr)
@@ -188,9 +224,9 @@ def main():
         if problem and gated:
             bad.append(f"{name} {arch}: stack {r['stack']} B, spill stores {r['spill_st']} B, "
                        f"spill loads {r['spill_ld']} B")
-        wide = loads.get(mangled)
+        wide = loads.get(mangled) if sass is None else sass.get((mangled, arch))
         if wide is None:
-            bad.append(f"{name} {arch}: not found in the PTX")
+            bad.append(f"{name} {arch}: not found in the {'PTX' if sass is None else 'SASS'}")
             wide = 0
         narrow = name.startswith(VECTOR_KERNELS) and wide == 0
         if narrow and gated:
@@ -201,7 +237,7 @@ def main():
                      r["spill_ld"], wide, status))
     rows.sort(key=lambda t: (t[0], t[1]))
     head = ("kernel", "arch", "regs", "warps/SM by regs", "static smem B", "stack B", "spill st B",
-            "spill ld B", "128-bit global loads (PTX)", "status")
+            "spill ld B", f"128-bit global loads ({'PTX' if sass is None else 'SASS'})", "status")
     widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
     fmt = lambda t: "| " + " | ".join(str(x).ljust(w) for x, w in zip(t, widths)) + " |"  # noqa: E731
     table = [fmt(head), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(t) for t in rows]
