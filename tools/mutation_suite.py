@@ -66,8 +66,8 @@ MUTANTS = [
        "    part[int64_t(row) * r + col] = tot;\n"
        "  }\n}\n"),
       ("csrc/kernels/project.cuh",
-       "size_t(finish_floats(int(r), c.k)) * sizeof(float), st, ws, int(splits), n, int(r), c, h, p_out);",
-       "size_t(finish_floats(int(r), c.k)) * sizeof(float), st, ws + (splits - 1) * n * r, 1, n, int(r), c, h, p_out);")]),
+       "(floats + (stage ? proj_staged_floats(c, int(r)) : 0)) * sizeof(float), st, ws, int(splits), n, int(r),",
+       "(floats + (stage ? proj_staged_floats(c, int(r)) : 0)) * sizeof(float), st, ws + (splits - 1) * n * r, 1, n, int(r),")]),
     ("off-by-one-ragged-rows",
      "the last row tile of a core call (forward or backward) runs one row past its group",
      [("csrc/kernels/cores.cuh",

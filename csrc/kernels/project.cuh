@@ -133,12 +133,51 @@ __device__ __forceinline__ void proj_scales(float* s, float* d, int r, const Pro
 
 // h (and p) of `rows` rows from the fp32 P tile in shared memory, row stride proj_ld(r) (expressions of
 // rot_forward_kernel).
+// Rot's R (r rows of bs) and the low-rank M (r rows of k: dplr's B, ablate's C) where the caller staged them in
+// shared memory (unsteered calls; rows at odd strides, so lanes of consecutive columns hit distinct banks), else
+// nullptr: read from global memory.
+struct ProjStaged {
+  const float* R = nullptr;
+  int ldr = 0;
+  const float* M = nullptr;
+  int ldm = 0;
+};
+
+// Floats of R and M staged (ProjStaged) for core c.
+__host__ __device__ inline int proj_staged_floats(const ProjCoreArgs& c, int r) {
+  return (c.core == kProjRot && c.side != kRotNone ? r * odd_ld(c.bs) : 0) + (proj_is_lowrank(c.core) ? r * odd_ld(c.k) : 0);
+}
+// R and M into shared memory at `at` (proj_staged_floats(c, r) floats) as coalesced copies, where `stage` (the
+// per-column reads of the epilogue are strided in global memory); visible after the caller's next barrier.
+__device__ __forceinline__ ProjStaged proj_stage(const ProjCoreArgs& c, int r, bool stage, float* at) {
+  ProjStaged staged;
+  if (!stage) return staged;
+  if (c.core == kProjRot && c.side != kRotNone) {
+    staged.R = at;
+    staged.ldr = odd_ld(c.bs);
+    for (int e = threadIdx.x; e < r * c.bs; e += blockDim.x) at[(e / c.bs) * staged.ldr + e % c.bs] = __ldg(c.R + e);
+    at += r * staged.ldr;
+  }
+  if (proj_is_lowrank(c.core)) {
+    staged.M = at;
+    staged.ldm = odd_ld(c.k);
+    for (int e = threadIdx.x; e < r * c.k; e += blockDim.x) at[(e / c.k) * staged.ldm + e % c.k] = __ldg(c.B + e);
+  }
+  return staged;
+}
+// Whether a kernel with `floats` of shared memory before the staged R and M also fits them in the 48 KiB every CTA
+// gets without an opt-in (and the call is unsteered: a steered row reads its group's parameters).
+__host__ __device__ inline bool proj_stages(const ProjCoreArgs& c, int r, size_t floats) {
+  return c.coeffs == nullptr && (floats + size_t(proj_staged_floats(c, r))) * sizeof(float) <= 48 * 1024;
+}
+
 // Low-rank cores first form Q = (P u) L d (rows x k) in shared memory, a warp per entry (lanes over the r columns:
 // coalesced reads of dplr's A rows, then a butterfly sum): the caller's barrier after P and s, one here after Q.
 // Every thread reaches it (the core is uniform over the grid).
 template <typename T>
 __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const float* d, float* Q, int rows, int r,
-                                              const ProjCoreArgs& c, int64_t row0, T* h, T* p_out) {
+                                              const ProjCoreArgs& c, const ProjStaged& st_p, int64_t row0, T* h,
+                                              T* p_out) {
   const int k = c.k, ldp = proj_ld(r);
   const bool lowrank = proj_is_lowrank(c.core);
   const bool steered = c.coeffs != nullptr;
@@ -153,7 +192,8 @@ __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const fl
         for (int col = lane; col < r; col += 32) acc += pr[col] * __ldg(rc.A + int64_t(j) * r + col);
       else  // ablate: s = S whatever the row
         for (int col = lane; col < r; col += 32)
-          acc += pr[col] * (steered ? __ldg(c.S + col) : s[col]) * __ldg(rc.A + int64_t(col) * k + j);
+          acc += pr[col] * (steered ? __ldg(c.S + col) : s[col]) *
+                 (st_p.M ? st_p.M[col * st_p.ldm + j] : __ldg(rc.A + int64_t(col) * k + j));
       acc = butterfly_sum(acc, 32);
       if (lane == 0) Q[e] = acc * (steered ? proj_weight(c, rc, j) : d[j]);
     }
@@ -172,18 +212,24 @@ __device__ __forceinline__ void proj_epilogue(float* P, const float* s, const fl
       const float* Rb = rc.R + int64_t(b0) * bs;
       const float* pb = P + row * ldp + b0;
       acc = 0.f;
+      auto R = [&](int a, int b) { return st_p.R ? st_p.R[(b0 + a) * st_p.ldr + b] : __ldg(Rb + a * bs + b); };
       if (c.side == kRotV) {
-        for (int j = 0; j < bs; ++j) acc += __ldg(Rb + i * bs + j) * pb[j];
+        for (int j = 0; j < bs; ++j) acc += R(i, j) * pb[j];
         acc = acc * sc(col);
       } else {
-        for (int j = 0; j < bs; ++j) acc += pb[j] * sc(b0 + j) * __ldg(Rb + j * bs + i);
+        for (int j = 0; j < bs; ++j) acc += pb[j] * sc(b0 + j) * R(j, i);
       }
     } else {
       acc = pe * sc(col);
       if (lowrank) {
         const float* q = Q + row * k;
-        const float* m = rc.B + int64_t(col) * k;
-        for (int j = 0; j < k; ++j) acc += q[j] * __ldg(m + j);
+        if (st_p.M) {
+          const float* m = st_p.M + col * st_p.ldm;
+          for (int j = 0; j < k; ++j) acc += q[j] * m[j];
+        } else {
+          const float* m = rc.B + int64_t(col) * k;
+          for (int j = 0; j < k; ++j) acc += q[j] * __ldg(m + j);
+        }
       }
     }
     st(h + row0 * r + e, acc);
@@ -216,7 +262,7 @@ __device__ __forceinline__ void proj_issue(T* stages, int step, const T* x, cons
 template <typename T, int NT>
 __global__ void __launch_bounds__(kProjThreads, 1)
     project_core_kernel(const T* __restrict__ x, const T* __restrict__ Vh, int64_t n, int d_in, int r, ProjCoreArgs c,
-                        T* __restrict__ h, T* __restrict__ p_out) {
+                        bool stage, T* __restrict__ h, T* __restrict__ p_out) {
   constexpr int RP = 16 * NT;  // padded rows of the Vh tile (two warps x NT n-tiles of 8)
   constexpr int kStage = (kProjBM + RP) * kProjLd;
   T* stages = dyn_smem<T>();
@@ -271,9 +317,10 @@ __global__ void __launch_bounds__(kProjThreads, 1)
       const int row = mi * 16 + g + 8 * h2, col = (nh + 2 * j) * 8 + tq * 2;
       if (row < rows) st_pair(P + row * ldp + col, r - col, acc[j][2 * h2], acc[j][2 * h2 + 1]);
     }
+  const ProjStaged staged = proj_stage(c, r, stage, Q + kProjBM * c.k);
   proj_scales(s, d, r, c);
   __syncthreads();
-  proj_epilogue(P, s, d, Q, rows, r, c, row0, h, p_out);
+  proj_epilogue(P, s, d, Q, rows, r, c, staged, row0, h, p_out);
 }
 
 // Decode: the partial P (n rows, 32 columns from blockIdx.y * 32, K range blockIdx.x) into the workspace at
@@ -363,15 +410,16 @@ __global__ void __launch_bounds__(kDecThreads)
 constexpr int kFinishThreads = 256;
 constexpr int kFinishBatch = 16;
 __host__ __device__ inline int finish_groups(int r) { return r < kFinishThreads ? kFinishThreads / r : 1; }
-// Shared memory of the finish in floats: the groups' sums (256), then the epilogue of one row.
+// Shared memory of the finish in floats: the groups' sums (256), the epilogue of one row, then where staged, R and M.
 __host__ __device__ inline int finish_floats(int r, int k) { return kFinishThreads + proj_epilogue_floats(r, k, 1); }
 
 template <typename T>
-__global__ void __launch_bounds__(kFinishThreads)
-    project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, ProjCoreArgs c,
+__global__ void __launch_bounds__(kFinishThreads, 1)  // minBlocks 1: else ptxas caps its registers on sm_80 and spills
+    project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, ProjCoreArgs c, bool stage,
                           T* __restrict__ h, T* __restrict__ p_out) {
   float* sums = dyn_smem<float>();
   float *P = sums + kFinishThreads, *s = P + proj_ld(r), *d = s + r, *Q = d + c.k;
+  const ProjStaged staged = proj_stage(c, r, stage, Q + c.k);
   const int64_t row = blockIdx.x, stride = n * r;
   const int groups = finish_groups(r), col = int(threadIdx.x) % r, group = int(threadIdx.x) / r;
   if (group < groups) {
@@ -394,7 +442,7 @@ __global__ void __launch_bounds__(kFinishThreads)
   }
   proj_scales(s, d, r, c);
   __syncthreads();
-  proj_epilogue(P, s, d, Q, 1, r, c, row, h, p_out);
+  proj_epilogue(P, s, d, Q, 1, r, c, staged, row, h, p_out);
 }
 
 // ------------------------------------------------------------------------------------------ launch
@@ -404,9 +452,11 @@ void launch_project_tile(const T* x, const T* Vh, int64_t n, int64_t d_in, int64
                          T* p_out, ax::stream_t st) {
   constexpr int RP = 16 * NT;
   const size_t stage_bytes = size_t(2) * (kProjBM + RP) * kProjLd * sizeof(T);
-  const size_t epi_bytes = size_t(proj_epilogue_floats(int(r), c.k, kProjBM)) * sizeof(float);
+  const size_t epi_floats = size_t(proj_epilogue_floats(int(r), c.k, kProjBM));
+  const bool stage = proj_stages(c, int(r), epi_floats);
+  const size_t epi_bytes = (epi_floats + (stage ? proj_staged_floats(c, int(r)) : 0)) * sizeof(float);
   AX_LAUNCH((project_core_kernel<T, NT>), dim3(blocks_for(n, kProjBM)), dim3(kProjThreads),
-            stage_bytes > epi_bytes ? stage_bytes : epi_bytes, st, x, Vh, n, int(d_in), int(r), c, h, p_out);
+            stage_bytes > epi_bytes ? stage_bytes : epi_bytes, st, x, Vh, n, int(d_in), int(r), c, stage, h, p_out);
   AX_CHECK_LAUNCH();
 }
 
@@ -421,8 +471,11 @@ void launch_project(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r,
               dim3(kDecThreads), decode_smem_bytes(int(k_split), sizeof(T)), st, x, Vh, int(n), int(d_in), int(r),
               int(k_split), ws);
     AX_CHECK_LAUNCH();
+    const size_t floats = size_t(finish_floats(int(r), c.k));
+    const bool stage = proj_stages(c, int(r), floats);
     AX_LAUNCH((project_finish_kernel<T>), dim3(unsigned(n)), dim3(kFinishThreads),
-              size_t(finish_floats(int(r), c.k)) * sizeof(float), st, ws, int(splits), n, int(r), c, h, p_out);
+              (floats + (stage ? proj_staged_floats(c, int(r)) : 0)) * sizeof(float), st, ws, int(splits), n, int(r),
+              c, stage, h, p_out);
     AX_CHECK_LAUNCH();
   } else if (r <= 64) {
     launch_project_tile<T, 4>(x, Vh, n, d_in, r, c, h, p_out, st);

@@ -144,12 +144,16 @@ AX_TEST(project_decode_matches_reference) {
 
 // The projection kernel in the emulator's memory model (checked build only): its cp.async fill, mma fragment reads
 // and P tile, weighted by count as in kernel_metrics.md, within the 1.25 bank-conflict target, and its global
-// accesses whole sectors, at r 256: the prefill tile (40 rows) and the decode kernels (2 rows).
+// accesses whole sectors, at r 256: the prefill tile (40 rows) and the decode kernels (1-2 rows), gain, rot and dplr.
 AX_TEST(project_core_shared_layout_is_conflict_free) {
   if (!ax_emu::checked_build()) return;
   ax_emu::start_metrics();
   check_project<__nv_bfloat16>(40, 64, 256, 0, 0, 1, 21);
+  check_project<__nv_bfloat16>(40, 64, 256, 1, 1, 8, 27);     // prefill rot V: R staged
+  check_project<__nv_bfloat16>(40, 64, 256, 2, 0, 1, 28, 8);  // prefill dplr: B staged
   check_project<__nv_bfloat16>(2, 2048, 256, 0, 0, 1, 22);
+  check_project<__nv_bfloat16>(2, 2048, 256, 1, 1, 4, 25);     // rot V: R staged in the finish
+  check_project<__nv_bfloat16>(1, 2048, 256, 2, 0, 1, 26, 8);  // dplr: B staged in the finish
   const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
   for (const char* kernel : {"project_core_kernel", "project_decode_kernel", "project_finish_kernel"}) {
     const MetricTotals t = metric_totals(rows, kernel);
