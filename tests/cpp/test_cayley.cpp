@@ -88,6 +88,23 @@ AX_TEST(cayley_register_path_moves_whole_sectors) {
   }
 }
 
+// The shared-memory path in the emulator's memory model (checked build only, float32): t, Minv and G staged by
+// contiguous reads, tmp and Minv at odd strides keep the kernels within the targets at bs 16 and 32.
+AX_TEST(cayley_shared_memory_path_within_the_memory_targets) {
+  if (!ax_emu::checked_build()) return;
+  ax_emu::start_metrics();
+  check_cayley<float>(16, 3, 1.0, 16);
+  check_cayley<float>(32, 2, -0.7, 32);
+  const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
+  for (const char* kernel : {"cayley_forward_cta_kernel", "cayley_backward_cta_kernel"}) {
+    const kt::MetricTotals t = kt::metric_totals(rows, kernel);
+    std::printf("    %s: bank-conflict factor %.3f, sector efficiency %.3f\n", kernel, t.wavefronts / t.ideal_wavefronts,
+                t.min_sectors / t.sectors);
+    AX_CHECK(t.ideal_wavefronts > 0 && t.wavefronts <= 1.25 * t.ideal_wavefronts);
+    AX_CHECK(t.sectors > 0 && t.min_sectors >= 0.85 * t.sectors);
+  }
+}
+
 AX_TEST(cayley_shared_memory_path_bit_exact) {  // bs > 8: one CTA per block
   for (int bs : {9, 12, 16, 23, 32, 64}) {
     check_cayley<float>(bs, 3, 1.0, uint64_t(bs));
