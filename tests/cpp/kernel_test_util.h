@@ -137,5 +137,14 @@ inline MetricTotals metric_totals(const std::vector<ax_emu::MetricRow>& rows, co
   }
   return t;
 }
+// Checks that a kernel's accesses (all its rows) are within the memory targets: bank-conflict factor <= 1.25 and
+// global sector efficiency >= 85%, weighted by count as in kernel_metrics.md; prints both.
+inline void check_memory_targets(const std::vector<ax_emu::MetricRow>& rows, const char* kernel) {
+  const MetricTotals t = metric_totals(rows, kernel);
+  std::printf("    %s: bank-conflict factor %.3f, sector efficiency %.3f\n", kernel, t.wavefronts / t.ideal_wavefronts,
+              t.min_sectors / t.sectors);
+  AX_CHECK(t.ideal_wavefronts > 0 && t.wavefronts <= 1.25 * t.ideal_wavefronts);
+  AX_CHECK(t.sectors > 0 && t.min_sectors >= 0.85 * t.sectors);
+}
 
 }  // namespace kt

@@ -79,13 +79,8 @@ AX_TEST(cayley_register_path_moves_whole_sectors) {
     check_cayley<double>(bs, 100, -0.7, uint64_t(bs));
   }
   const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
-  for (const char* kernel : {"cayley_forward_small_kernel", "cayley_backward_small_kernel"}) {
-    const kt::MetricTotals t = kt::metric_totals(rows, kernel);
-    std::printf("    %s: bank-conflict factor %.3f, sector efficiency %.3f\n", kernel, t.wavefronts / t.ideal_wavefronts,
-                t.min_sectors / t.sectors);
-    AX_CHECK(t.ideal_wavefronts > 0 && t.wavefronts <= 1.25 * t.ideal_wavefronts);
-    AX_CHECK(t.sectors > 0 && t.min_sectors >= 0.85 * t.sectors);
-  }
+  for (const char* kernel : {"cayley_forward_small_kernel", "cayley_backward_small_kernel"})
+    check_memory_targets(rows, kernel);
 }
 
 // The shared-memory path in the emulator's memory model (checked build only, float32): t, Minv and G staged by
@@ -96,13 +91,8 @@ AX_TEST(cayley_shared_memory_path_within_the_memory_targets) {
   check_cayley<float>(16, 3, 1.0, 16);
   check_cayley<float>(32, 2, -0.7, 32);
   const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
-  for (const char* kernel : {"cayley_forward_cta_kernel", "cayley_backward_cta_kernel"}) {
-    const kt::MetricTotals t = kt::metric_totals(rows, kernel);
-    std::printf("    %s: bank-conflict factor %.3f, sector efficiency %.3f\n", kernel, t.wavefronts / t.ideal_wavefronts,
-                t.min_sectors / t.sectors);
-    AX_CHECK(t.ideal_wavefronts > 0 && t.wavefronts <= 1.25 * t.ideal_wavefronts);
-    AX_CHECK(t.sectors > 0 && t.min_sectors >= 0.85 * t.sectors);
-  }
+  for (const char* kernel : {"cayley_forward_cta_kernel", "cayley_backward_cta_kernel"})
+    check_memory_targets(rows, kernel);
 }
 
 AX_TEST(cayley_shared_memory_path_bit_exact) {  // bs > 8: one CTA per block
