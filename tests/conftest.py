@@ -41,11 +41,13 @@ def _fresh_seed(request):
     yield seed
 
 
-def rel_err(a: torch.Tensor, ref: torch.Tensor) -> float:
+def rel_err(a: torch.Tensor, ref: torch.Tensor, norm: torch.Tensor | None = None) -> float:
+    """max |a - ref| / max |norm| (norm: ref unless given, e.g. the magnitudes a sum cancelled from)."""
     a, ref = a.detach().double().cpu(), ref.detach().double().cpu()
-    return ((a - ref).abs().max() / ref.abs().max().clamp_min(1e-30)).item()
+    norm = ref if norm is None else norm.detach().double().cpu()
+    return ((a - ref).abs().max() / norm.abs().max().clamp_min(1e-30)).item()
 
 
-def assert_close(a, ref, dtype, name="", scale=1.0):
-    err = rel_err(a, ref)
+def assert_close(a, ref, dtype, name="", scale=1.0, norm=None):
+    err = rel_err(a, ref, norm)
     assert err <= RTOL[dtype] * scale, f"{name}: relative error {err:.3g} > {RTOL[dtype] * scale:.3g} ({dtype})"
