@@ -35,7 +35,7 @@ class RotLinear(SVDAdapter):
         else:
             self.register_parameter("rot_T", None)
         self._rotation_cache = None  # (key, R, coefficient) of the last forward without autograd; see _forward_rotation
-        self._shared = None  # (SharedRotations group, first block, end block, index) inside shared_rotations
+        self._shared = None  # (its _RotationGroup, its index there) inside shared_rotations
 
     def rotation(self, coeff=None) -> torch.Tensor:
         """The per-block rotations R (n_blocks, bs, bs) at ``coeff`` (default: the module's float coeff); one set
@@ -73,7 +73,8 @@ class RotLinear(SVDAdapter):
         if torch.compiler.is_compiling():
             return self.rotation(coeff)
         if self._shared is not None:
-            return self._shared[0].rotation(self, coeff)
+            group, index = self._shared
+            return group.rotation(index, coeff)
         if torch.is_grad_enabled() and t.requires_grad:
             return self.rotation(coeff)
         key = (t.data_ptr(), t._version, t.device, t.dtype, self._coeff_key(coeff))
@@ -117,8 +118,8 @@ class SharedRotations:
                 by_kind.setdefault(key, []).append(m)
         self._groups = [_RotationGroup(mods) for mods in by_kind.values()]
         for g in self._groups:
-            for i, (m, start, end) in enumerate(zip(g.modules, g.starts, g.ends)):
-                m._shared = (g, start, end, i)
+            for i, m in enumerate(g.modules):
+                m._shared = (g, i)
 
     def close(self):
         """Releases the layers (each solves its own rotation again)."""
@@ -138,8 +139,9 @@ class _RotationGroup:
         self.versions, self.t = [None] * len(modules), None
         self.sets = {}  # coefficient key -> (R, the module's coefficient object, kept alive so its id stays unique)
 
-    def rotation(self, module, coeff) -> torch.Tensor:
-        _, start, end, index = module._shared
+    def rotation(self, index, coeff) -> torch.Tensor:
+        """Layer `index`'s slice of R at coeff."""
+        module, start, end = self.modules[index], self.starts[index], self.ends[index]
         t = module.rot_T
         if self.versions[index] != (t.data_ptr(), t._version):  # first use, or a step: concatenate again, forget R
             self.versions = [(m.rot_T.data_ptr(), m.rot_T._version) for m in self.modules]

@@ -231,14 +231,11 @@ def step_section(args, device, dtype, layers=32, d=256, r=64, micro=4, tokens=16
     from torch import nn
 
     torch.manual_seed(1)
-    def stack():
-        mods = [ax.RotLinear.from_linear(nn.Linear(d, d, device=device, dtype=dtype), r=r, block_size=args.block_size)
-                for _ in range(layers)]
-        with torch.no_grad():
-            for m in mods:
-                m.rot_T.normal_(0, 0.1)
-        return nn.Sequential(*mods)
-    model = stack()
+    model = nn.Sequential(*[ax.RotLinear.from_linear(nn.Linear(d, d, device=device, dtype=dtype), r=r,
+                                                     block_size=args.block_size) for _ in range(layers)])
+    with torch.no_grad():
+        for m in model:
+            m.rot_T.normal_(0, 0.1)
     xs = [torch.randn(tokens, d, device=device, dtype=dtype) for _ in range(micro)]
 
     def step():
@@ -250,23 +247,29 @@ def step_section(args, device, dtype, layers=32, d=256, r=64, micro=4, tokens=16
     def shared_step():
         with ax.shared_rotations(model):
             step()
-    counts = {}
-    for name, fn in (("per-layer solves", step), ("shared_rotations", shared_step)):
-        n = {"fwd": 0, "bwd": 0}
-        fwd, bwd = ops.block_cayley, ops.block_cayley_backward
-        ops.block_cayley = lambda *a, _f=fwd, **k: (n.__setitem__("fwd", n["fwd"] + 1), _f(*a, **k))[1]
-        ops.block_cayley_backward = lambda *a, _f=bwd, **k: (n.__setitem__("bwd", n["bwd"] + 1), _f(*a, **k))[1]
-        try:
-            fn()
-        finally:
-            ops.block_cayley, ops.block_cayley_backward = fwd, bwd
-        counts[name] = n
+    # the shared step's Cayley calls, counted through the ops it calls (the per-layer backward runs inside autograd)
+    calls = {"block_cayley": 0, "block_cayley_backward": 0}
+    originals = {name: getattr(ops, name) for name in calls}
+
+    def counted(name):
+        def call(*a, **k):
+            calls[name] += 1
+            return originals[name](*a, **k)
+        return call
+    try:
+        for name in calls:
+            setattr(ops, name, counted(name))
+        shared_step()
+    finally:
+        for name, fn in originals.items():
+            setattr(ops, name, fn)
+    launches = {"per-layer solves": (layers * micro, layers * micro),
+                "shared_rotations": (calls["block_cayley"], calls["block_cayley_backward"])}
     st = C.bench({"per-layer solves": step, "shared_rotations": shared_step}, device, warmup=args.warmup,
                  repeats=args.repeats, sample_s=2e-2)
     base = st["per-layer solves"].median
-    rows = [[name, f"{counts[name]['fwd'] if name == 'shared_rotations' else layers * micro}",
-             f"{counts[name]['bwd'] if name == 'shared_rotations' else layers * micro}", s.fmt_us(),
-             C.fmt_ratio(s.median, base)] for name, s in st.items()]
+    rows = [[name, str(launches[name][0]), str(launches[name][1]), s.fmt_us(), C.fmt_ratio(s.median, base)]
+            for name, s in st.items()]
     md = [f"## A training step: {layers} rot layers ({d} -> {d}, r {r}, bs {args.block_size}), {micro} micro-batches "
           f"of {tokens} tokens at +1 / -1, {dtype}".replace("torch.", ""), "",
           "Forward and backward of every micro-batch (µs per step, median ± half the IQR, interleaved). Cayley "

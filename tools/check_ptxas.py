@@ -20,7 +20,7 @@ Occupancy: resident warps per SM that registers allow (65536 registers, 64 warps
 of 256 per warp; whole CTAs and shared memory, sized at launch, can lower it).
 
 Dynamic shared memory is sized at launch by the host launchers (csrc/kernels/launchers.cuh), at most
-48 KiB per CTA (kCoreSmemBudget, no opt-in needed); the table shows ptxas's static shared memory only.
+48 KiB per CTA (kSmemBudget in csrc/kernels/kernel_ns.h, no opt-in needed); the table shows ptxas's static shared memory only.
 
 Usage: python tools/check_ptxas.py [--arch 80 --arch 90] [--out build/ptxas_report.md] [--strict-f64]
 Environment: CUDA_HOME (else `nvcc` on PATH, else /usr/local/cuda).

@@ -69,18 +69,19 @@ template <int N, typename acc_t>
 struct CayleyRow {
   acc_t* base;
   int sw;
-  __device__ __forceinline__ CayleyRow(acc_t* staged, int b) : base(staged + b * cayley_layout_ld(N)), sw(cayley_swizzle<N>(b)) {}
+  __device__ __forceinline__ CayleyRow(acc_t* staged, int b)
+      : base(staged + b * cayley_layout_ld(N)), sw(cayley_swizzle<N>(b)) {}
   __device__ __forceinline__ acc_t& operator[](int e) const { return base[e ^ sw]; }
 };
 // Shared memory of the register path for `threads` blocks per CTA: t (and dt) | R | G (backward).
 __host__ __device__ constexpr size_t cayley_small_smem(int bs, size_t acc_bytes, int threads, bool backward) {
-  return size_t(threads) * size_t(cayley_layout_ld(bs * (bs - 1) / 2) + (backward ? 2 : 1) * cayley_layout_ld(bs * bs)) *
-         acc_bytes;
+  const int per_block = cayley_layout_ld(bs * (bs - 1) / 2) + (backward ? 2 : 1) * cayley_layout_ld(bs * bs);
+  return size_t(threads) * size_t(per_block) * acc_bytes;
 }
 // Blocks per CTA of the register path: 64, or 32 where 64 blocks' staging passes 48 KiB (f64 backward at bs >= 7).
 inline int cayley_small_threads(int bs, size_t acc_bytes, bool backward) {
-  return cayley_small_smem(bs, acc_bytes, kCayleySmallThreads, backward) <= 48 * 1024 ? kCayleySmallThreads
-                                                                                       : kCayleySmallThreads / 2;
+  return cayley_small_smem(bs, acc_bytes, kCayleySmallThreads, backward) <= kSmemBudget ? kCayleySmallThreads
+                                                                                        : kCayleySmallThreads / 2;
 }
 
 // src (count blocks of N values each, contiguous) into dst at cayley_at<N>, or back.
@@ -330,10 +331,9 @@ __global__ void __launch_bounds__(kCayleyCtaThreads)
 
 // --------------------------------------------------------------------------------------- launchers
 
-// Shared memory of the CTA kernels, with their optional staging where it keeps a CTA within the 48 KiB every kernel
-// gets without an opt-in (where they do not fit, read from global memory instead: t in the float64 forward at bs 64,
-// Minv and G in the backward at float32 bs 64 and float64 bs >= 46).
-constexpr size_t kCayleySmemBudget = 48 * 1024;
+// Shared memory of the CTA kernels, with their optional staging where it keeps a CTA within kSmemBudget (where it does
+// not, they read from global memory instead: t in the float64 forward at bs 64, Minv and G in the backward at float32
+// bs 64 and float64 bs >= 46).
 inline size_t cayley_forward_cta_smem(int bs, size_t acc_bytes, bool stage_t) {
   return size_t(bs * bs + 2 * bs + (stage_t ? bs * (bs - 1) / 2 : 0)) * acc_bytes;
 }
@@ -366,7 +366,7 @@ void launch_cayley_forward(const acc_t* t, int64_t n_blocks, int bs, acc_t a_lim
         break;
     }
   } else {
-    const bool stage_t = cayley_forward_cta_smem(bs, sizeof(acc_t), true) <= kCayleySmemBudget;
+    const bool stage_t = cayley_forward_cta_smem(bs, sizeof(acc_t), true) <= kSmemBudget;
     AX_LAUNCH((cayley_forward_cta_kernel<acc_t>), dim3(unsigned(n_blocks)), dim3(kCayleyCtaThreads),
               cayley_forward_cta_smem(bs, sizeof(acc_t), stage_t), stream, t, bs, a_lim, coeff, stage_t, R);
   }
@@ -399,7 +399,7 @@ void launch_cayley_backward(const acc_t* G, const acc_t* R, const acc_t* t, int6
         break;
     }
   } else {
-    const bool stage = cayley_backward_cta_smem(bs, sizeof(acc_t), true) <= kCayleySmemBudget;
+    const bool stage = cayley_backward_cta_smem(bs, sizeof(acc_t), true) <= kSmemBudget;
     AX_LAUNCH((cayley_backward_cta_kernel<acc_t>), dim3(unsigned(n_blocks)), dim3(kCayleyCtaThreads),
               cayley_backward_cta_smem(bs, sizeof(acc_t), stage), stream, G, R, t, bs, a_lim, coeff, stage, dt);
   }

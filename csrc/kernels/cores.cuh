@@ -45,7 +45,6 @@ namespace AX_KERNEL_NS {
 namespace kern {
 
 constexpr int kCoreThreads = 256;
-constexpr size_t kCoreSmemBudget = 48 * 1024;  // dynamic shared memory without an opt-in
 constexpr int kCoreMaxTileRows = 32;
 constexpr int64_t kDiagElemsPerCta = 8192;     // elements (rows x r) per CTA of the elementwise forward
 
@@ -63,14 +62,14 @@ struct TilePlan {
 };
 inline TilePlan plan_tile(const char* op, int64_t r, int64_t fixed, int64_t params, int64_t per_row,
                           size_t acc_bytes, int64_t max_rows) {
-  const int64_t budget = int64_t(kCoreSmemBudget / acc_bytes);
+  const int64_t budget = int64_t(kSmemBudget / acc_bytes);
   const int64_t want = std::max<int64_t>(1, std::min<int64_t>(max_rows, kCoreMaxTileRows));
   const bool stage = fixed + params + per_row * std::min<int64_t>(want, 8) <= budget;
   const int64_t avail = budget - fixed - (stage ? params : 0);
   const int64_t rows = per_row > 0 ? std::min(want, avail / per_row) : want;
   if (avail < 0 || rows < 1)
     throw std::invalid_argument(std::string("antipasto_ext ") + op + ": r = " + std::to_string(r) +
-                                " is too wide for one row tile in " + std::to_string(kCoreSmemBudget) +
+                                " is too wide for one row tile in " + std::to_string(kSmemBudget) +
                                 " bytes of shared memory");
   return TilePlan{int(rows), stage, size_t(fixed + (stage ? params : 0) + rows * per_row) * acc_bytes};
 }
@@ -376,15 +375,16 @@ __global__ void __launch_bounds__(kCoreThreads)
 // Rows of dh and p a thread of the vector backward has in flight: 8 x 2 x 16 bytes.
 constexpr int kDiagBatch = 8;
 
+// Where column j lives in the elementwise backward's shared arrays: j with its low 3 bits xor-ed by bits 5..7, so that
+// both a warp's 32 consecutive columns and the threads' runs of V consecutive columns (lane L at 8L + q) fall on
+// distinct banks. Stays inside j's aligned group of 8: the arrays take r rounded up to 8.
+__host__ __device__ inline int diag_swz(int j) { return j ^ ((j >> 5) & 7); }
+__host__ __device__ inline int diag_smem_elems(int r) { return (r + 7) / 8 * 8; }
+
 // The CTA's row chunk: dp = dh * s_j, partial ds_j = sum dh * p in row order for every column j. vec (r a multiple of
 // the vector width, dh / p / dp 16-byte aligned): a thread per vector of columns, kDiagBatch rows of 16-byte loads
 // in flight, s and the partials through shared memory (consecutive columns per warp access in global memory); else a
 // thread per column.
-// Where column j lives in shared memory: j with its low 3 bits xor-ed by bits 5..7, so that both a warp's 32
-// consecutive columns and the threads' runs of V consecutive columns (lane L at 8L + q) fall on distinct banks. Stays
-// inside j's aligned group of 8: the arrays take r rounded up to 8.
-__host__ __device__ inline int diag_swz(int j) { return j ^ ((j >> 5) & 7); }
-__host__ __device__ inline int diag_smem_elems(int r) { return (r + 7) / 8 * 8; }
 template <typename T>
 __global__ void __launch_bounds__(kCoreThreads)
     diag_backward_kernel(const T* __restrict__ dh, const T* __restrict__ p, Rows<typename acc_of<T>::type> m, int r,

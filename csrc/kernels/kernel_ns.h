@@ -5,6 +5,8 @@
 // namespace, or the linker would merge an emulated kernel with a CUDA launch stub.
 #pragma once
 
+#include <cstddef>
+
 #include "emu/portability.cuh"
 
 #ifndef AX_KERNEL_NS
@@ -18,6 +20,10 @@
 namespace ax {
 namespace AX_KERNEL_NS {
 namespace kern {
+
+// Dynamic shared memory every kernel gets without an opt-in (cudaFuncAttributeMaxDynamicSharedMemorySize): the
+// budget the launchers size tiles and staging to.
+constexpr size_t kSmemBudget = 48 * 1024;
 
 // Dynamic shared memory as T* (portability.cuh declares one extern byte array for every kernel).
 template <typename T>

@@ -33,7 +33,8 @@ void project_forward(const ProjectCall& call, void* stream) {
     bad("the low-rank cores need their factors and k in 1.." + std::to_string(kProjectMaxLowRank));
   if (core.core == Core::ablate && core.a == nullptr) bad("ablate needs a");
   if (core.core != Core::ablate && core.g == nullptr) bad("the gain / rot / dplr cores need g");
-  if (project_workspace_elems(n, d_in, r) > 0 && call.workspace == nullptr) bad("the decode path (at most " + std::to_string(kDecodeRows) + " rows) needs a workspace");
+  if (project_workspace_elems(n, d_in, r) > 0 && call.workspace == nullptr)
+    bad("the decode path (at most " + std::to_string(kDecodeRows) + " rows) needs a workspace");
   if (!steering_fits(n, core) || !bank_fits(core) || n >= (int64_t(1) << 31))
     bad("the rows (fewer than 2^31) must split into the steering groups (and a bank needs one coefficient per "
         "group)");
@@ -55,7 +56,8 @@ void project_forward(const ProjectCall& call, void* stream) {
     if constexpr (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value) {
       const T *xp = static_cast<const T*>(call.x), *vp = static_cast<const T*>(call.Vh);
       T *hp = static_cast<T*>(call.h), *pp = static_cast<T*>(call.p_out);
-      kern::launch_project<T>(xp, vp, n, d_in, r, c, hp, pp, static_cast<float*>(call.workspace), kern::as_stream(stream));
+      kern::launch_project<T>(xp, vp, n, d_in, r, c, hp, pp, static_cast<float*>(call.workspace),
+                              kern::as_stream(stream));
     }
   });
 }

@@ -94,7 +94,9 @@ __host__ __device__ inline bool proj_is_lowrank(int core) { return core == kProj
 // bank group: 8-way).
 __host__ __device__ inline int proj_ld(int r) { return r + (8 - r % 32 + 32) % 32; }
 // Shared memory of the epilogue in floats: P (rows, stride proj_ld(r)), s (r), d (k), Q (rows x k).
-__host__ __device__ inline int proj_epilogue_floats(int r, int k, int rows) { return rows * proj_ld(r) + r + k + rows * k; }
+__host__ __device__ inline int proj_epilogue_floats(int r, int k, int rows) {
+  return rows * proj_ld(r) + r + k + rows * k;
+}
 
 template <typename T>
 __device__ __forceinline__ void mma16816(float d[4], const uint32_t a[4], const uint32_t b[2], const float c[4]);
@@ -145,7 +147,8 @@ struct ProjStaged {
 
 // Floats of R and M staged (ProjStaged) for core c.
 __host__ __device__ inline int proj_staged_floats(const ProjCoreArgs& c, int r) {
-  return (c.core == kProjRot && c.side != kRotNone ? r * odd_ld(c.bs) : 0) + (proj_is_lowrank(c.core) ? r * odd_ld(c.k) : 0);
+  return (c.core == kProjRot && c.side != kRotNone ? r * odd_ld(c.bs) : 0) +
+         (proj_is_lowrank(c.core) ? r * odd_ld(c.k) : 0);
 }
 // R and M into shared memory at `at` (proj_staged_floats(c, r) floats) as coalesced copies, where `stage` (the
 // per-column reads of the epilogue are strided in global memory); visible after the caller's next barrier.
@@ -165,10 +168,10 @@ __device__ __forceinline__ ProjStaged proj_stage(const ProjCoreArgs& c, int r, b
   }
   return staged;
 }
-// Whether a kernel with `floats` of shared memory before the staged R and M also fits them in the 48 KiB every CTA
-// gets without an opt-in (and the call is unsteered: a steered row reads its group's parameters).
+// Whether a kernel with `floats` of shared memory before the staged R and M also fits them in kSmemBudget (and the
+// call is unsteered: a steered row reads its group's parameters).
 __host__ __device__ inline bool proj_stages(const ProjCoreArgs& c, int r, size_t floats) {
-  return c.coeffs == nullptr && (floats + size_t(proj_staged_floats(c, r))) * sizeof(float) <= 48 * 1024;
+  return c.coeffs == nullptr && (floats + size_t(proj_staged_floats(c, r))) * sizeof(float) <= kSmemBudget;
 }
 
 // Low-rank cores first form Q = (P u) L d (rows x k) in shared memory, a warp per entry (lanes over the r columns:
@@ -354,7 +357,9 @@ __global__ void __launch_bounds__(kDecThreads)
     const bool is_x = c < x_chunks;
     const int cc = is_x ? c : c - x_chunks, rr = cc / per_row, kk = cc % per_row * 8;
     const bool valid = kk < k_len && (is_x || col0 + rr < r);
-    const T* src = !valid ? x : is_x ? x + int64_t(rr) * d_in + k_begin + kk : Vh + int64_t(col0 + rr) * d_in + k_begin + kk;
+    const T* src = !valid ? x
+                   : is_x ? x + int64_t(rr) * d_in + k_begin + kk
+                          : Vh + int64_t(col0 + rr) * d_in + k_begin + kk;
     ax::cp_async_16_zfill((is_x ? sx : sv) + rr * ld + kk, src, valid);
   }
   ax::cp_async_commit();
@@ -390,7 +395,8 @@ __global__ void __launch_bounds__(kDecThreads)
 #pragma unroll
     for (int h2 = 0; h2 < 2; ++h2) {
       const int row = g + 8 * h2;
-      if (row < n) st_pair(red + (warp * kDecRows + row) * kDecRedLd + j * 8 + tq * 2, 2, acc[j][2 * h2], acc[j][2 * h2 + 1]);
+      if (row < n)
+        st_pair(red + (warp * kDecRows + row) * kDecRedLd + j * 8 + tq * 2, 2, acc[j][2 * h2], acc[j][2 * h2 + 1]);
     }
   __syncthreads();
   float* part = ws + int64_t(blockIdx.x) * n * r + col0;
