@@ -194,12 +194,14 @@ struct ProjectCall {
 // x and Vh in flight at once; project_finish_kernel sums the partials of each row in split order (deterministic,
 // no atomics) and applies the core. The grid holds at least kDecodeCtas CTAs where the K range allows it: the SM
 // count of an H100 / H200 (a constant, so every engine splits alike), so every SM streams its share of Vh.
-// The K range is a multiple of 64 (whole 128-byte rows per quarter warp in the fill) and at most kDecodeMaxK (the
-// CTA's tiles then take 25 KiB of shared memory).
+// The K range is a multiple of 64 (whole 128-byte rows per quarter warp in the fill) and at most kDecodeMaxK: the
+// largest whose tiles (16 + 32 rows of K + 8 16-bit elements, 43 KiB) fit the 48 KiB a CTA gets without the opt-in.
+// The cap binds only at large d_in (r 256: past d_in 4352), where it keeps the finish's partials few (d_in 14336:
+// 32 splits, one 32 KiB round of reads for the one CTA of a row, instead of 56 at a cap of 256).
 constexpr int64_t kDecodeRows = 16;   // one m16 tile
 constexpr int64_t kDecodeCols = 32;   // four n8 tiles
 constexpr int64_t kDecodeCtas = 132;
-constexpr int64_t kDecodeMaxK = 256;
+constexpr int64_t kDecodeMaxK = 448;
 inline bool project_decodes(int64_t n) { return n <= kDecodeRows; }
 inline int64_t project_decode_k(int64_t d_in, int64_t r) {
   const int64_t tiles = (r + kDecodeCols - 1) / kDecodeCols;

@@ -21,7 +21,7 @@
 //
 // Decode (n <= 16 rows; api.h project_decode_k): grid (K splits, 32-column slices of r), at least 132 CTAs where
 // d_in allows. project_decode_kernel: 4 warps on one 16-row m-tile; the CTA's whole slice of x (n rows) and Vh
-// (32 rows) goes into shared memory as one cp.async group (up to 16 KiB of Vh in flight per CTA: together every
+// (32 rows) goes into shared memory as one cp.async group (up to 28 KiB of Vh in flight per CTA: together every
 // byte of Vh at once), warp w runs the K steps w, w + 4, ... on all four n-tiles, the four warps' fp32 tiles are
 // summed in warp order and the partial P goes to the workspace. project_finish_kernel (a CTA per row) sums the
 // partials in split order (deterministic, no atomics) and applies the core.
@@ -412,9 +412,11 @@ __global__ void __launch_bounds__(kDecThreads)
 
 // Decode, second stage: a CTA per row; P = the sum over splits of the partials, then the core. The threads of a
 // column split its partials into groups = 256 / r interleaved sets (split g, g + groups, ...), each summed in split
-// order with up to 16 loads in flight, and the groups are added in group order: a fixed order for each r.
+// order, and the groups are added in group order: a fixed order for each r. A thread has up to 32 partials in flight
+// (one round of L2 reads for up to 32 splits a group: api.h bounds the splits at d_in 14336 to 32), and its first
+// batch is issued before the core's parameters are read and staged, so those reads overlap it.
 constexpr int kFinishThreads = 256;
-constexpr int kFinishBatch = 16;
+constexpr int kFinishBatch = 32;
 __host__ __device__ inline int finish_groups(int r) { return r < kFinishThreads ? kFinishThreads / r : 1; }
 // Shared memory of the finish in floats: the groups' sums (256), the epilogue of one row, then where staged, R and M.
 __host__ __device__ inline int finish_floats(int r, int k) { return kFinishThreads + proj_epilogue_floats(r, k, 1); }
@@ -425,28 +427,34 @@ __global__ void __launch_bounds__(kFinishThreads, 1)  // minBlocks 1: else ptxas
                           T* __restrict__ h, T* __restrict__ p_out) {
   float* sums = dyn_smem<float>();
   float *P = sums + kFinishThreads, *s = P + proj_ld(r), *d = s + r, *Q = d + c.k;
-  const ProjStaged staged = proj_stage(c, r, stage, Q + c.k);
   const int64_t row = blockIdx.x, stride = n * r;
   const int groups = finish_groups(r), col = int(threadIdx.x) % r, group = int(threadIdx.x) / r;
-  if (group < groups) {
-    const float* src = ws + row * r + col;
-    float tot = 0.f;
-    for (int k0 = group; k0 < splits; k0 += groups * kFinishBatch) {
-      float v[kFinishBatch];
+  const bool sums_col = group < groups;
+  const float* src = ws + row * r + col;
+  float v[kFinishBatch];
+  auto load = [&](int k0) {
 #pragma unroll
-      for (int j = 0; j < kFinishBatch; ++j) v[j] = k0 + j * groups < splits ? src[(k0 + j * groups) * stride] : 0.f;
+    for (int j = 0; j < kFinishBatch; ++j)
+      v[j] = sums_col && k0 + j * groups < splits ? src[int64_t(k0 + j * groups) * stride] : 0.f;
+  };
+  load(group);
+  const ProjStaged staged = proj_stage(c, r, stage, Q + c.k);
+  proj_scales(s, d, r, c);
+  float part = 0.f;
+  for (int k0 = group;;) {
 #pragma unroll
-      for (int j = 0; j < kFinishBatch; ++j) tot += v[j];
-    }
-    sums[group * r + col] = tot;
+    for (int j = 0; j < kFinishBatch; ++j) part += v[j];
+    k0 += groups * kFinishBatch;
+    if (k0 >= splits) break;
+    load(k0);
   }
+  if (sums_col) sums[group * r + col] = part;
   __syncthreads();
   for (int j = threadIdx.x; j < r; j += blockDim.x) {
     float tot = sums[j];
     for (int g = 1; g < groups; ++g) tot += sums[g * r + j];
     P[j] = tot;
   }
-  proj_scales(s, d, r, c);
   __syncthreads();
   proj_epilogue(P, s, d, Q, 1, r, c, staged, row, h, p_out);
 }

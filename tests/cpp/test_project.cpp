@@ -140,6 +140,9 @@ AX_TEST(project_decode_matches_reference) {
   // (a half-filled K step)
   check_project<__nv_bfloat16>(9, 1000, 256, 1, 2, 8, 23);
   check_project<__half>(2, 40, 48, 0, 0, 1, 24);  // d_in 40: one split shorter than its K range
+  // K ranges at the cap (448): d_in 14400, r 136 (5 column slices, the last 8 wide), dplr: 33 splits, the last 64
+  // wide, so the finish reads a second batch (one split) per column
+  check_project<__half>(1, 14400, 136, 2, 0, 1, 30, 8);
 }
 
 // The projection kernel in the emulator's memory model (checked build only): its cp.async fill, mma fragment reads
