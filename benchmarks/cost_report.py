@@ -315,6 +315,8 @@ def decode_section(args, cfg, device, dtype, split_cache):
 
 DISPATCH_ROWS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024)
 FUSED_ROWS_ENV = "ANTIPASTO_EXT_FUSED_PROJECTION_ROWS"
+DECODE_PATH_ENV = "ANTIPASTO_EXT_DECODE_PATH"
+DECODE_PATH_ROWS = (1, 2, 4)  # the row counts the one-kernel decode takes (csrc/kernels/api.h kGemvRows)
 
 
 def dispatch_section(args, cfg, device, dtype, split_cache):
@@ -342,14 +344,15 @@ def dispatch_section(args, cfg, device, dtype, split_cache):
              "rot V": lambda x: T.layer("rot", x, W, None, U, Vh, S, [g, R], 1.0, 1, True),
              "dplr": lambda x: T.layer("dplr", x, W, None, U, Vh, S, [g, A, B], 1.0, 0, True)}
 
-    def on_path(fn, x, rows_env):
+    def on_path(fn, x, rows_env, decode_path="model"):
         def call():
             os.environ[FUSED_ROWS_ENV] = rows_env
+            os.environ[DECODE_PATH_ENV] = decode_path
             return fn(x)
         return call
 
-    before = os.environ.get(FUSED_ROWS_ENV)
-    rows, wins = [], {}
+    before = {k: os.environ.get(k) for k in (FUSED_ROWS_ENV, DECODE_PATH_ENV)}
+    rows, wins, decode_rows = [], {}, []
     try:
         for n in DISPATCH_ROWS:
             x = torch.randn(n, d_in, device=device, dtype=dtype)
@@ -357,6 +360,9 @@ def dispatch_section(args, cfg, device, dtype, split_cache):
             for core, fn in calls.items():
                 fns[f"{core}/fused"] = on_path(fn, x, str(1 << 40))
                 fns[f"{core}/cublas"] = on_path(fn, x, "0")
+            if n in DECODE_PATH_ROWS:  # gain's two decode paths, side by side in the same run
+                fns["gain/split"] = on_path(calls["gain"], x, str(1 << 40), "split")
+                fns["gain/one-kernel"] = on_path(calls["gain"], x, str(1 << 40), "one-kernel")
             st = C.bench(fns, device, warmup=args.warmup + 2, repeats=args.repeats, sample_s=2e-3,
                          budget_s=args.budget_s / 4)
             for core in calls:
@@ -364,11 +370,16 @@ def dispatch_section(args, cfg, device, dtype, split_cache):
                 wins.setdefault(core, []).append(fu.median <= cb.median)
                 rows.append([n, core, fu.fmt_us(), cb.fmt_us(), f"{fu.median / cb.median:.2f}x",
                              "fused" if fu.median <= cb.median else "cuBLAS + core"])
+            if n in DECODE_PATH_ROWS:
+                sp, one, fu = st["gain/split"], st["gain/one-kernel"], st["gain/fused"]
+                decode_rows.append([n, sp.fmt_us(), one.fmt_us(), f"{one.median / sp.median:.2f}x", fu.fmt_us(),
+                                    "one kernel" if one.median <= sp.median else "split K + finish"])
     finally:
-        if before is None:
-            os.environ.pop(FUSED_ROWS_ENV, None)
-        else:
-            os.environ[FUSED_ROWS_ENV] = before
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
     crossover = {}
     for core, w in wins.items():  # the largest row count up to which the fused kernel wins every time
         k = 0
@@ -381,7 +392,13 @@ def dispatch_section(args, cfg, device, dtype, split_cache):
             "kernel for h (the rest of the call is the same cuBLAS GEMMs). Default dispatch: fused up to "
             f"`{FUSED_ROWS_ENV}` = 16 rows. Measured crossover (largest row count up to which the fused kernel "
             "wins at every measured count): " + ", ".join(f"{c} {v}" for c, v in crossover.items())
-            + f"; recommended setting: {min(crossover.values())}.", "", C.md_table(hdr, rows)]
+            + f"; recommended setting: {min(crossover.values())}.", "", C.md_table(hdr, rows), "",
+            f"Gain's two decode paths (`{DECODE_PATH_ENV}` = split / one-kernel; the default, the dispatch's pick by "
+            "the decode model of csrc/kernels/api.h, is the fused column above; the model's table per shape is in "
+            "kernel_metrics.md). Where the measured faster path is not the model's, the model's constants need "
+            "the measurement.", "",
+            C.md_table(["rows", "split K + finish µs", "one kernel µs", "one kernel / split", "default µs",
+                        "faster"], decode_rows)]
     return "\n".join(text)
 
 

@@ -8,8 +8,8 @@
 // bias in its epilogue) and the adapter's output GEMM accumulates into it (addmm_, beta = 1: no extra pass over
 // y). h = core(x Vh^T) has two paths, one result contract:
 //   fused     the kernel set's project_forward (tensor-core projection, the core in the epilogue; for decode a
-//             K-split kernel and a finish kernel) where the set has one, K::fuse_rows(n) wants it and the shape
-//             fits it;
+//             K-split kernel and a finish kernel, or one kernel: decode_path_setting) where the set has one,
+//             K::fuse_rows(n) wants it and the shape fits it;
 //   unfused   p = x Vh^T by the BLAS, then the core kernel.
 #pragma once
 
@@ -20,6 +20,7 @@
 
 #include "csrc/checks.h"
 #include "csrc/cores.h"
+#include "csrc/kernel_sets.h"
 #include "csrc/kernels/api.h"
 
 namespace ax {
@@ -96,7 +97,9 @@ std::tuple<T, T> project(const PackedCore& packed, const T& x, const T& Vh, bool
     if (K::fuse_rows(n) && fused_fits(x, Vh, packed.params)) {
       T h = K::empty({n, r}, x.options());
       T p = need_p ? K::empty({n, r}, x.options()) : no_p(x, r);
-      const int64_t ws_elems = project_workspace_elems(n, d_in, r);
+      DecodePath path = decode_path_setting();
+      if (path == DecodePath::gemv && !project_gemv_fits(n, packed.params)) path = DecodePath::model;
+      const int64_t ws_elems = project_workspace_elems(n, d_in, packed.params, path);
       T ws = ws_elems > 0 ? K::empty({ws_elems}, x.options().dtype(at::kFloat)) : T();
       ProjectCall call;
       call.dtype = kernel_dtype(x);
@@ -108,6 +111,7 @@ std::tuple<T, T> project(const PackedCore& packed, const T& x, const T& Vh, bool
       call.h = h.data_ptr();
       call.p_out = need_p ? p.data_ptr() : nullptr;
       call.workspace = ws.defined() ? ws.data_ptr() : nullptr;
+      call.decode_path = path;
       K::project_forward(call, K::stream(x));
       return {h, p};
     }

@@ -77,6 +77,18 @@ inline bool use_emulated_engine() {
   return true;
 }
 
+// The decode path of the fused projection, from ANTIPASTO_EXT_DECODE_PATH (read on every call, so a benchmark can
+// time both paths in one process): unset, empty or "model": the faster by the decode model (api.h); "split": the K
+// splits and the finish; "one-kernel": the one-kernel decode wherever the call fits it (api.h project_gemv_fits).
+inline DecodePath decode_path_setting() {
+  const char* v = std::getenv("ANTIPASTO_EXT_DECODE_PATH");
+  if (v == nullptr || *v == '\0' || std::strcmp(v, "model") == 0) return DecodePath::model;
+  if (std::strcmp(v, "split") == 0) return DecodePath::split;
+  TORCH_CHECK(std::strcmp(v, "one-kernel") == 0, "antipasto_ext: ANTIPASTO_EXT_DECODE_PATH must be 'model', 'split' ",
+              "or 'one-kernel', got '", v, "'");
+  return DecodePath::gemv;
+}
+
 // Calls fn(K{}) with the kernel set for tensors on `device`: CUDA tensors run the CUDA kernels, CPU tensors the
 // C++ CPU kernels or, with ANTIPASTO_EXT_ENGINE=cuda-emulated, the CUDA kernel source through the emulator.
 template <class Fn>

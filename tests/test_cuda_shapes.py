@@ -91,7 +91,7 @@ def check_layer(core, n, d_in, d_out, r, bs, k, dtype, ref_device):
 
 
 @pytest.mark.parametrize("dtype,mode", DTYPE_MODES, ids=lambda v: str(v).replace("torch.", ""))
-@pytest.mark.parametrize("rows", [1, 16, 17, 8192], ids=lambda n: f"rows{n}")
+@pytest.mark.parametrize("rows", [1, 4, 16, 17, 8192], ids=lambda n: f"rows{n}")
 @pytest.mark.parametrize("r", [64, 128, 256], ids=lambda r: f"r{r}")
 @pytest.mark.parametrize("core", CORES)
 def test_layer_at_real_shapes(core, r, rows, dtype, mode, monkeypatch):
@@ -113,8 +113,8 @@ def _cuda_kernels(fn):
 @pytest.mark.parametrize("rows", [1, 16, 17, 8192], ids=lambda n: f"rows{n}")
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32], ids=str)
 def test_paths_follow_the_threshold(dtype, rows, mode, monkeypatch):
-    """The fused kernels run where the setting asks and the dtype allows (the decode kernel and its finish for
-    <= 16 rows, the prefill tile for more), else cuBLAS and the core kernel."""
+    """The fused kernels run where the setting asks and the dtype allows (gain: the one-kernel decode for <= 4 rows;
+    the decode kernel and its finish for <= 16 rows, the prefill tile for more), else cuBLAS and the core kernel."""
     _set_mode(monkeypatch, mode)
     r = 256
     kw = dict(device="cuda", dtype=dtype)
@@ -126,8 +126,9 @@ def test_paths_follow_the_threshold(dtype, rows, mode, monkeypatch):
     names = _cuda_kernels(call)
     fused = dtype != torch.float32 and (mode == "fused" or (mode == "default" and rows <= DEFAULT_FUSED_ROWS))
     assert any("project_core_kernel" in k for k in names) == (fused and rows > 16), names
-    assert any("project_decode_kernel" in k for k in names) == (fused and rows <= 16), names
-    assert any("project_finish_kernel" in k for k in names) == (fused and rows <= 16), names
+    assert any("project_gemv_kernel" in k for k in names) == (fused and rows <= 4), names
+    assert any("project_decode_kernel" in k for k in names) == (fused and 4 < rows <= 16), names
+    assert any("project_finish_kernel" in k for k in names) == (fused and 4 < rows <= 16), names
     assert any("diag_forward_kernel" in k for k in names) == (not fused), names
 
 

@@ -110,12 +110,37 @@ def test_emulated_engine_runs_the_fused_kernel_where_it_fits(core, monkeypatch):
     fused = run(40, 64, torch.bfloat16)
     assert any("project_core_kernel" in k for k in fused) and not any("finish" in k for k in fused), fused
     decode = run(3, 2048, torch.float16)
-    assert "project_decode_kernel" in decode[0] and "project_finish_kernel" in decode[1]
-    assert len(decode) == 2, decode  # projection (partials), then their sum and the core: two launches in all
+    if core == "gain":  # a columnwise core at <= 4 rows: projection and core in one kernel
+        assert len(decode) == 1 and "project_gemv_kernel" in decode[0], decode
+    else:  # projection (partials), then their sum and the core: two launches in all
+        assert len(decode) == 2 and "project_decode_kernel" in decode[0] and "project_finish_kernel" in decode[1], decode
+    decode = run(5, 2048, torch.float16)
+    assert len(decode) == 2 and "project_decode_kernel" in decode[0] and "project_finish_kernel" in decode[1], decode
     # shapes the fused kernel cannot take: the BLAS GEMM (at::mm), then the core kernel
     for unfused in (run(40, 64, torch.float32), run(40, 36, torch.bfloat16),
                     run(40, 64, torch.bfloat16, lambda x: x.t().contiguous().t())):
         assert unfused and not any("project" in k for k in unfused), unfused
+
+
+@pytest.mark.parametrize("core", ["gain", "dplr"])
+def test_decode_path_setting(core, monkeypatch):
+    """ANTIPASTO_EXT_DECODE_PATH names the decode path: gain takes either (the same y within its dtype), a core the
+    one-kernel decode cannot take stays on the split path; an unknown value is an error naming the variable."""
+    monkeypatch.setenv("ANTIPASTO_EXT_ENGINE", "cuda-emulated")
+    fn, _, params, scalars = _cases(16, 4, 2, "cpu")[core]
+    params = {name: t.float() for name, t in params.items()}
+    x, frozen = _inputs(3, 512, 16, torch.bfloat16, "cpu")
+    ys = {}
+    for path, kernels in (("split", ["project_decode_kernel", "project_finish_kernel"]),
+                          ("one-kernel", ["project_gemv_kernel"] if core == "gain" else
+                           ["project_decode_kernel", "project_finish_kernel"])):
+        monkeypatch.setenv("ANTIPASTO_EXT_DECODE_PATH", path)
+        names = _launches(lambda: ys.setdefault(path, fn(x, *frozen, **params, **scalars)))
+        assert len(names) == len(kernels) and all(k in n for k, n in zip(kernels, names)), (path, names)
+    assert_close(ys["one-kernel"].double(), ys["split"].double(), torch.bfloat16, f"{core} decode paths")
+    monkeypatch.setenv("ANTIPASTO_EXT_DECODE_PATH", "fastest")
+    with pytest.raises(RuntimeError, match="ANTIPASTO_EXT_DECODE_PATH must be"):
+        fn(x, *frozen, **params, **scalars)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=str)

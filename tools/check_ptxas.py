@@ -53,7 +53,7 @@ RE_SASS_WIDE = re.compile(r"\bLDG(?:STS)?(?:\.[A-Z0-9_]+)*\.128\b")
 # are reported, not gated).
 VECTOR_KERNELS = ("diag_forward_kernel", "diag_backward_kernel", "rot_forward_kernel", "rot_backward_kernel",
                   "dplr_forward_kernel", "dplr_backward_kernel", "ablate_forward_kernel", "ablate_backward_kernel",
-                  "project_core_kernel", "project_decode_kernel")
+                  "project_core_kernel", "project_decode_kernel", "project_gemv_kernel")
 
 
 def wide_loads(ptx):

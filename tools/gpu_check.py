@@ -81,7 +81,7 @@ SANITIZER_FAMILIES = {
 OUR_KERNELS = re.compile(r"ax::cuda_impl|_ZN2ax9cuda_impl|\b(cayley_(forward|backward)_(small|cta)_kernel|"
                          r"diag_(forward|backward)_kernel|rot_(forward|backward)_kernel|dplr_(forward|backward)_kernel|"
                          r"ablate_(forward|backward)_kernel|reduce_partials_kernel|project_core_kernel|"
-                         r"project_decode_kernel|project_finish_kernel)\b")
+                         r"project_decode_kernel|project_finish_kernel|project_gemv_kernel)\b")
 # a host frame in antipasto_ext's library (site-packages/antipasto_ext/_C...so): the kernel was launched by our op
 OUR_LIBRARY = re.compile(r"antipasto_ext")
 SANITIZER_EXIT = 86  # --error-exitcode: the sanitizer found something (told apart from a failing test)

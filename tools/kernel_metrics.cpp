@@ -63,7 +63,7 @@ struct Buffers {
   ax_emu::DeviceBuffer<float>* t = dev<float>(kR * 64, "rot_T"), *G = dev<float>(kR * 64, "grad_R");
   ax_emu::DeviceBuffer<float>*Rc = dev<float>(kR * 64, "R"), *dt = dev<float>(kR * 64, "dt");
   ax_emu::DeviceBuffer<float>* ws = dev<float>(ax::core_chunks_per_entry(kRows) * ax::core_slice(kR + 2 * 8 * kR) +
-                                                   ax::project_workspace_elems(16, kDin, kR),
+                                                   ax::project_decode_splits(kDin, kR) * 16 * kR,
                                                "workspace");
   ax_emu::DeviceBuffer<float>* dparams = dev<float>(kR + 2 * 8 * kR, "dparams");
 };
@@ -200,49 +200,63 @@ std::string short_site(const std::string& site) {
   return out;
 }
 
-// The decode path's launch geometry (api.h) under a model of an H200's HBM: every byte a CTA loads is in flight at
-// once (one cp.async group), so the decode kernel takes one DRAM latency plus its HBM bytes at peak bandwidth, and
-// streams at the peak rate when the bytes in flight cover bandwidth x latency (Little's law; the column "in flight /
-// (bandwidth x latency)"). The finish kernel (one CTA, one SM, per row): one L2 latency per batch of partial loads per
-// thread (the core's parameters are read in the first), the row's partials through the SM's L2 port, and one L2
-// latency for the core (its dependent reads and the stores of h). Launch gaps are not counted (a CUDA graph). The
-// ceiling is the best any single kernel could do under the same model: one DRAM latency plus the bytes at peak.
-// A model with stated constants, not a measurement.
-constexpr double kHbmBytesPerS = 4.8e12, kDramLatencyS = 0.6e-6, kL2LatencyS = 0.3e-6;
-constexpr double kSmL2BytesPerS = 64 * 1.98e9;  // an SM's L2 reads: 64 bytes a clock at 1.98 GHz
+// The decode model of api.h (DecodeModel, decode_split_seconds, decode_gemv_seconds: the dispatch takes the faster
+// path by it) per shape, with the launch geometry: the column "in flight / (bandwidth x latency)" says whether the
+// bytes in flight cover bandwidth x latency (Little's law). The ceiling is the best any single kernel could do under
+// the same model: one DRAM latency plus the bytes at peak. A model with stated constants, not a measurement.
 void print_decode_model() {
+  const ax::DecodeModel m;
   std::printf("\n## Decode model (H200: %.1f TB/s HBM, %.1f us DRAM and %.1f us L2 latency, %.0f GB/s of L2 reads per "
-              "SM assumed; not a measurement)\n\n| rows | d_in -> r | CTAs | K per CTA | KiB in flight per CTA | in "
-              "flight / (bandwidth x latency) | HBM bytes | finish: KiB read per row, batches | model us (decode + "
-              "finish) | floor us | floor / model | ceiling (one kernel) |\n"
-              "|---|---|---|---|---|---|---|---|---|---|---|---|\n",
-              kHbmBytesPerS / 1e12, kDramLatencyS * 1e6, kL2LatencyS * 1e6, kSmL2BytesPerS / 1e9);
-  namespace kern = K::kern;
+              "SM assumed; not a measurement)\n\nFor gain and rot without a rotation the dispatch takes the path marked *.\n\n| rows | d_in -> r | path | "
+              "CTAs | K per CTA | KiB in flight per CTA | in flight / (bandwidth x latency) | HBM bytes | finish: KiB "
+              "read per row, batches | model us | floor us | floor / model | ceiling (one kernel) |\n"
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|\n",
+              m.hbm_bytes_per_s / 1e12, m.dram_latency_s * 1e6, m.l2_latency_s * 1e6, m.sm_l2_bytes_per_s / 1e9);
+  const double latency_bytes = m.hbm_bytes_per_s * m.dram_latency_s;
   for (int64_t d_in : {int64_t(1024), int64_t(4096), int64_t(14336)})
     for (int64_t r : {int64_t(64), int64_t(256)})
-      for (int64_t n : {int64_t(1), int64_t(16)}) {
-        const int64_t kk = ax::project_decode_k(d_in, r), splits = ax::project_decode_splits(d_in, r);
-        const int64_t tiles = (r + ax::kDecodeCols - 1) / ax::kDecodeCols, ctas = splits * tiles;
-        const double per_cta = double((n + std::min<int64_t>(r, ax::kDecodeCols)) * kk * 2);
-        const double vh = double(r * d_in * 2), hbm = vh + double(n * d_in * 2);
-        const double in_flight = double(r * d_in * 2 + n * d_in * 2 * tiles);  // every CTA's slice at once
-        const double cover = in_flight / (kHbmBytesPerS * kDramLatencyS);
-        const double t_decode = kDramLatencyS + hbm / kHbmBytesPerS;
-        const int64_t groups = kern::finish_groups(int(r)), per_group = (splits + groups - 1) / groups;
-        const int64_t batches = (per_group + kern::kFinishBatch - 1) / kern::kFinishBatch;
-        const double row_bytes = double(splits * r * 4);
-        const double t_finish = kL2LatencyS * double(batches + 1) + row_bytes / kSmL2BytesPerS;
-        const double floor = hbm / kHbmBytesPerS, model = t_decode + t_finish;
-        std::printf("| %lld | %lld -> %lld | %lld | %lld | %.1f | %.2f | %.0f KiB | %.0f, %lld | %.2f | %.2f | %.0f%% | "
-                    "%.0f%% |\n",
-                    (long long)n, (long long)d_in, (long long)r, (long long)ctas, (long long)kk, per_cta / 1024.0, cover,
-                    hbm / 1024.0, row_bytes / 1024.0, (long long)batches, model * 1e6, floor * 1e6,
-                    100.0 * floor / model, 100.0 * floor / (floor + kDramLatencyS));
+      for (int64_t n : {int64_t(1), int64_t(4), int64_t(16)}) {
+        ax::CoreParams gain;
+        gain.core = ax::Core::gain;
+        gain.r = r;
+        const bool takes_gemv = ax::project_gemv(n, d_in, gain);
+        for (bool gemv : {true, false}) {
+          if (gemv && n > ax::kGemvRows) continue;
+          const double hbm = ax::decode_hbm_bytes(n, d_in, r), floor = hbm / m.hbm_bytes_per_s;
+          int64_t ctas, kk;
+          double per_cta, in_flight, model;
+          std::string finish = "-";
+          if (gemv) {
+            const int64_t chunks = d_in / 8, per_batch = ax::kGemvThreads * ax::gemv_batch(n);
+            ctas = (r + ax::kGemvCols - 1) / ax::kGemvCols;
+            kk = d_in;
+            per_cta = double(std::min(chunks, per_batch) * (ax::kGemvCols + n) * 16);
+            in_flight = per_cta * double(ctas);
+            model = ax::decode_gemv_seconds(n, d_in, r, m);
+          } else {
+            kk = ax::project_decode_k(d_in, r);
+            const int64_t splits = ax::project_decode_splits(d_in, r), groups = ax::finish_groups(r);
+            ctas = splits * ((r + ax::kDecodeCols - 1) / ax::kDecodeCols);
+            per_cta = double((n + std::min<int64_t>(r, ax::kDecodeCols)) * kk * 2);
+            in_flight = double(r * d_in * 2 + n * d_in * 2 * (ctas / splits));  // every CTA's slice at once
+            const int64_t batches = ((splits + groups - 1) / groups + ax::kFinishBatch - 1) / ax::kFinishBatch;
+            finish = std::to_string((splits * r * 4 + 512) / 1024) + ", " + std::to_string(batches);
+            model = ax::decode_split_seconds(n, d_in, r, m);
+          }
+          const bool taken = gemv == takes_gemv;
+          std::printf("| %lld | %lld -> %lld | %s%s | %lld | %lld | %.1f | %.2f | %.0f KiB | %s | %.2f | %.2f | %.0f%% | "
+                      "%.0f%% |\n",
+                      (long long)n, (long long)d_in, (long long)r, gemv ? "one kernel (gain, rot none)" : "split K + finish",
+                      taken ? " *" : "", (long long)ctas, (long long)kk, per_cta / 1024.0, in_flight / latency_bytes,
+                      hbm / 1024.0, finish.c_str(), model * 1e6, floor * 1e6, 100.0 * floor / model,
+                      100.0 * floor / (floor + m.dram_latency_s));
+        }
       }
-  const double half = kHbmBytesPerS * kDramLatencyS;  // bytes at which the ceiling is 50%
-  std::printf("\nA path that reads B bytes from HBM reaches at most B / (B + bandwidth x DRAM latency) of the bandwidth "
-              "under this model: 50%% needs B >= %.1f MB (r x d_in >= %.1f M in 16 bits).\n",
-              half / 1e6, half / 2 / 1e6);
+  std::printf("\nThe split path serves every core; the one-kernel path only gain and rot without a rotation (the others "
+              "take the split path at every row count). A path that reads B bytes from HBM reaches at most B / (B + "
+              "bandwidth x DRAM latency) of the bandwidth under this model: 50%% needs B >= %.1f MB (r x d_in >= "
+              "%.1f M in 16 bits).\n",
+              latency_bytes / 1e6, latency_bytes / 2 / 1e6);
 }
 
 // Access-weighted mean of a ratio over the rows of one kernel (hot loops dominate by access count).

@@ -178,6 +178,9 @@ inline bool project_supports(const CoreParams& c) {
   return (c.core == Core::gain || c.core == Core::rot || lowrank) && c.r <= kProjectMaxR &&
          (!lowrank || c.k <= kProjectMaxLowRank);
 }
+// Which decode path a call takes (below): `model` (the default) the faster by the decode model; a test or a
+// benchmark may name one.
+enum class DecodePath : int { model = 0, split = 1, gemv = 2 };
 struct ProjectCall {
   DType dtype = DType::bf16;
   int64_t n = 0, d_in = 0;
@@ -187,6 +190,7 @@ struct ProjectCall {
   void* h = nullptr;
   void* p_out = nullptr;
   void* workspace = nullptr;
+  DecodePath decode_path = DecodePath::model;
 };
 
 // The decode path of the fused projection (n <= kDecodeRows rows): project_decode_kernel computes the fp32 partial
@@ -213,9 +217,58 @@ inline int64_t project_decode_splits(int64_t d_in, int64_t r) {
   const int64_t k = project_decode_k(d_in, r);
   return (d_in + k - 1) / k;
 }
-// Floats of the decode path's workspace (the partials, (splits, n, r)); 0 for more rows.
-inline int64_t project_workspace_elems(int64_t n, int64_t d_in, int64_t r) {
-  return project_decodes(n) ? project_decode_splits(d_in, r) * n * r : 0;
+// The finish kernel: a CTA of kFinishThreads per row; the threads of a column split its partials into
+// finish_groups(r) interleaved sets and have up to kFinishBatch of them in flight (one round of L2 reads for up to
+// 32 splits a set: the K cap bounds the splits at d_in 14336 to 32).
+constexpr int64_t kFinishThreads = 256;
+constexpr int64_t kFinishBatch = 32;
+inline int64_t finish_groups(int64_t r) { return r < kFinishThreads ? kFinishThreads / r : 1; }
+
+// The columnwise cores (gain; rot without a rotation: h_j = P_j s_j) at n <= kGemvRows rows may take one kernel
+// instead, project_gemv_kernel: a CTA of kGemvThreads per kGemvCols columns of r over all of K, no partials, so no
+// finish kernel and none of its rounds of L2 reads; but every CTA reads all of x, and d_in past one batch of loads
+// (gemv_batch(n) chunks of 8 elements a thread: d_in 16384 for one row, half that for more, whose x chunks take
+// the registers) costs a DRAM latency a batch. The dispatch takes it where the decode model below says it is faster.
+constexpr int64_t kGemvRows = 4;
+constexpr int64_t kGemvCols = 2;
+constexpr int64_t kGemvThreads = 512;
+constexpr int64_t gemv_batch(int64_t rows) { return rows == 1 ? 4 : 2; }
+
+// The decode model (an H200; assumed constants, not measurements: benchmarks/results/kernel_metrics.md prints it
+// per shape). Split K: the decode kernel has every byte in flight at once, so it takes one DRAM latency plus the
+// HBM bytes at peak; the finish (one CTA, one SM, per row) one L2 latency per batch of partial loads (the core's
+// parameters are read in the first), the row's partials through the SM's L2 port, and one L2 latency for the core
+// (its dependent reads and the stores of h). One kernel: one DRAM latency per batch of loads, the HBM bytes at peak
+// or a CTA's bytes (its Vh rows and all of x) through its SM's L2 port, whichever takes longer, and one L2 latency
+// for the stores of h. Launch gaps are not counted (a CUDA graph).
+struct DecodeModel {
+  double hbm_bytes_per_s = 4.8e12, dram_latency_s = 0.6e-6, l2_latency_s = 0.3e-6;
+  double sm_l2_bytes_per_s = 64 * 1.98e9;  // an SM's L2 reads: 64 bytes a clock at 1.98 GHz
+};
+inline double decode_hbm_bytes(int64_t n, int64_t d_in, int64_t r) { return double((r + n) * d_in * 2); }
+inline double decode_split_seconds(int64_t n, int64_t d_in, int64_t r, const DecodeModel& m = DecodeModel()) {
+  const int64_t splits = project_decode_splits(d_in, r), groups = finish_groups(r);
+  const int64_t batches = ((splits + groups - 1) / groups + kFinishBatch - 1) / kFinishBatch;
+  return m.dram_latency_s + decode_hbm_bytes(n, d_in, r) / m.hbm_bytes_per_s + m.l2_latency_s * double(batches + 1) +
+         double(splits * r * 4) / m.sm_l2_bytes_per_s;
+}
+inline double decode_gemv_seconds(int64_t n, int64_t d_in, int64_t r, const DecodeModel& m = DecodeModel()) {
+  const int64_t chunks = d_in / 8, per_batch = kGemvThreads * gemv_batch(n);
+  const double hbm = decode_hbm_bytes(n, d_in, r) / m.hbm_bytes_per_s;
+  const double cta = double((kGemvCols + n) * d_in * 2) / m.sm_l2_bytes_per_s;
+  return m.dram_latency_s * double((chunks + per_batch - 1) / per_batch) + (hbm > cta ? hbm : cta) + m.l2_latency_s;
+}
+inline bool project_gemv_fits(int64_t n, const CoreParams& c) {
+  return n <= kGemvRows && (c.core == Core::gain || (c.core == Core::rot && c.side == kRotNone));
+}
+inline bool project_gemv(int64_t n, int64_t d_in, const CoreParams& c, DecodePath path = DecodePath::model) {
+  if (path != DecodePath::model || !project_gemv_fits(n, c)) return path == DecodePath::gemv;
+  return decode_gemv_seconds(n, d_in, c.r) < decode_split_seconds(n, d_in, c.r);
+}
+// Floats of the decode path's workspace (the partials, (splits, n, r)); 0 for more rows and for the one-kernel path.
+inline int64_t project_workspace_elems(int64_t n, int64_t d_in, const CoreParams& c,
+                                       DecodePath path = DecodePath::model) {
+  return project_decodes(n) && !project_gemv(n, d_in, c, path) ? project_decode_splits(d_in, c.r) * n * c.r : 0;
 }
 
 // Block Cayley rotations (docs/SPEC.md §2): forward t (n_blocks, bs(bs-1)/2) -> R (n_blocks, bs, bs);

@@ -25,6 +25,12 @@
 // byte of Vh at once), warp w runs the K steps w, w + 4, ... on all four n-tiles, the four warps' fp32 tiles are
 // summed in warp order and the partial P goes to the workspace. project_finish_kernel (a CTA per row) sums the
 // partials in split order (deterministic, no atomics) and applies the core.
+//
+// Decode of the columnwise cores at n <= 4 rows where the decode model says it is faster (api.h project_gemv):
+// project_gemv_kernel, a CTA per 2 columns of r over all of K; its threads load 16-byte chunks of the two Vh rows and
+// of x straight into registers (a batch of chunks in flight: api.h gemv_batch), dot products in fp32 in chunk order,
+// a butterfly sum per warp, the warps' sums added in warp order, then the core on the CTA's entries of P. One
+// kernel, no workspace.
 #pragma once
 
 #include <algorithm>
@@ -411,24 +417,23 @@ __global__ void __launch_bounds__(kDecThreads)
 }
 
 // Decode, second stage: a CTA per row; P = the sum over splits of the partials, then the core. The threads of a
-// column split its partials into groups = 256 / r interleaved sets (split g, g + groups, ...), each summed in split
-// order, and the groups are added in group order: a fixed order for each r. A thread has up to 32 partials in flight
-// (one round of L2 reads for up to 32 splits a group: api.h bounds the splits at d_in 14336 to 32), and its first
-// batch is issued before the core's parameters are read and staged, so those reads overlap it.
-constexpr int kFinishThreads = 256;
-constexpr int kFinishBatch = 32;
-__host__ __device__ inline int finish_groups(int r) { return r < kFinishThreads ? kFinishThreads / r : 1; }
+// column split its partials into `groups` (api.h finish_groups) interleaved sets (split g, g + groups, ...), each
+// summed in split order, and the groups are added in group order: a fixed order for each r. A thread has up to
+// kFinishBatch partials in flight, and its first batch is issued before the core's parameters are read and staged,
+// so those reads overlap it.
+constexpr int kFinishThreads = int(ax::kFinishThreads);
+constexpr int kFinishBatch = int(ax::kFinishBatch);
 // Shared memory of the finish in floats: the groups' sums (256), the epilogue of one row, then where staged, R and M.
 __host__ __device__ inline int finish_floats(int r, int k) { return kFinishThreads + proj_epilogue_floats(r, k, 1); }
 
 template <typename T>
 __global__ void __launch_bounds__(kFinishThreads, 1)  // minBlocks 1: else ptxas caps its registers on sm_80 and spills
-    project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, ProjCoreArgs c, bool stage,
-                          T* __restrict__ h, T* __restrict__ p_out) {
+    project_finish_kernel(const float* __restrict__ ws, int splits, int64_t n, int r, int groups, ProjCoreArgs c,
+                          bool stage, T* __restrict__ h, T* __restrict__ p_out) {
   float* sums = dyn_smem<float>();
   float *P = sums + kFinishThreads, *s = P + proj_ld(r), *d = s + r, *Q = d + c.k;
   const int64_t row = blockIdx.x, stride = n * r;
-  const int groups = finish_groups(r), col = int(threadIdx.x) % r, group = int(threadIdx.x) / r;
+  const int col = int(threadIdx.x) % r, group = int(threadIdx.x) / r;
   const bool sums_col = group < groups;
   const float* src = ws + row * r + col;
   float v[kFinishBatch];
@@ -459,6 +464,74 @@ __global__ void __launch_bounds__(kFinishThreads, 1)  // minBlocks 1: else ptxas
   proj_epilogue(P, s, d, Q, 1, r, c, staged, row, h, p_out);
 }
 
+// Decode of the columnwise cores, one kernel (see the top of the file): N rows, kGemvCols columns from
+// blockIdx.x * kGemvCols. Shared memory: the warps' sums (warps x N x kGemvCols floats).
+constexpr int kGemvThreads = int(ax::kGemvThreads);
+constexpr int kGemvCols = int(ax::kGemvCols);
+
+// B: K chunks a thread has in flight (api.h gemv_batch: at 4 for more than one row ptxas spills the bf16 kernels for
+// sm_90).
+template <typename T, int N, int B>
+__global__ void __launch_bounds__(kGemvThreads, 1)
+    project_gemv_kernel(const T* __restrict__ x, const T* __restrict__ Vh, int d_in, int r, ProjCoreArgs c,
+                        T* __restrict__ h, T* __restrict__ p_out) {
+  constexpr int C = kGemvCols, V = 8, W = kGemvThreads / 32;
+  float* red = dyn_smem<float>();
+  const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+  const int col0 = int(blockIdx.x) * C, cols = r - col0 < C ? r - col0 : C, chunks = d_in / V;
+  float acc[N][C];
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < C; ++j) acc[i][j] = 0.f;
+  for (int k0 = tid; k0 < chunks; k0 += kGemvThreads * B) {
+    Vec<T> wv[B][C], xv[B][N];
+#pragma unroll
+    for (int b = 0; b < B; ++b) {  // every load of the batch before any use
+      const int kc = k0 + b * kGemvThreads;
+      if (kc < chunks) {
+#pragma unroll
+        for (int j = 0; j < C; ++j)
+          if (j < cols) wv[b][j] = ld_vec(Vh + int64_t(col0 + j) * d_in + int64_t(kc) * V);
+#pragma unroll
+        for (int i = 0; i < N; ++i) xv[b][i] = ld_vec(x + int64_t(i) * d_in + int64_t(kc) * V);
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      if (k0 + b * kGemvThreads >= chunks) break;
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        float a[V];
+        widen(a, xv[b][i]);
+#pragma unroll
+        for (int j = 0; j < C; ++j) {
+          if (j >= cols) break;
+          float w[V];
+          widen(w, wv[b][j]);
+#pragma unroll
+          for (int q = 0; q < V; ++q) acc[i][j] += a[q] * w[q];
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < C; ++j) {
+      const float v = butterfly_sum(acc[i][j], 32);
+      if (lane == 0) red[warp * N * C + i * C + j] = v;
+    }
+  __syncthreads();
+  if (tid < N * C && tid % C < cols) {
+    const int i = tid / C, col = col0 + tid % C;
+    float pe = 0.f;
+    for (int w = 0; w < W; ++w) pe += red[w * N * C + tid];
+    if (p_out) st(p_out + int64_t(i) * r + col, pe);
+    st(h + int64_t(i) * r + col, pe * proj_scale(c, proj_row_core(c, r, i), col));
+  }
+}
+
 // ------------------------------------------------------------------------------------------ launch
 
 template <typename T, int NT>
@@ -474,12 +547,27 @@ void launch_project_tile(const T* x, const T* Vh, int64_t n, int64_t d_in, int64
   AX_CHECK_LAUNCH();
 }
 
-// h (and p) of n rows: the decode kernel and its finish for n <= 16 (ws: project_workspace_elems floats), else the
-// row tiles with NT n-tiles per warp for r.
+template <typename T, int N>
+void launch_project_gemv(const T* x, const T* Vh, int64_t d_in, int64_t r, const ProjCoreArgs& c, T* h, T* p_out,
+                         ax::stream_t st) {
+  constexpr int B = int(ax::gemv_batch(N));
+  AX_LAUNCH((project_gemv_kernel<T, N, B>), dim3(unsigned(blocks_for(r, kGemvCols))), dim3(kGemvThreads),
+            size_t(kGemvThreads / 32) * N * kGemvCols * sizeof(float), st, x, Vh, int(d_in), int(r), c, h, p_out);
+  AX_CHECK_LAUNCH();
+}
+
+// h (and p) of n rows: the one-kernel decode where `gemv` (api.h project_gemv), else for n <= 16 the decode kernel
+// and its finish (ws: project_workspace_elems floats), else the row tiles with NT n-tiles per warp for r.
 template <typename T>
-void launch_project(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r, const ProjCoreArgs& c, T* h,
-                    T* p_out, float* ws, ax::stream_t st) {
-  if (ax::project_decodes(n)) {
+void launch_project(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r, const ProjCoreArgs& c, bool gemv,
+                    T* h, T* p_out, float* ws, ax::stream_t st) {
+  static_assert(ax::kGemvRows == 4, "one instantiation of project_gemv_kernel per row count");
+  if (gemv) {
+    if (n == 1) launch_project_gemv<T, 1>(x, Vh, d_in, r, c, h, p_out, st);
+    else if (n == 2) launch_project_gemv<T, 2>(x, Vh, d_in, r, c, h, p_out, st);
+    else if (n == 3) launch_project_gemv<T, 3>(x, Vh, d_in, r, c, h, p_out, st);
+    else launch_project_gemv<T, 4>(x, Vh, d_in, r, c, h, p_out, st);
+  } else if (ax::project_decodes(n)) {
     const int64_t k_split = ax::project_decode_k(d_in, r), splits = ax::project_decode_splits(d_in, r);
     AX_LAUNCH((project_decode_kernel<T>), dim3(unsigned(splits), unsigned(blocks_for(r, kDecCols))),
               dim3(kDecThreads), decode_smem_bytes(int(k_split), sizeof(T)), st, x, Vh, int(n), int(d_in), int(r),
@@ -489,7 +577,7 @@ void launch_project(const T* x, const T* Vh, int64_t n, int64_t d_in, int64_t r,
     const bool stage = proj_stages(c, int(r), floats);
     AX_LAUNCH((project_finish_kernel<T>), dim3(unsigned(n)), dim3(kFinishThreads),
               (floats + (stage ? proj_staged_floats(c, int(r)) : 0)) * sizeof(float), st, ws, int(splits), n, int(r),
-              c, stage, h, p_out);
+              int(ax::finish_groups(r)), c, stage, h, p_out);
     AX_CHECK_LAUNCH();
   } else if (r <= 64) {
     launch_project_tile<T, 4>(x, Vh, n, d_in, r, c, h, p_out, st);

@@ -21,7 +21,8 @@ namespace {
 // Tolerance: P accumulated in fp32 on the (emulated) tensor cores, h rounded once to 16 bits.
 // core: 0 gain, 1 rot (side, bs), 2 dplr (k), 3 ablate (k).
 template <typename T>
-void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int bs, uint64_t seed, int k = 0) {
+void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int bs, uint64_t seed, int k = 0,
+                   ax::DecodePath path = ax::DecodePath::model) {
   std::mt19937_64 rng(seed);
   const std::vector<T> x = randn<T>(static_cast<size_t>(n * d_in), rng), Vh = randn<T>(static_cast<size_t>(r * d_in), rng, 0.05);
   std::vector<float> S = randn<float>(static_cast<size_t>(r), rng, 1.0, 2.0), g = randn<float>(static_cast<size_t>(r), rng, 0.5);
@@ -60,7 +61,6 @@ void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int b
   // kernels
   Dev<T> x_d(x, "x"), Vh_d(Vh, "Vh"), h_d(static_cast<size_t>(n * r), "h"), p_d(static_cast<size_t>(n * r), "p");
   Dev<float> S_d(S, "S"), g_d(g, "g"), R_d(R, "R"), A_d(A, "A"), B_d(B, "B"), a_d(a, "a");
-  Dev<float> ws_d(static_cast<size_t>(ax::project_workspace_elems(n, d_in, r)), "workspace");
   ax::ProjectCall call;
   call.dtype = dtype_of<T>();
   call.n = n;
@@ -79,6 +79,8 @@ void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int b
   c.a = k ? a_d.data() : nullptr;
   c.coeff = coeff;
   c.suppress_only = suppress;
+  call.decode_path = path;
+  Dev<float> ws_d(static_cast<size_t>(ax::project_workspace_elems(n, d_in, c, path)), "workspace");
   call.x = x_d.data();
   call.Vh = Vh_d.data();
   call.h = h_d.data();
@@ -95,9 +97,11 @@ void check_project(int64_t n, int64_t d_in, int64_t r, int core, int side, int b
     if (std::isnan(to_acc<double>(h[e])) || std::isnan(to_acc<double>(p[e]))) herr = perr = 1e30;
   }
   const double tol = std::is_same<T, __nv_bfloat16>::value ? 8e-3 : 1.5e-3;
-  std::printf("    %s n=%lld d_in=%lld r=%lld core=%d side=%d bs=%d k=%d splits=%lld: rel err h %.2g, p %.2g\n", name_of<T>(),
-              (long long)n, (long long)d_in, (long long)r, core, side, bs, k,
-              (long long)(ax::project_decodes(n) ? ax::project_decode_splits(d_in, r) : 0), herr / hmax, perr / pmax);
+  std::printf("    %s n=%lld d_in=%lld r=%lld core=%d side=%d bs=%d k=%d splits=%lld%s: rel err h %.2g, p %.2g\n",
+              name_of<T>(), (long long)n, (long long)d_in, (long long)r, core, side, bs, k,
+              (long long)(ax::project_workspace_elems(n, d_in, c, path) > 0 ? ax::project_decode_splits(d_in, r) : 0),
+              ax::project_decodes(n) && ax::project_gemv(n, d_in, c, path) ? " (one kernel)" : "", herr / hmax,
+              perr / pmax);
   AX_CHECK(herr <= tol * hmax);
   AX_CHECK(perr <= tol * pmax);
 }
@@ -143,11 +147,18 @@ AX_TEST(project_decode_matches_reference) {
   // K ranges at the cap (448): d_in 14400, r 136 (5 column slices, the last 8 wide), dplr: 33 splits, the last 64
   // wide, so the finish reads a second batch (one split) per column
   check_project<__half>(1, 14400, 136, 2, 0, 1, 30, 8);
+  // the one-kernel decode (gain, rot none; at most 4 rows; the model's choice where not named): 4 rows, r 17 (the
+  // last CTA one column wide), d_in 2056 (257 chunks of 8); 1 row at d_in 16400 (2050 chunks: a second batch for two
+  // threads); and gain at 2 rows through the split path
+  check_project<__half>(4, 2056, 17, 1, 0, 1, 31);
+  check_project<__nv_bfloat16>(1, 16400, 6, 0, 0, 1, 32, 0, ax::DecodePath::gemv);
+  check_project<__nv_bfloat16>(2, 1024, 40, 0, 0, 1, 33, 0, ax::DecodePath::split);
 }
 
 // The projection kernel in the emulator's memory model (checked build only): its cp.async fill, mma fragment reads
 // and P tile, weighted by count as in kernel_metrics.md, within the 1.25 bank-conflict target, and its global
-// accesses whole sectors, at r 256: the prefill tile (40 rows) and the decode kernels (1-2 rows), gain, rot and dplr.
+// accesses whole sectors, at r 256: the prefill tile (40 rows), the one-kernel decode (gain, 2 rows) and the decode
+// kernels (rot and dplr, 1-2 rows).
 AX_TEST(project_core_shared_layout_is_conflict_free) {
   if (!ax_emu::checked_build()) return;
   ax_emu::start_metrics();
@@ -158,7 +169,8 @@ AX_TEST(project_core_shared_layout_is_conflict_free) {
   check_project<__nv_bfloat16>(2, 2048, 256, 1, 1, 4, 25);     // rot V: R staged in the finish
   check_project<__nv_bfloat16>(1, 2048, 256, 2, 0, 1, 26, 8);  // dplr: B staged in the finish
   const std::vector<ax_emu::MetricRow> rows = ax_emu::stop_metrics();
-  for (const char* kernel : {"project_core_kernel", "project_decode_kernel", "project_finish_kernel"})
+  for (const char* kernel :
+       {"project_core_kernel", "project_decode_kernel", "project_finish_kernel", "project_gemv_kernel"})
     check_memory_targets(rows, kernel);
 }
 
@@ -166,11 +178,12 @@ AX_TEST(project_same_bits_for_every_schedule) {
   SeedGuard guard;
   std::mt19937_64 rng(3);
   const int64_t d_in = 1024, r = 40;
-  for (int64_t n : {20, 3}) {  // the prefill tile; the decode kernels (16 splits)
+  for (int64_t n : {20, 7, 3}) {  // the prefill tile; the decode kernels (16 splits); the one-kernel decode
     Dev<__nv_bfloat16> x(randn<__nv_bfloat16>(static_cast<size_t>(n * d_in), rng), "x");
     Dev<__nv_bfloat16> Vh(randn<__nv_bfloat16>(static_cast<size_t>(r * d_in), rng), "Vh");
     Dev<float> S(std::vector<float>(static_cast<size_t>(r), 1.5f), "S"), g(std::vector<float>(static_cast<size_t>(r), 0.1f), "g");
-    Dev<float> ws(static_cast<size_t>(std::max<int64_t>(1, ax::project_workspace_elems(n, d_in, r))), "workspace");
+    const ax::CoreParams core = gain_call(S.data(), g.data(), n, d_in, r).core;
+    Dev<float> ws(static_cast<size_t>(std::max<int64_t>(1, ax::project_workspace_elems(n, d_in, core))), "workspace");
     std::vector<__nv_bfloat16> first;
     for (uint64_t seed : {1ull, 2ull, 3ull}) {
       ax_emu::set_seed(seed);
@@ -190,7 +203,8 @@ AX_TEST(project_same_bits_for_every_schedule) {
 
 // A steered call (groups of rows at their coefficients; rot: a rotation set each; with n_adapters > 1 a bank) against
 // one unsteered call per group with that group's coefficient and parameters: bit for bit (P of a row does not depend
-// on the other rows, and the decode path's K splits are the same for every call with at most 16 rows).
+// on the other rows where the call and its per-group calls take one path: the one-kernel decode, the same K splits
+// at most 16 rows, or the prefill tile).
 template <typename T>
 void check_project_steered(int64_t groups, int64_t rows, int64_t d_in, int64_t r, ax::Core core, int side, int bs,
                            int k, int64_t n_adapters, uint64_t seed) {
@@ -226,7 +240,6 @@ void check_project_steered(int64_t groups, int64_t rows, int64_t d_in, int64_t r
     Dev<float> S_d(S, "S"), g_d(g_, "g"), R_d(R_, "R"), A_d(A_, "A"), B_d(B_, "B"), a_d(a_, "a");
     Dev<float> c_d(cs ? *cs : std::vector<float>(), "coeffs");
     Dev<int64_t> ad_d(ads ? *ads : std::vector<int64_t>(), "adapters");
-    Dev<float> ws(static_cast<size_t>(std::max<int64_t>(1, ax::project_workspace_elems(rows_, d_in, r))), "workspace");
     ax::ProjectCall call;
     call.dtype = dtype_of<T>();
     call.n = rows_;
@@ -252,6 +265,7 @@ void check_project_steered(int64_t groups, int64_t rows, int64_t d_in, int64_t r
       c.adapters = ad_d.data();
       c.n_adapters = nA;
     }
+    Dev<float> ws(static_cast<size_t>(std::max<int64_t>(1, ax::project_workspace_elems(rows_, d_in, c))), "workspace");
     call.x = x_d.data();
     call.Vh = Vh_d.data();
     call.h = h_d.data();
@@ -275,8 +289,10 @@ void check_project_steered(int64_t groups, int64_t rows, int64_t d_in, int64_t r
 
 AX_TEST(project_steered_groups_equal_unsteered_calls) {
   for (int64_t nA : {1, 3}) {
-    // decode: 5 rows of one group each (d_in 1024: 16 splits); prefill: 2 groups of 40 rows
-    for (auto [groups, rows, d_in] : {std::tuple<int64_t, int64_t, int64_t>{5, 1, 1024}, {2, 40, 64}}) {
+    // decode: gain at 4 rows of one group each (the one-kernel decode), every core at 3 groups of 5 rows (d_in 512:
+    // 8 K splits); prefill: 2 groups of 40 rows
+    check_project_steered<__nv_bfloat16>(4, 1, 512, 24, ax::Core::gain, 0, 1, 0, nA, 40);
+    for (auto [groups, rows, d_in] : {std::tuple<int64_t, int64_t, int64_t>{3, 5, 512}, {2, 40, 64}}) {
       check_project_steered<__nv_bfloat16>(groups, rows, d_in, 24, ax::Core::gain, 0, 1, 0, nA, 41);
       check_project_steered<__half>(groups, rows, d_in, 24, ax::Core::rot, ax::kRotV, 4, 0, nA, 42);
       check_project_steered<__nv_bfloat16>(groups, rows, d_in, 24, ax::Core::rot, ax::kRotU, 3, 0, nA, 43);
@@ -305,6 +321,9 @@ AX_TEST(project_bad_input_throws) {
   call.core.k = 33;
   call.core.A = call.core.B = S.data();
   AX_CHECK_THROWS(std::invalid_argument, K::project_forward(call, nullptr), "low-rank");
+  call.core.k = 4;
+  call.decode_path = ax::DecodePath::gemv;
+  AX_CHECK_THROWS(std::invalid_argument, K::project_forward(call, nullptr), "one-kernel decode");
 }
 
 int main(int argc, char** argv) { return ax_test::run_main(argc, argv); }
