@@ -179,8 +179,10 @@ SANITIZER_LAYER = [
     # per backward CTA, two 32-row tiles
     ("cublas-f32-r256", 40, 64, 256, 8, 8, torch.float32, "cublas"),
     ("cublas-bf16-r72", 4100, 96, 72, 4, 3, torch.bfloat16, "cublas"),
-    # the fused projection: the decode kernels (3 rows, d_in 2048: 16 splits of 128) at r 256 (8 column slices)
+    # the fused projection at r 256, d_in 2048: 3 rows (gain: the one-kernel decode; the other cores: 16 splits of
+    # 128 over 8 column slices and the finish), 8 rows (every core through the splits)
     ("fused-decode-r256", 3, 2048, 256, 8, 8, torch.bfloat16, "fused"),
+    ("fused-decode-r256-8rows", 8, 2048, 256, 8, 8, torch.bfloat16, "fused"),
     # prefill tiles: 70 rows (3 CTAs, the last ragged), d_in 200 (the last K step half filled), r 72 (8 n-tiles)
     ("fused-prefill-r72", 70, 200, 72, 4, 3, torch.float16, "fused"),
     # r 40 (4 n-tiles), 33 rows (a second CTA with one row)
