@@ -235,12 +235,11 @@ void print_decode_model() {
             model = ax::decode_gemv_seconds(n, d_in, r, m);
           } else {
             kk = ax::project_decode_k(d_in, r);
-            const int64_t splits = ax::project_decode_splits(d_in, r), groups = ax::finish_groups(r);
+            const int64_t splits = ax::project_decode_splits(d_in, r);
             ctas = splits * ((r + ax::kDecodeCols - 1) / ax::kDecodeCols);
             per_cta = double((n + std::min<int64_t>(r, ax::kDecodeCols)) * kk * 2);
             in_flight = double(r * d_in * 2 + n * d_in * 2 * (ctas / splits));  // every CTA's slice at once
-            const int64_t batches = ((splits + groups - 1) / groups + ax::kFinishBatch - 1) / ax::kFinishBatch;
-            finish = std::to_string((splits * r * 4 + 512) / 1024) + ", " + std::to_string(batches);
+            finish = std::to_string((splits * r * 4 + 512) / 1024) + ", " + std::to_string(ax::finish_batches(d_in, r));
             model = ax::decode_split_seconds(n, d_in, r, m);
           }
           const bool taken = gemv == takes_gemv;

@@ -223,6 +223,11 @@ inline int64_t project_decode_splits(int64_t d_in, int64_t r) {
 constexpr int64_t kFinishThreads = 256;
 constexpr int64_t kFinishBatch = 32;
 inline int64_t finish_groups(int64_t r) { return r < kFinishThreads ? kFinishThreads / r : 1; }
+// Rounds of partial loads a finish thread makes.
+inline int64_t finish_batches(int64_t d_in, int64_t r) {
+  const int64_t groups = finish_groups(r);
+  return ((project_decode_splits(d_in, r) + groups - 1) / groups + kFinishBatch - 1) / kFinishBatch;
+}
 
 // The columnwise cores (gain; rot without a rotation: h_j = P_j s_j) at n <= kGemvRows rows may take one kernel
 // instead, project_gemv_kernel: a CTA of kGemvThreads per kGemvCols columns of r over all of K, no partials, so no
@@ -233,6 +238,11 @@ constexpr int64_t kGemvRows = 4;
 constexpr int64_t kGemvCols = 2;
 constexpr int64_t kGemvThreads = 512;
 constexpr int64_t gemv_batch(int64_t rows) { return rows == 1 ? 4 : 2; }
+// Rounds of loads a one-kernel decode thread makes.
+inline int64_t gemv_batches(int64_t n, int64_t d_in) {
+  const int64_t per_batch = kGemvThreads * gemv_batch(n);
+  return (d_in / 8 + per_batch - 1) / per_batch;
+}
 
 // The decode model (an H200; assumed constants, not measurements: benchmarks/results/kernel_metrics.md prints it
 // per shape). Split K: the decode kernel has every byte in flight at once, so it takes one DRAM latency plus the
@@ -247,16 +257,14 @@ struct DecodeModel {
 };
 inline double decode_hbm_bytes(int64_t n, int64_t d_in, int64_t r) { return double((r + n) * d_in * 2); }
 inline double decode_split_seconds(int64_t n, int64_t d_in, int64_t r, const DecodeModel& m = DecodeModel()) {
-  const int64_t splits = project_decode_splits(d_in, r), groups = finish_groups(r);
-  const int64_t batches = ((splits + groups - 1) / groups + kFinishBatch - 1) / kFinishBatch;
-  return m.dram_latency_s + decode_hbm_bytes(n, d_in, r) / m.hbm_bytes_per_s + m.l2_latency_s * double(batches + 1) +
-         double(splits * r * 4) / m.sm_l2_bytes_per_s;
+  return m.dram_latency_s + decode_hbm_bytes(n, d_in, r) / m.hbm_bytes_per_s +
+         m.l2_latency_s * double(finish_batches(d_in, r) + 1) +
+         double(project_decode_splits(d_in, r) * r * 4) / m.sm_l2_bytes_per_s;
 }
 inline double decode_gemv_seconds(int64_t n, int64_t d_in, int64_t r, const DecodeModel& m = DecodeModel()) {
-  const int64_t chunks = d_in / 8, per_batch = kGemvThreads * gemv_batch(n);
   const double hbm = decode_hbm_bytes(n, d_in, r) / m.hbm_bytes_per_s;
   const double cta = double((kGemvCols + n) * d_in * 2) / m.sm_l2_bytes_per_s;
-  return m.dram_latency_s * double((chunks + per_batch - 1) / per_batch) + (hbm > cta ? hbm : cta) + m.l2_latency_s;
+  return m.dram_latency_s * double(gemv_batches(n, d_in)) + (hbm > cta ? hbm : cta) + m.l2_latency_s;
 }
 inline bool project_gemv_fits(int64_t n, const CoreParams& c) {
   return n <= kGemvRows && (c.core == Core::gain || (c.core == Core::rot && c.side == kRotNone));

@@ -35,7 +35,9 @@ void project_forward(const ProjectCall& call, void* stream) {
   if (core.core != Core::ablate && core.g == nullptr) bad("the gain / rot / dplr cores need g");
   if (call.decode_path == DecodePath::gemv && !project_gemv_fits(n, core))
     bad("the one-kernel decode takes gain or rot without a rotation, at most " + std::to_string(kGemvRows) + " rows");
-  if (project_workspace_elems(n, d_in, core, call.decode_path) > 0 && call.workspace == nullptr)
+  const bool gemv = project_gemv(n, d_in, core, call.decode_path);
+  const int64_t ws_elems = project_workspace_elems(n, d_in, core, call.decode_path);
+  if (ws_elems > 0 && call.workspace == nullptr)
     bad("the decode path (at most " + std::to_string(kDecodeRows) + " rows) needs a workspace");
   if (!steering_fits(n, core) || !bank_fits(core) || n >= (int64_t(1) << 31))
     bad("the rows (fewer than 2^31) must split into the steering groups (and a bank needs one coefficient per "
@@ -44,7 +46,7 @@ void project_forward(const ProjectCall& call, void* stream) {
   const size_t elem = call.dtype == DType::bf16 ? sizeof(__nv_bfloat16) : sizeof(__half);
   kern::poison<unsigned char>(call.h, n * r * int64_t(elem));
   kern::poison<unsigned char>(call.p_out, n * r * int64_t(elem));
-  kern::poison<float>(call.workspace, project_workspace_elems(n, d_in, core, call.decode_path));
+  kern::poison<float>(call.workspace, ws_elems);
   // ablate's C is both L and M of the low-rank epilogue
   const kern::ProjCoreArgs c{int(core.core), core.side, int(rotates ? core.bs : 1), int(lowrank ? core.k : 0),
                              static_cast<const float*>(core.S), static_cast<const float*>(core.g),
@@ -53,7 +55,6 @@ void project_forward(const ProjectCall& call, void* stream) {
                              static_cast<const float*>(core.a), float(core.coeff), core.suppress_only,
                              static_cast<const float*>(core.coeffs), core.entries > 0 ? n / core.entries : n,
                              core.adapters, core.n_adapters};
-  const bool gemv = project_gemv(n, d_in, core, call.decode_path);
   kern::dispatch_dtype(call.dtype, [&](auto tag) {
     using T = decltype(tag);
     if constexpr (std::is_same<T, __nv_bfloat16>::value || std::is_same<T, __half>::value) {
