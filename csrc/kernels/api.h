@@ -201,7 +201,7 @@ struct ProjectCall {
 // The K range is a multiple of 64 (whole 128-byte rows per quarter warp in the fill) and at most kDecodeMaxK: the
 // largest whose tiles (16 + 32 rows of K + 8 16-bit elements, 43 KiB) fit the 48 KiB a CTA gets without the opt-in.
 // The cap binds only at large d_in (r 256: past d_in 4352), where it keeps the finish's partials few (d_in 14336:
-// 32 splits, one 32 KiB round of reads for the one CTA of a row, instead of 56 at a cap of 256).
+// 32 splits, one 32 KiB round of reads for the one CTA of a row; a cap of 256 would make 56).
 constexpr int64_t kDecodeRows = 16;   // one m16 tile
 constexpr int64_t kDecodeCols = 32;   // four n8 tiles
 constexpr int64_t kDecodeCtas = 132;
